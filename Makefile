@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+# Each creates/refreshes .venv/ in the repo root (only when pyproject.toml changed).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+
+.PHONY: venv serve test test-fast lint register-bench clean
+
+venv: $(STAMP)
+
+# pip (not uv) so that torch/torchvision are taken from the local wheel cache when present.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/bentoml serve service:ClipService --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# A ViT-B-32 with random weights: the real compute cost, for benchmarks.
+register-bench: $(STAMP)
+	$(BIN)/python -m models register --random-init ViT-B-32
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,64 @@
+"""Typed input errors.
+
+Every problem with a caller's input is raised as a subclass of :class:`InputError`. Each
+carries the HTTP status it maps to and a message meant for the caller (it names the field
+and the rule that was broken), so the HTTP layer never has to guess and never answers 500
+for bad input.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A request input that cannot be served. ``status`` is the HTTP status to answer."""
+
+    status: int = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON body for an error response."""
+        body: dict[str, object] = {"error": self.message, "status": self.status}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(InputError):
+    """Malformed request: a missing field, a wrong type, an empty or over-long text."""
+
+    status = 400
+
+
+class PayloadTooLarge(InputError):
+    """An upload larger than the configured byte or pixel limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(InputError):
+    """Bytes that are not an image in a supported format."""
+
+    status = 415
+
+
+class InvalidImage(InputError):
+    """An image in a supported format that cannot be decoded (truncated, corrupt)."""
+
+    status = 400
+
+
+class Unauthorized(InputError):
+    """A missing or wrong API key."""
+
+    status = 401
+
+
+class ModelNotAvailable(RuntimeError):
+    """The configured model cannot be found, downloaded or loaded.
+
+    Raised at startup or by the CLI; the message says what was tried and how to fix it.
+    """

@@ -1,0 +1,75 @@
+"""Service configuration, read once from ``CLIP_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+DEFAULT_THRESHOLD = 0.25
+
+
+class ClipSettings(BaseSettings):
+    """All server-side settings. Frozen: read at startup, never mutated while serving."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIP_", frozen=True, extra="ignore")
+
+    # Which model to serve. MODEL_TAG wins; otherwise MODEL_PATH, then MODEL_NAME + PRETRAINED.
+    model_tag: str | None = Field(None, description="BentoML model-store tag to serve.")
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME,
+        description="open_clip name (ViT-B-32), OpenAI/HF id (openai/clip-vit-base-patch32) "
+        "or hf-hub:org/repo.",
+    )
+    pretrained: str | None = Field(None, description="open_clip pretrained tag (default openai).")
+    model_path: str | None = Field(None, description="Fine-tuned checkpoint file or directory.")
+    allow_download: bool = Field(True, description="Download the model when not in the store.")
+
+    # Scoring.
+    similarity_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Mismatch threshold; default 0.25 or the model's own."
+    )
+    default_top_k: int = Field(5, ge=1, le=100)
+
+    # Batching and hardware.
+    batch_size: int = Field(32, ge=2, le=1024, description="Adaptive batching: max batch size.")
+    max_latency_ms: int = Field(
+        10_000, ge=1, description="Adaptive batching: max time a request may wait in a batch."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
+    decode_threads: int = Field(4, ge=1, le=64, description="Threads decoding uploads.")
+
+    # Request limits.
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Decoded pixel limit (w*h).")
+    max_text_chars: int = Field(500, ge=1)
+    max_texts: int = Field(64, ge=1, description="Texts per request.")
+    max_images: int = Field(32, ge=1, description="Images per request.")
+    max_categories: int = Field(1000, ge=1)
+
+    api_key: str | None = Field(None, description="When set, callers must send it.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
+            return value
+        raise ValueError("CLIP_DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def threshold_or_default(self) -> float:
+        """The configured threshold, or the product default when none is set."""
+        return DEFAULT_THRESHOLD if self.similarity_threshold is None else self.similarity_threshold
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ClipSettings:
+    """Process-wide settings (cached: environment variables are read once)."""
+    return ClipSettings()

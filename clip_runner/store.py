@@ -1,0 +1,178 @@
+"""The BentoML model-store side of a CLIP model: what an entry holds and how it is written/read.
+
+An entry is a directory with the open_clip hub layout, so ``open_clip`` can load it directly
+with its ``local-dir:`` schema:
+
+* ``open_clip_config.json`` — ``{"model_cfg": ..., "preprocess_cfg": ...}``
+* ``open_clip_model.safetensors`` — the weights (never a pickle)
+
+Labels carry ``arch``, ``pretrained`` and ``source``; metadata carries everything a server
+needs without loading the weights (embedding size, image size, mean/std, context length,
+logit scale, open_clip version, weights sha256, and a calibrated threshold when one exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+from .errors import ModelNotAvailable
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+SOURCES = ("hub", "checkpoint", "random-init", "finetune", "demo")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreEntry:
+    """A model-store entry, read without loading its weights."""
+
+    tag: str
+    path: Path
+    labels: dict[str, str]
+    metadata: dict[str, Any]
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+
+    @property
+    def local_dir_name(self) -> str:
+        """The open_clip model name that loads this entry."""
+        return f"local-dir:{self.path}"
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.metadata["embedding_size"])
+
+
+def store_name(arch: str, pretrained: str | None) -> str:
+    """Store name for an architecture + weights tag, e.g. ``clip-vit-b-32-openai``."""
+    raw = f"clip-{arch}-{pretrained}" if pretrained else f"clip-{arch}"
+    # BentoML names: lowercase alphanumerics, '-', '_' and '.'.
+    return re.sub(r"[^a-z0-9_.-]+", "-", raw.lower()).strip("-.")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (e.g. tied weights); clone makes each tensor own its data.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def describe(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Metadata derived from a model and its configs."""
+    size = preprocess_cfg.get("size", model_cfg["vision_cfg"].get("image_size", 224))
+    return {
+        "embedding_size": int(model_cfg["embed_dim"]),
+        "image_size": size if isinstance(size, int) else list(size),
+        "mean": list(preprocess_cfg.get("mean", ())),
+        "std": list(preprocess_cfg.get("std", ())),
+        "interpolation": preprocess_cfg.get("interpolation", "bicubic"),
+        "resize_mode": preprocess_cfg.get("resize_mode", "shortest"),
+        "context_length": int(model_cfg["text_cfg"].get("context_length", 77)),
+        "logit_scale": float(model.logit_scale.detach().exp().item()),
+        "open_clip_version": open_clip.__version__,
+    }
+
+
+def save_entry(
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any],
+    *,
+    name: str,
+    arch: str,
+    pretrained: str,
+    source: str,
+    extra_metadata: dict[str, Any] | None = None,
+) -> str:
+    """Write a model into the store as a new version; returns the tag string."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    metadata = describe(model, model_cfg, preprocess_cfg)
+    metadata.update(extra_metadata or {})
+    labels = {"arch": arch, "pretrained": pretrained, "source": source}
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as ref:
+        out = Path(ref.path)
+        weights = out / WEIGHTS_FILE
+        save_file(_state_dict_for_saving(model), str(weights))
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        # The hash lets a server refuse a tampered or half-copied entry at startup.
+        ref.info.metadata["weights_sha256"] = sha256_file(weights)
+        ref.info.metadata["weights_bytes"] = weights.stat().st_size
+    return str(ref.tag)
+
+
+def open_entry(tag: str) -> StoreEntry:
+    """Read an entry's configs, labels and metadata; raises ModelNotAvailable if absent."""
+    try:
+        ref = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound as exc:
+        raise ModelNotAvailable(
+            f"model {tag!r} is not in the model store ({store_home()}). "
+            "Register it with `python -m models register ...` or list entries with "
+            "`python -m models list`."
+        ) from exc
+    path = Path(ref.path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise ModelNotAvailable(
+            f"store entry {ref.tag} at {path} is incomplete: it needs {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE}. Delete it (`bentoml models delete {ref.tag}`) and register again."
+        )
+    try:
+        config = json.loads(config_path.read_text())
+        model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg", {})
+    except (ValueError, KeyError) as exc:
+        raise ModelNotAvailable(f"store entry {ref.tag}: {CONFIG_FILE} is not valid: {exc}") from exc
+    return StoreEntry(
+        tag=str(ref.tag),
+        path=path,
+        labels=dict(ref.info.labels),
+        metadata=dict(ref.info.metadata),
+        model_cfg=model_cfg,
+        preprocess_cfg=preprocess_cfg,
+    )
+
+
+def latest_tag(name: str) -> str | None:
+    """Tag of the newest version of ``name`` in the store, or None."""
+    try:
+        return str(bentoml.models.get(f"{name}:latest").tag)
+    except bentoml.exceptions.NotFound:
+        return None
+
+
+def list_entries() -> list[StoreEntry]:
+    """All CLIP entries in the store (those with our config file), newest first."""
+    entries = []
+    for ref in bentoml.models.list():
+        if (Path(ref.path) / CONFIG_FILE).is_file():
+            try:
+                entries.append(open_entry(str(ref.tag)))
+            except ModelNotAvailable:
+                continue
+    return entries
+
+
+def store_home() -> str:
+    """Where the model store lives (BENTOML_HOME/models)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(Path(BentoMLContainer.bentoml_home.get()) / "models")

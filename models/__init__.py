@@ -1,0 +1,1 @@
+"""Model-store tooling: ``python -m models register|list|export``."""

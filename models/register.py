@@ -1,0 +1,158 @@
+"""Put CLIP models into the BentoML model store from the hub, a local checkpoint or random init."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg
+
+from clip_runner.errors import ModelNotAvailable
+from clip_runner.store import CONFIG_FILE, save_entry, sha256_file, store_name
+
+logger = logging.getLogger(__name__)
+
+# OpenAI / Hugging Face transformers ids that existing deployments use, mapped to open_clip.
+OPENAI_IDS: dict[str, tuple[str, str]] = {
+    "openai/clip-vit-base-patch32": ("ViT-B-32", "openai"),
+    "openai/clip-vit-base-patch16": ("ViT-B-16", "openai"),
+    "openai/clip-vit-large-patch14": ("ViT-L-14", "openai"),
+    "openai/clip-vit-large-patch14-336": ("ViT-L-14-336", "openai"),
+}
+RANDOM_INIT = "random-init"
+
+
+def model_config(arch: str) -> dict[str, Any]:
+    """open_clip's built-in config for ``arch``, or a clear error listing close names."""
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        close = [m for m in open_clip.list_models() if arch.split("-")[0].lower() in m.lower()]
+        raise ModelNotAvailable(
+            f"unknown open_clip architecture {arch!r}; e.g. {', '.join(close[:8]) or 'ViT-B-32'}"
+        )
+    return copy.deepcopy(cfg)
+
+
+def _create(name: str, **kwargs: Any) -> torch.nn.Module:
+    try:
+        return open_clip.create_model(name, device="cpu", **kwargs)
+    except (RuntimeError, ValueError, FileNotFoundError, KeyError) as exc:
+        raise ModelNotAvailable(f"could not build {name}: {exc}") from exc
+
+
+def _from_local_dir(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: Path | None) -> torch.nn.Module:
+    """Build through open_clip's local-dir loader, so store entries and checkpoints load alike."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        if weights is not None:
+            (folder / weights.name).symlink_to(weights.resolve())
+        return _create(f"local-dir:{folder}")
+
+
+def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
+    """Download open_clip weights ``arch``/``pretrained`` and store them; returns the tag."""
+    from .download import download_pretrained
+
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    model_cfg = model_config(arch)
+    files = download_pretrained(arch, pretrained, retries=retries)
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    if quick_gelu:
+        model_cfg["quick_gelu"] = True  # the weights were trained with QuickGELU
+    model = _create(arch, pretrained=str(files.weights_path), force_quick_gelu=quick_gelu)
+    preprocess_cfg = dict(get_model_preprocess_cfg(model))
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        if cfg.get(key) is not None:
+            preprocess_cfg[key] = cfg[key]
+    return save_entry(
+        model, model_cfg, _plain(preprocess_cfg),
+        name=store_name(arch, pretrained), arch=arch, pretrained=pretrained, source="hub",
+        extra_metadata={"origin": cfg.get("hf_hub") or cfg.get("url", "")},
+    )
+
+
+def register_hub_repo(repo_id: str, *, retries: int = 3) -> str:
+    """Download an open_clip-format hub repo (``hf-hub:org/repo``) and store it; returns the tag."""
+    from .download import download_hub_repo
+
+    files = download_hub_repo(repo_id, retries=retries)
+    if files.config_path is None:
+        raise ModelNotAvailable(f"hub repo {repo_id} has no {CONFIG_FILE}; it is not an open_clip model")
+    config = json.loads(Path(files.config_path).read_text())
+    model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg", {})
+    model = _from_local_dir(model_cfg, preprocess_cfg, Path(files.weights_path))
+    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
+    name = store_name(f"hf-{repo_id.replace('/', '-')}", None)
+    return save_entry(
+        model, model_cfg, preprocess_cfg, name=name, arch=repo_id, pretrained="hf-hub",
+        source="hub", extra_metadata={"origin": f"hf-hub:{repo_id}"},
+    )
+
+
+def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None) -> str:
+    """Store a local checkpoint of architecture ``arch`` (state dict, safetensors or open_clip dir)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        config_path = path / CONFIG_FILE
+        if not config_path.is_file():
+            raise ModelNotAvailable(f"checkpoint directory {path} has no {CONFIG_FILE}")
+        model = _create(f"local-dir:{path}")
+        config = json.loads(config_path.read_text())
+        model_cfg = config["model_cfg"]
+        digest = sha256_file(config_path)
+    elif path.is_file():
+        model_cfg = model_config(arch)
+        # open_clip loads .safetensors without pickle and .pt/.bin with weights_only=True.
+        model = _create(arch, pretrained=str(path))
+        digest = sha256_file(path)
+    else:
+        raise ModelNotAvailable(f"checkpoint {path} does not exist")
+    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
+    return save_entry(
+        model, model_cfg, preprocess_cfg,
+        name=name or checkpoint_store_name(arch, digest), arch=arch, pretrained="checkpoint",
+        source="checkpoint", extra_metadata={"origin": str(path.resolve()), "checkpoint_sha256": digest},
+    )
+
+
+def checkpoint_store_name(arch: str, digest: str) -> str:
+    """Store name for a checkpoint: derived from its content hash, so re-registering is a no-op."""
+    return store_name(arch, f"ckpt-{digest[:12]}")
+
+
+def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = None) -> str:
+    """Store a randomly initialised model (benchmarks and tests only; labelled as such).
+
+    ``arch_or_config`` is an open_clip architecture name or a JSON file with a model config.
+    """
+    torch.manual_seed(seed)
+    config_file = Path(arch_or_config)
+    if config_file.suffix == ".json" and config_file.is_file():
+        model_cfg = json.loads(config_file.read_text())
+        arch = config_file.stem
+        preprocess_cfg = {"size": model_cfg["vision_cfg"]["image_size"]}
+        model = _from_local_dir(model_cfg, preprocess_cfg, None)
+    else:
+        arch = arch_or_config
+        model_cfg = model_config(arch)
+        model = _create(arch)
+    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
+    return save_entry(
+        model, model_cfg, preprocess_cfg,
+        name=name or store_name(arch, RANDOM_INIT), arch=arch, pretrained=RANDOM_INIT,
+        source="random-init",
+        extra_metadata={"seed": seed, "warning": "random weights: embeddings carry no meaning"},
+    )
+
+
+def _plain(cfg: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly copy of a preprocess config (tuples → lists)."""
+    return json.loads(json.dumps(dict(cfg)))

@@ -1,0 +1,363 @@
+"""HTTP layer: two BentoML services.
+
+* ``ClipEncoder`` owns the model. Its two batchable APIs (``encode_pixels``, ``encode_texts``)
+  are where BentoML's adaptive batching groups concurrent requests; it is an internal service.
+* ``ClipService`` is the public entry point: a FastAPI app (for exact control over multipart
+  parsing, error bodies and headers) whose routes validate input and delegate to
+  ``clip_runner.pipeline``, which decodes images in parallel and calls the encoder.
+
+Configuration is read from ``CLIP_*`` environment variables (see ``clip_runner.settings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from clip_runner.errors import InputError, InvalidInput, Unauthorized
+from clip_runner.pipeline import ClipPipeline, Timings
+from clip_runner.settings import get_settings
+
+logger = logging.getLogger("clip_service")
+settings = get_settings()
+
+MODEL_TAG = settings.model_tag
+
+
+@bentoml.service(name="clip_encoder", workers=1, traffic={"timeout": 600})
+class ClipEncoder:
+    """Loads the model once per worker and encodes whole batches."""
+
+    if MODEL_TAG:  # pinned so that `bentoml build` packs it into the bento
+        model_ref = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        from clip_runner.device import configure_threads, pick_device
+        from clip_runner.encoder import BatchEncoder
+        from clip_runner.loading import load_entry, model_info
+        from clip_runner.resolve import resolve_model
+
+        self.threads = configure_threads(settings.num_threads)
+        self.resolution = resolve_model(settings)
+        self.loaded = load_entry(self.resolution.tag, pick_device(settings.device))
+        self.encoder = BatchEncoder(self.loaded, settings.precision)
+        self._info = model_info(self.loaded)
+        self._warm_up()
+        logger.info("serving %s (%s) on %s", self.resolution.tag, self.resolution.reason,
+                    self.loaded.device)
+
+    def _warm_up(self) -> None:
+        # The first call pays for lazy initialisation; do it before taking traffic.
+        size = self.encoder.loaded.entry.preprocess_cfg.get("size", 224)
+        h, w = (size, size) if isinstance(size, int) else size
+        self.encoder.encode_pixels(np.zeros((1, h, w, 3), dtype=np.uint8))
+        self.encoder.encode_texts(["warm up"])
+
+    @bentoml.api(batchable=True, max_batch_size=settings.batch_size,
+                 max_latency_ms=settings.max_latency_ms)
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 preprocessed images → (N, D + 2): unit rows + batch trailer."""
+        from clip_runner.encoder import timed, with_trailer
+
+        with timed() as elapsed:
+            rows = self.encoder.encode_pixels(np.asarray(pixels, dtype=np.uint8))
+        return with_trailer(rows, len(rows), elapsed[0])
+
+    @bentoml.api(batchable=True, max_batch_size=settings.batch_size,
+                 max_latency_ms=settings.max_latency_ms)
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """N texts → (N, D + 2): unit rows + batch trailer."""
+        from clip_runner.encoder import timed, with_trailer
+
+        with timed() as elapsed:
+            rows = self.encoder.encode_texts(texts)
+        return with_trailer(rows, len(rows), elapsed[0])
+
+    @bentoml.api
+    def info(self) -> dict[str, Any]:
+        """What is served, where, and why (for /health and the entry service's setup)."""
+        entry = self.loaded.entry
+        return {
+            **self._info,
+            "reason": self.resolution.reason,
+            "preprocess_cfg": entry.preprocess_cfg,
+            "metadata": entry.metadata,
+            "torch_threads": self.threads,
+            "batching": {"max_batch_size": settings.batch_size,
+                         "max_latency_ms": settings.max_latency_ms},
+        }
+
+
+class _Backend:
+    """Adapts the encoder dependency (remote or in-process) to the pipeline's async protocol."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+
+    async def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return await self._encoder.to_async.encode_pixels(pixels)
+
+    async def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return await self._encoder.to_async.encode_texts(texts)
+
+    async def info(self) -> dict[str, Any]:
+        return await self._encoder.to_async.info()
+
+
+app = FastAPI(
+    title="clip-service",
+    description="OpenCLIP image and text embeddings, similarity, mismatch detection and "
+    "zero-shot classification, with adaptive batching.",
+    version="0.1.0",
+)
+OPEN_PATHS = {"/health", "/clip/health"}
+
+
+@app.exception_handler(InputError)
+async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "form")]
+        problems.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
+    return JSONResponse({"error": "; ".join(problems), "status": 400}, status_code=400)
+
+
+@app.middleware("http")
+async def _auth(request: Request, call_next: Any) -> Any:
+    key = settings.api_key
+    if key and request.url.path not in OPEN_PATHS:
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
+                               "or 'X-API-Key: <key>')")
+            return JSONResponse(err.to_dict(), status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
+
+
+def _headers(timings: Timings) -> dict[str, str]:
+    return {
+        "X-Batch-Size": str(timings.batch_size),
+        "Server-Timing": f"decode;dur={timings.decode_ms:.1f}, infer;dur={timings.infer_ms:.1f}",
+    }
+
+
+def _json(body: Any, timings: Timings) -> JSONResponse:
+    return JSONResponse(body, headers=_headers(timings))
+
+
+async def _read(upload: UploadFile | None, field: str) -> bytes:
+    """Read an uploaded file, refusing a missing field early and never reading past the limit."""
+    if upload is None:
+        raise InvalidInput(f"field '{field}' is required: send the image as a multipart file",
+                           field=field)
+    return await upload.read(settings.max_image_bytes + 1)
+
+
+async def _read_many(uploads: list[UploadFile] | None, field: str) -> list[bytes]:
+    if not uploads:
+        raise InvalidInput(f"field '{field}' is required: send one or more multipart files",
+                           field=field)
+    if len(uploads) > settings.max_images:
+        raise InvalidInput(f"field '{field}' has {len(uploads)} files; the limit is "
+                           f"{settings.max_images}", field=field)
+    return [await u.read(settings.max_image_bytes + 1) for u in uploads]
+
+
+@bentoml.service(name="clip_service", workers=1, traffic={"timeout": 600})
+@bentoml.asgi_app(app, path="/")
+class ClipService:
+    """Public routes; all model work goes through the batched ``ClipEncoder``."""
+
+    encoder = bentoml.depends(ClipEncoder)
+
+    def __init__(self) -> None:
+        self._pipeline: ClipPipeline | None = None
+        self._lock = asyncio.Lock()
+
+    async def pipeline(self) -> ClipPipeline:
+        """Built on first use from the encoder's model facts (it starts alongside this service)."""
+        if self._pipeline is None:
+            async with self._lock:
+                if self._pipeline is None:
+                    backend = _Backend(self.encoder)
+                    self._pipeline = ClipPipeline(backend, settings, await backend.info())
+        return self._pipeline
+
+    @app.post("/encode_image")
+    async def encode_image(self, image: UploadFile | None = File(None)) -> JSONResponse:
+        """One image → its L2-normalised embedding (a JSON array of D floats)."""
+        pipe, timings = await self.pipeline(), Timings()
+        row = await pipe.image_embedding(await _read(image, "image"), "image", timings)
+        return _json(row.tolist(), timings)
+
+    @app.post("/encode_images")
+    async def encode_images(self, images: list[UploadFile] | None = File(None)) -> JSONResponse:
+        """Several images → ``{"embeddings": [...|null], "errors": [null|"why"]}``."""
+        pipe, timings = await self.pipeline(), Timings()
+        body = await pipe.encode_images(await _read_many(images, "images"), timings)
+        return _json(body, timings)
+
+    @app.post("/encode_text")
+    async def encode_text(self, request: Request) -> JSONResponse:
+        """``{"text": "..."}`` → one embedding; ``{"text": [...]}`` → one per text."""
+        pipe, timings = await self.pipeline(), Timings()
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise InvalidInput("body must be JSON like {\"text\": \"...\"} or {\"text\": [...]}")
+        if not isinstance(payload, dict) or "text" not in payload:
+            raise InvalidInput("field 'text' is required", field="text")
+        text = payload["text"]
+        if isinstance(text, list):
+            rows = await pipe.embed_texts(pipe.check_texts(text, "text"), timings)
+            return _json(rows.tolist(), timings)
+        rows = await pipe.embed_texts([pipe.check_text(text, "text")], timings)
+        return _json(rows[0].tolist(), timings)
+
+    @app.post("/similarity")
+    async def similarity(self, image: UploadFile | None = File(None),
+                         texts: list[str] | None = Form(None)) -> JSONResponse:
+        """Cosine similarity of one image with 1..N texts, plus softmax probabilities."""
+        pipe, timings = await self.pipeline(), Timings()
+        checked = pipe.check_texts(texts, "texts")
+        body = await pipe.similarity(await _read(image, "image"), checked, timings)
+        return _json(body, timings)
+
+    async def _analyze(self, upload: UploadFile | None, field: str, text: str | None,
+                       threshold: str | None) -> JSONResponse:
+        pipe, timings = await self.pipeline(), Timings()
+        checked = pipe.check_text(text if text is not None else "", "text") if text else None
+        if checked is None:
+            raise InvalidInput("field 'text' is required", field="text")
+        body = await pipe.analyze(await _read(upload, field), checked,
+                                  pipe.threshold_for(threshold), timings)
+        return _json(body, timings)
+
+    @app.post("/analyze")
+    async def analyze(self, image: UploadFile | None = File(None), text: str | None = Form(None),
+                      threshold: str | None = Form(None)) -> JSONResponse:
+        """Image–text similarity and a mismatch verdict against the threshold."""
+        return await self._analyze(image, "image", text, threshold)
+
+    @app.post("/clip/analyze")
+    async def clip_analyze(self, file: UploadFile | None = File(None),
+                           text: str | None = Form(None),
+                           threshold: str | None = Form(None)) -> JSONResponse:
+        """Compatibility path for ``/analyze`` (image field ``file``)."""
+        return await self._analyze(file, "file", text, threshold)
+
+    async def _analyze_batch(self, uploads: list[UploadFile] | None, field: str,
+                             texts: list[str] | None, threshold: str | None) -> JSONResponse:
+        pipe, timings = await self.pipeline(), Timings()
+        blobs = await _read_many(uploads, field)
+        checked = pipe.check_texts(texts, "texts", limit=settings.max_images)
+        if len(checked) != len(blobs):
+            raise InvalidInput(f"got {len(blobs)} images and {len(checked)} texts; "
+                               "send one text per image, in the same order", field="texts")
+        results = await pipe.analyze_batch(blobs, checked, pipe.threshold_for(threshold), timings)
+        return _json({"results": results}, timings)
+
+    @app.post("/analyze_batch")
+    async def analyze_batch(self, images: list[UploadFile] | None = File(None),
+                            texts: list[str] | None = Form(None),
+                            threshold: str | None = Form(None)) -> JSONResponse:
+        """Paired ``images`` and ``texts`` → one analyze result per pair."""
+        return await self._analyze_batch(images, "images", texts, threshold)
+
+    @app.post("/clip/analyze-batch")
+    async def clip_analyze_batch(self, request: Request) -> JSONResponse:
+        """Compatibility path for ``/analyze_batch``: repeated ``file``/``files`` and ``text``/``texts``."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise InvalidInput("send multipart/form-data with repeated 'file' and 'text' fields; "
+                               "image paths or URLs are never read by the server")
+        form = await request.form()
+        uploads = [u for u in form.getlist("file") + form.getlist("files") if not isinstance(u, str)]
+        if len(uploads) != len(form.getlist("file") + form.getlist("files")):
+            raise InvalidInput("field 'file' must hold file uploads, not text (paths and URLs are "
+                               "never read by the server)", field="file")
+        texts = [t for t in form.getlist("text") + form.getlist("texts") if isinstance(t, str)]
+        threshold = form.get("threshold")
+        return await self._analyze_batch(uploads, "file", texts, threshold if isinstance(threshold, str) else None)  # type: ignore[arg-type]
+
+    async def _classify(self, upload: UploadFile | None, field: str, categories: list[str] | None,
+                        top_k: str | None) -> JSONResponse:
+        pipe, timings = await self.pipeline(), Timings()
+        labels = None
+        if categories:
+            labels = pipe.check_texts(_split_categories(categories), "categories",
+                                      limit=settings.max_categories)
+        k = pipe.check_top_k(top_k if top_k not in (None, "") else settings.default_top_k)
+        body = await pipe.classify(await _read(upload, field), labels, k, timings)
+        return _json(body, timings)
+
+    @app.post("/classify")
+    async def classify(self, image: UploadFile | None = File(None),
+                       categories: list[str] | None = Form(None),
+                       top_k: str | None = Form(None)) -> JSONResponse:
+        """Zero-shot classification over the default categories or the given ones."""
+        return await self._classify(image, "image", categories, top_k)
+
+    @app.post("/clip/classify")
+    async def clip_classify(self, file: UploadFile | None = File(None),
+                            categories: list[str] | None = Form(None),
+                            top_k: str | None = Form(None)) -> JSONResponse:
+        """Compatibility path for ``/classify`` (image field ``file``)."""
+        return await self._classify(file, "file", categories, top_k)
+
+    @app.get("/categories")
+    async def categories(self) -> dict[str, Any]:
+        """The default label set used by ``/classify``."""
+        pipe = await self.pipeline()
+        return {"categories": list(pipe.categories), "count": len(pipe.categories)}
+
+    @app.get("/clip/categories")
+    async def clip_categories(self) -> dict[str, Any]:
+        """Compatibility path for ``/categories``."""
+        return await self.categories()
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        """Liveness plus what is served: model, device, embedding size, threshold, batching."""
+        try:
+            pipe = await self.pipeline()
+            info = await pipe.backend.info()
+        except Exception as exc:  # the encoder is still starting or has failed
+            logger.warning("health: encoder unavailable: %s", exc)
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        body = {k: v for k, v in info.items() if k not in ("preprocess_cfg", "metadata")}
+        body.update(status="healthy", threshold=pipe.threshold.value,
+                    threshold_source=pipe.threshold.source,
+                    image_size=info["metadata"].get("image_size"))
+        return JSONResponse(body)
+
+    @app.get("/clip/health")
+    async def clip_health(self) -> JSONResponse:
+        """Compatibility path for ``/health``."""
+        return await self.health()
+
+
+def _split_categories(values: list[str]) -> list[str]:
+    """Categories may come repeated, as a JSON array, or comma-separated in one field."""
+    from clip_runner.pipeline import parse_list_field
+
+    items = parse_list_field(values)
+    if len(items) == 1 and isinstance(items[0], str) and "," in items[0]:
+        items = [part.strip() for part in items[0].split(",") if part.strip()]
+    return items

@@ -1,0 +1,58 @@
+"""Shared fixtures: a private model store with a tiny real open_clip model, and test images."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+# The model store location must be fixed before bentoml is imported anywhere.
+_HOME = tempfile.mkdtemp(prefix="clip-test-bentoml-")
+os.environ["BENTOML_HOME"] = _HOME
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_CONFIG = FIXTURES / "tiny_clip.json"
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> str:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def tiny_tag() -> str:
+    """A tiny random open_clip model registered in the test store (real code path, ~14 MB)."""
+    from models.register import register_random
+
+    return register_random(str(TINY_CONFIG), seed=0)
+
+
+def make_jpeg(seed: int = 0, size: tuple[int, int] = (96, 80), quality: int = 90) -> bytes:
+    """A real JPEG with random smooth content (different per seed)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_png(seed: int = 0, size: tuple[int, int] = (64, 64), mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    image = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8), mode)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def jpeg_bytes() -> bytes:
+    return make_jpeg(0)

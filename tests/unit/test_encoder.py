@@ -1,0 +1,82 @@
+"""The batched encoder against a direct open_clip encode of the same tiny model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from clip_runner.encoder import BatchEncoder, split_trailer, with_trailer
+from clip_runner.loading import load_entry
+from clip_runner.preprocess import PixelPipeline
+from clip_runner.store import open_entry
+from tests.conftest import make_jpeg
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_tag: str):
+    return load_entry(tiny_tag, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_tag: str):
+    """The model as plain open_clip loads it, with open_clip's own preprocess and tokenizer."""
+    name = open_entry(tiny_tag).local_dir_name
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=-1).detach().numpy()
+
+
+def test_image_embedding_matches_open_clip(loaded, reference) -> None:
+    model, preprocess, _ = reference
+    encoder = BatchEncoder(loaded)
+    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
+    for seed in range(3):
+        data = make_jpeg(seed, size=(120 + seed * 17, 90))
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        ours = encoder.encode_pixels(pipeline(image)[None])[0]
+        with torch.no_grad():
+            theirs = _unit(model.encode_image(preprocess(image)[None]))[0]
+        assert float(ours @ theirs) >= 0.9999
+
+
+def test_text_embedding_matches_open_clip(loaded, reference) -> None:
+    model, _, tokenizer = reference
+    texts = ["a red circle", "a blue square on a white background", "ünïcødé 🙂 text"]
+    ours = BatchEncoder(loaded).encode_texts(texts)
+    with torch.no_grad():
+        theirs = _unit(model.encode_text(tokenizer(texts)))
+    assert ours.shape == (3, loaded.embedding_size)
+    assert np.all(np.sum(ours * theirs, axis=1) >= 0.9999)
+
+
+def test_rows_are_unit_float32_and_batch_equals_singles(loaded) -> None:
+    encoder = BatchEncoder(loaded)
+    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
+    pixels = np.stack([pipeline(Image.open(io.BytesIO(make_jpeg(s))).convert("RGB")) for s in range(4)])
+    batch = encoder.encode_pixels(pixels)
+    assert batch.dtype == np.float32 and batch.shape == (4, loaded.embedding_size)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    singles = np.concatenate([encoder.encode_pixels(pixels[i : i + 1]) for i in range(4)])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    # Different images give different embeddings (the model is not degenerate).
+    assert float(batch[0] @ batch[1]) < 0.9999
+
+
+def test_bad_pixel_shape_is_refused(loaded) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        BatchEncoder(loaded).encode_pixels(np.zeros((2, 64, 64), dtype=np.uint8))
+
+
+def test_trailer_round_trip() -> None:
+    rows = np.eye(3, 5, dtype=np.float32)
+    emb, batch, ms = split_trailer(with_trailer(rows, 7, 0.0125))
+    np.testing.assert_array_equal(emb, rows)
+    assert batch == 7 and ms == pytest.approx(12.5)

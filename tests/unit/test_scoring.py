@@ -1,0 +1,69 @@
+"""Similarity, softmax, mismatch thresholds and the label-embedding cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clip_runner import scoring
+from clip_runner.settings import ClipSettings
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_cosine_and_softmax() -> None:
+    query = _unit([1, 0, 0])
+    rows = _unit([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    sims = scoring.cosine(query, rows)
+    np.testing.assert_allclose(sims, [1.0, 0.0, 2**-0.5], atol=1e-6)
+    probs = scoring.softmax(sims, 100.0)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-6)
+    assert probs.argmax() == 0 and probs[0] > 0.99
+    # A small logit scale spreads the probabilities out.
+    assert scoring.softmax(sims, 1.0)[0] < 0.5
+
+
+def test_threshold_sources() -> None:
+    assert scoring.resolve_threshold(ClipSettings(), {}) == scoring.Threshold(0.25, "default")
+    assert scoring.resolve_threshold(ClipSettings(), {"calibrated_threshold": 0.31}).source == "model"
+    env = ClipSettings(similarity_threshold=0.2)
+    assert scoring.resolve_threshold(env, {"calibrated_threshold": 0.31}) == scoring.Threshold(0.2, "env")
+
+
+def test_analyze_pair_decision() -> None:
+    t = scoring.Threshold(0.25, "default")
+    assert scoring.analyze_pair(0.24, t)["is_mismatch"] is True
+    ok = scoring.analyze_pair(0.30, t)
+    assert ok["is_mismatch"] is False and ok["margin"] == pytest.approx(0.05)
+
+
+def test_rank_labels_orders_and_truncates() -> None:
+    image = _unit([1, 0.2, 0])
+    labels = ["a", "b", "c"]
+    rows = _unit([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    ranked = scoring.rank_labels(image, labels, rows, 100.0, top_k=2)
+    assert [r["category"] for r in ranked] == ["b", "a"]
+    assert set(ranked[0]) == {"category", "probability", "similarity"}
+
+
+async def test_label_cache_encodes_each_set_once() -> None:
+    calls: list[list[str]] = []
+
+    async def encode(prompts: list[str]) -> np.ndarray:
+        calls.append(prompts)
+        rng = np.random.default_rng(len(prompts))
+        return _unit(rng.normal(size=(len(prompts), 8)))
+
+    cache = scoring.LabelCache(["a photo of {}.", "a picture of {}."], max_sets=2)
+    first = await cache.get(["cat", "dog"], encode)
+    again = await cache.get(["cat", "dog"], encode)
+    assert first is again and len(calls) == 1
+    assert calls[0] == ["a photo of cat.", "a picture of cat.", "a photo of dog.", "a picture of dog."]
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-6)
+    await cache.get(["x"], encode)
+    await cache.get(["y"], encode)  # evicts the least recently used set
+    await cache.get(["cat", "dog"], encode)
+    assert len(calls) == 4
