@@ -22,7 +22,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from clip_runner.errors import InputError, InvalidInput, Unauthorized
+from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, Unauthorized
 from clip_runner.pipeline import ClipPipeline, Timings
 from clip_runner.settings import get_settings
 
@@ -167,7 +167,15 @@ async def _read(upload: UploadFile | None, field: str) -> bytes:
     if upload is None:
         raise InvalidInput(f"field '{field}' is required: send the image as a multipart file",
                            field=field)
-    return await upload.read(settings.max_image_bytes + 1)
+    return _within_limit(await upload.read(settings.max_image_bytes + 1), field)
+
+
+def _within_limit(data: bytes, field: str) -> bytes:
+    limit = settings.max_image_bytes
+    if len(data) > limit:
+        raise PayloadTooLarge(f"field '{field}': upload is larger than the limit of "
+                              f"{limit / 1e6:.1f} MB (CLIP_MAX_IMAGE_BYTES)", field=field)
+    return data
 
 
 async def _read_many(uploads: list[UploadFile] | None, field: str) -> list[bytes]:
@@ -177,7 +185,9 @@ async def _read_many(uploads: list[UploadFile] | None, field: str) -> list[bytes
     if len(uploads) > settings.max_images:
         raise InvalidInput(f"field '{field}' has {len(uploads)} files; the limit is "
                            f"{settings.max_images}", field=field)
-    return [await u.read(settings.max_image_bytes + 1) for u in uploads]
+    # An oversized file fails the whole request: it is the caller's contract, not a bad file.
+    return [_within_limit(await u.read(settings.max_image_bytes + 1), f"{field}[{i}]")
+            for i, u in enumerate(uploads)]
 
 
 @bentoml.service(name="clip_service", workers=1, traffic={"timeout": 600})

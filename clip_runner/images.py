@@ -1,0 +1,283 @@
+"""Untrusted upload bytes → a validated, fully loaded 8-bit RGB :class:`PIL.Image.Image`.
+
+:func:`decode_image` is the only way request bytes become pixels. It enforces the byte limit
+before touching the data, identifies the format from the bytes alone (URLs are never fetched
+and paths never opened), checks the pixel count from the header before any pixel is decoded,
+decodes eagerly so a lazy error cannot surface later, and normalises every mode Pillow can
+produce to plain RGB. Every failure is a typed :class:`~clip_runner.errors.InputError` whose
+message names the field and the rule; Pillow's own exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import InvalidImage, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+__all__ = ["SUPPORTED_FORMATS", "decode_image"]
+
+#: Pillow format names accepted. MPO is what Pillow calls a multi-picture JPEG (many phones).
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+
+_SUPPORTED_LIST = ", ".join(sorted(SUPPORTED_FORMATS - {"MPO"}))
+
+# Modes that carry transparency once converted to RGBA (P/L/RGB may too, via info).
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+
+# Magic numbers of the supported formats. Used only after Pillow failed to open the bytes, to
+# tell a damaged image (400) apart from something that is not an image at all (415).
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+)
+# Sizes of the BMP info headers; "BM" alone is too weak a signature (any text may start so).
+_BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+
+_URL = re.compile(rb"[a-z][a-z0-9+.\-]{1,15}://", re.IGNORECASE)
+_PATH = re.compile(rb"(?:~?/|\.\.?/|[a-z]:[\\/]|\\\\)[^\r\n]*", re.IGNORECASE)
+_BASE64 = re.compile(rb"[A-Za-z0-9+/_\-]{64,}={0,2}")
+
+
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image"
+) -> Image.Image:
+    """Validate and decode one uploaded image.
+
+    Returns a new, fully loaded, mode ``"RGB"`` image that holds no reference to ``data``,
+    with EXIF orientation applied, transparency composited over white, animations reduced to
+    their first frame and high bit depths scaled down to 8 bits.
+
+    Raises :class:`InvalidInput` (empty), :class:`PayloadTooLarge` (bytes or pixels over the
+    limits), :class:`UnsupportedMediaType` (not an image, or a format not in
+    :data:`SUPPORTED_FORMATS`) or :class:`InvalidImage` (a supported image that is truncated,
+    corrupt or degenerate). Every error carries ``field``.
+    """
+    _check_bytes(data, max_bytes, field)
+    source = _open(bytes(data), field)
+    try:
+        _check_dimensions(source.size, max_pixels, field)
+        _load(source, field)
+        return _to_rgb(source, field)
+    finally:
+        source.close()  # drop the reference to the upload buffer (and any frame cursor)
+
+
+# ---- limits ---------------------------------------------------------------------------------
+
+
+def _check_bytes(data: bytes, max_bytes: int, field: str) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"field '{field}' must be an uploaded file", field=field)
+    if len(data) == 0:
+        raise InvalidInput(f"field '{field}' is empty; upload the image bytes", field=field)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"field '{field}': upload is {_megabytes(len(data))}, "
+            f"the limit is {_megabytes(max_bytes)}", field=field)
+
+
+def _check_dimensions(size: tuple[int, int], max_pixels: int, field: str) -> None:
+    # This runs on the header's size, before any pixel is decoded, and is what keeps a
+    # decompression bomb out: Pillow's MAX_IMAGE_PIXELS is a process-wide setting that
+    # anyone may change (or disable), so it is not relied on.
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(
+            f"field '{field}': image has zero width or height ({width}x{height})", field=field)
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"field '{field}': decoded size {width}x{height} ({width * height:,} pixels) "
+            f"exceeds the pixel limit of {max_pixels:,}", field=field)
+
+
+def _bomb_error(exc: Exception, field: str) -> PayloadTooLarge:
+    """Pillow's own decompression-bomb guard fired first (it checks while opening)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" of {int(found.group(1)):,} pixels" if found else ""
+    return PayloadTooLarge(
+        f"field '{field}': decoded size{size} exceeds the pixel limit", field=field)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+# ---- identify -------------------------------------------------------------------------------
+
+
+def _open(data: bytes, field: str) -> Image.Image:
+    """Identify the format from the header only (lazy: no pixel data is decoded yet)."""
+    try:
+        # A file object, never a str: Image.open would treat a str as a path to open.
+        image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(exc, field) from exc
+    except Exception as exc:  # any failure to identify untrusted bytes
+        raise _unrecognised(data, field) from exc
+    if image.format not in SUPPORTED_FORMATS:
+        name = image.format or "this"
+        image.close()
+        raise UnsupportedMediaType(
+            f"field '{field}': {name} images are not supported; "
+            f"supported formats: {_SUPPORTED_LIST}", field=field)
+    return image
+
+
+def _unrecognised(data: bytes, field: str) -> InvalidImage | UnsupportedMediaType:
+    """Error for bytes Pillow could not open: a damaged supported image, or not an image."""
+    fmt = _sniff(data)
+    if fmt is not None:
+        return InvalidImage(
+            f"field '{field}': image could not be decoded: truncated or corrupt {fmt}",
+            field=field)
+    return UnsupportedMediaType(
+        f"field '{field}': {_describe(data)}; supported formats: {_SUPPORTED_LIST}",
+        field=field)
+
+
+def _sniff(data: bytes) -> str | None:
+    """Supported format named by the magic number, if any."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    return None
+
+
+def _describe(data: bytes) -> str:
+    """What unrecognised bytes look like, so a caller can see what went wrong."""
+    head = data[:1024].removeprefix(b"\xef\xbb\xbf").strip()
+    lower = head.lower()
+    if lower.startswith(b"data:"):
+        return "upload looks like a data: URI; upload the decoded image bytes instead"
+    if _URL.match(head) and len(head.splitlines()) == 1:
+        return ("upload looks like a URL; upload the image bytes instead "
+                "(URLs are not fetched)")
+    if _PATH.fullmatch(head) and len(data) < 4096 and _is_text(head):
+        return ("upload looks like a file path; upload the image bytes instead "
+                "(paths are not opened)")
+    if b"<svg" in lower:
+        return "upload looks like SVG; vector images are not supported"
+    if b"<html" in lower or lower.startswith(b"<!doctype html"):
+        return "upload looks like an HTML page, not an image"
+    if lower.startswith(b"%pdf-"):
+        return "upload looks like a PDF document, not an image"
+    if lower[:1] in (b"{", b"[") and _is_text(head):
+        return "upload looks like JSON, not an image"
+    if _BASE64.fullmatch(re.sub(rb"[\r\n]+", b"", head)):
+        return "upload looks like base64 text; upload the raw image bytes instead"
+    if _is_text(head):
+        return "upload looks like text, not an image"
+    return "upload is not a recognised image"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+# ---- decode ---------------------------------------------------------------------------------
+
+
+def _load(image: Image.Image, field: str) -> None:
+    """Decode all pixels of the current (first) frame now, mapping every failure."""
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Animated GIFs may grow their canvas past the header size while loading.
+        raise _bomb_error(exc, field) from exc
+    except Exception as exc:  # decoders raise many types on hostile data
+        raise _undecodable(image, exc, field) from exc
+
+
+def _undecodable(image: Image.Image, exc: BaseException, field: str) -> InvalidImage:
+    if isinstance(exc, MemoryError):
+        reason = "not enough memory to decode it"
+    else:
+        reason = f"truncated or corrupt {image.format}"
+        detail = str(exc).strip()
+        # Pillow's messages are short and useful ("image file is truncated"), but some embed
+        # object reprs that mean nothing to a caller.
+        if detail and len(detail) <= 120 and "<" not in detail:
+            reason += f" ({detail})"
+    return InvalidImage(f"field '{field}': image could not be decoded: {reason}", field=field)
+
+
+def _to_rgb(source: Image.Image, field: str) -> Image.Image:
+    """Loaded image of any mode → new detached 8-bit RGB image."""
+    try:
+        image = _orient(source)
+        if image.mode.startswith("I") or image.mode == "F":
+            image = _to_8bit(image)
+        if image.mode in _ALPHA_MODES or image.has_transparency_data:
+            image = _flatten(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+    except MemoryError as exc:
+        raise _undecodable(source, exc, field) from exc
+    except Exception as exc:  # an exotic mode Pillow cannot convert, or a failing transform
+        raise InvalidImage(
+            f"field '{field}': image could not be decoded: cannot convert {source.format} "
+            f"colour mode {source.mode} to RGB", field=field) from exc
+    return image
+
+
+def _orient(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; returns a new image either way (detached from the file)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not fail a good image
+        return image.copy()
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """Composite over white: CLIP sees what a viewer shows, not the hidden colour."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale → 8-bit L, scaled rather than clipped.
+
+    Pillow's own ``convert("L")`` clips (1000 → 255), so a 16-bit image would come out
+    almost white. I;16 uses its full 0..65535 range; I and F have no fixed range, so values
+    that fit a conventional one (0..65535 for I, 0..1 for F) use it and others are stretched
+    from their own minimum to maximum.
+    """
+    values = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(values)
+    low, high = _value_range(image.mode, values[finite] if not finite.all() else values)
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    scaled = np.rint(np.clip((values - low) * scale, 0.0, 255.0)).astype(np.uint8)
+    return Image.fromarray(scaled)
+
+
+def _value_range(mode: str, values: np.ndarray) -> tuple[float, float]:
+    if mode.startswith("I;16"):
+        return 0.0, 65535.0
+    if values.size == 0:
+        return 0.0, 0.0
+    low, high = float(values.min()), float(values.max())
+    if mode == "I" and low >= 0 and high <= 65535:
+        return 0.0, 65535.0
+    if mode == "F" and low >= 0 and high <= 1:
+        return 0.0, 1.0
+    return low, high

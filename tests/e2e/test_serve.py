@@ -1,0 +1,89 @@
+"""End to end against a real `bentoml serve`: batching, per-caller results, contract, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_runner.encoder import BatchEncoder
+from clip_runner.loading import load_entry
+from clip_runner.preprocess import PixelPipeline
+from tests.conftest import make_jpeg, make_png
+
+pytestmark = pytest.mark.slow
+
+
+def _local_embedding(tag: str, data: bytes) -> np.ndarray:
+    loaded = load_entry(tag, torch.device("cpu"))
+    pixels = PixelPipeline(loaded.entry.preprocess_cfg)(Image.open(io.BytesIO(data)).convert("RGB"))
+    return BatchEncoder(loaded).encode_pixels(pixels[None])[0]
+
+
+async def _concurrent_encodes(url: str, blobs: list[bytes]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        calls = [client.post("/encode_image", files={"image": (f"{i}.jpg", b, "image/jpeg")})
+                 for i, b in enumerate(blobs)]
+        return await asyncio.gather(*calls)
+
+
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_own(server, tiny_tag) -> None:
+    blobs = [make_jpeg(100 + i, size=(160, 120)) for i in range(16)]
+    batch_sizes: list[int] = []
+    for _ in range(3):  # adaptive batching needs a little history; a few rounds make it robust
+        responses = asyncio.run(_concurrent_encodes(server.url, blobs))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        batch_sizes += [int(r.headers["X-Batch-Size"]) for r in responses]
+        if max(batch_sizes) > 1:
+            break
+    assert max(batch_sizes) > 1, f"no batching observed: {batch_sizes}\n{server.output()}"
+    for data, resp in zip(blobs[:4], responses[:4]):
+        ours = np.array(resp.json(), dtype=np.float32)
+        assert float(ours @ _local_embedding(tiny_tag, data)) >= 0.9999
+    others = [np.array(r.json()) for r in responses]
+    assert len({tuple(np.round(o, 5)) for o in others}) == len(blobs)  # all distinct
+
+
+def test_contract_over_real_http(server) -> None:
+    jpeg = make_jpeg(1)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert len(c.post("/encode_image", files={"image": ("a.jpg", jpeg)}).json()) == 32
+        many = c.post("/encode_images", files=[("images", ("a.jpg", jpeg)), ("images", ("b.png", make_png(1)))])
+        assert many.json()["errors"] == [None, None]
+        assert np.array(c.post("/encode_text", json={"text": ["a", "b"]}).json()).shape == (2, 32)
+        sim = c.post("/similarity", files={"image": ("a.jpg", jpeg)}, data={"texts": ["x", "y"]}).json()
+        assert len(sim["results"]) == 2
+        ana = c.post("/clip/analyze", files={"file": ("a.jpg", jpeg)}, data={"text": "a shoe"}).json()
+        assert isinstance(ana["is_mismatch"], bool)
+        cls = c.post("/classify", files={"image": ("a.jpg", jpeg)}, data={"top_k": "3"}).json()
+        assert len(cls["predictions"]) == 3
+        assert len(c.get("/categories").json()["categories"]) >= 40
+        health = c.get("/health").json()
+        assert health["status"] == "healthy" and health["embedding_size"] == 32
+        for probe in ("/livez", "/readyz"):
+            assert c.get(probe).status_code == 200
+        metrics = c.get("/metrics").text
+        assert "bentoml_service_request" in metrics
+
+
+async def _mixed(url: str) -> list[httpx.Response]:
+    bad = [b"", b"GIF89a broken", make_jpeg(3)[:200], b"<svg xmlns='http://www.w3.org/2000/svg'/>"]
+    good = [make_jpeg(200 + i) for i in range(8)]
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        calls = [client.post("/encode_image", files={"image": ("f", b)}) for b in good + bad]
+        return await asyncio.gather(*calls)
+
+
+def test_bad_uploads_fail_alone_and_the_worker_survives(server) -> None:
+    responses = asyncio.run(_mixed(server.url))
+    assert [r.status_code for r in responses[:8]] == [200] * 8
+    for resp in responses[8:]:
+        assert 400 <= resp.status_code < 500 and resp.json()["error"]
+    assert httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "healthy"
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.output()

@@ -1,0 +1,28 @@
+"""The public service in-process (ASGI), its encoder dependency instantiated locally."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+
+@pytest.fixture(scope="session")
+def service_module(tiny_tag: str):
+    # Settings are read when service.py is imported, so the environment comes first.
+    os.environ["CLIP_MODEL_TAG"] = tiny_tag
+    from clip_runner.settings import get_settings
+
+    get_settings.cache_clear()
+    import service
+
+    return service
+
+
+@pytest.fixture(scope="session")
+def client(service_module) -> Iterator[TestClient]:
+    app = service_module.ClipService.to_asgi()
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
