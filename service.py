@@ -231,7 +231,7 @@ class ClipService:
         try:
             payload = await request.json()
         except ValueError:
-            raise InvalidInput("body must be JSON like {\"text\": \"...\"} or {\"text\": [...]}")
+            raise InvalidInput('body must be JSON like {"text": "..."} or {"text": [...]}') from None
         if not isinstance(payload, dict) or "text" not in payload:
             raise InvalidInput("field 'text' is required", field="text")
         text = payload["text"]

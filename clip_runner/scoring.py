@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def similarity_scores(
     probs = softmax(sims, logit_scale)
     return [
         {"text": text, "similarity": float(s), "probability": float(p)}
-        for text, s, p in zip(texts, sims, probs)
+        for text, s, p in zip(texts, sims, probs, strict=True)
     ]
 
 

@@ -42,7 +42,7 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own(server, ti
         if max(batch_sizes) > 1:
             break
     assert max(batch_sizes) > 1, f"no batching observed: {batch_sizes}\n{server.output()}"
-    for data, resp in zip(blobs[:4], responses[:4]):
+    for data, resp in zip(blobs[:4], responses[:4], strict=True):
         ours = np.array(resp.json(), dtype=np.float32)
         assert float(ours @ _local_embedding(tiny_tag, data)) >= 0.9999
     others = [np.array(r.json()) for r in responses]

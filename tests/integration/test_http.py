@@ -158,7 +158,8 @@ def test_categories_and_health(client) -> None:
         ("/encode_text", {"json": {"text": "a\x00b"}}, 400, "control"),
         ("/similarity", {"files": {"image": ("x.jpg", make_jpeg(0), "image/jpeg")}}, 400, "'texts'"),
         ("/analyze", {"files": {"image": ("x.jpg", make_jpeg(0), "image/jpeg")}}, 400, "'text' is required"),
-        ("/classify", {"files": {"image": ("x.jpg", make_jpeg(0), "image/jpeg")}, "data": {"top_k": "zero"}}, 400, "top_k"),
+        ("/classify", {"files": {"image": ("x.jpg", make_jpeg(0), "image/jpeg")}, "data": {"top_k": "zero"}},
+         400, "top_k"),
     ],
 )
 def test_bad_input_gets_clear_4xx(client, path, kwargs, status, needle) -> None:
