@@ -10,6 +10,7 @@ message names the field and the rule; Pillow's own exceptions never escape.
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 
@@ -63,10 +64,10 @@ def decode_image(
     corrupt or degenerate). Every error carries ``field``.
     """
     _check_bytes(data, max_bytes, field)
-    source = _open(bytes(data), field)
+    source = _open(bytes(data), max_pixels, field)
     try:
         _check_dimensions(source.size, max_pixels, field)
-        _load(source, field)
+        _load(source, max_pixels, field)
         return _to_rgb(source, field)
     finally:
         source.close()  # drop the reference to the upload buffer (and any frame cursor)
@@ -100,12 +101,17 @@ def _check_dimensions(size: tuple[int, int], max_pixels: int, field: str) -> Non
             f"exceeds the pixel limit of {max_pixels:,}", field=field)
 
 
-def _bomb_error(exc: Exception, field: str) -> PayloadTooLarge:
-    """Pillow's own decompression-bomb guard fired first (it checks while opening)."""
+def _bomb_error(exc: Exception, max_pixels: int, field: str) -> PayloadTooLarge:
+    """Pillow's own decompression-bomb guard fired before our check could run.
+
+    It runs inside ``Image.open`` (and again in some loaders) for sizes above its global
+    limit; its exception carries the pixel count but not the dimensions.
+    """
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f" of {int(found.group(1)):,} pixels" if found else ""
     return PayloadTooLarge(
-        f"field '{field}': decoded size{size} exceeds the pixel limit", field=field)
+        f"field '{field}': decoded size{size} exceeds the pixel limit of {max_pixels:,}",
+        field=field)
 
 
 def _megabytes(n: int) -> str:
@@ -115,13 +121,13 @@ def _megabytes(n: int) -> str:
 # ---- identify -------------------------------------------------------------------------------
 
 
-def _open(data: bytes, field: str) -> Image.Image:
+def _open(data: bytes, max_pixels: int, field: str) -> Image.Image:
     """Identify the format from the header only (lazy: no pixel data is decoded yet)."""
     try:
         # A file object, never a str: Image.open would treat a str as a path to open.
         image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb_error(exc, field) from exc
+        raise _bomb_error(exc, max_pixels, field) from exc
     except Exception as exc:  # any failure to identify untrusted bytes
         raise _unrecognised(data, field) from exc
     if image.format not in SUPPORTED_FORMATS:
@@ -186,7 +192,8 @@ def _describe(data: bytes) -> str:
 
 def _is_text(head: bytes) -> bool:
     try:
-        text = head.decode("utf-8")
+        # Incremental, so a character cut in half by the 1 KiB window still counts as text.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
     return all(c.isprintable() or c in "\t\r\n" for c in text)
@@ -195,13 +202,13 @@ def _is_text(head: bytes) -> bool:
 # ---- decode ---------------------------------------------------------------------------------
 
 
-def _load(image: Image.Image, field: str) -> None:
+def _load(image: Image.Image, max_pixels: int, field: str) -> None:
     """Decode all pixels of the current (first) frame now, mapping every failure."""
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Animated GIFs may grow their canvas past the header size while loading.
-        raise _bomb_error(exc, field) from exc
+        # Some plugins (TIFF) repeat Pillow's global guard when they allocate the pixels.
+        raise _bomb_error(exc, max_pixels, field) from exc
     except Exception as exc:  # decoders raise many types on hostile data
         raise _undecodable(image, exc, field) from exc
 

@@ -21,6 +21,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CONFIG = FIXTURES / "tiny_clip.json"
 
 
+@pytest.fixture(autouse=True)
+def _clean_clip_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start from default settings, whatever CLIP_* variables the shell has."""
+    for name in [n for n in os.environ if n.startswith("CLIP_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def bentoml_home() -> str:
     return _HOME

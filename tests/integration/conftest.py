@@ -18,6 +18,8 @@ def service_module(tiny_tag: str):
     get_settings.cache_clear()
     import service
 
+    # service.settings is fixed now; keep the variable from leaking into other tests.
+    del os.environ["CLIP_MODEL_TAG"]
     return service
 
 
