@@ -13,8 +13,9 @@ import dataclasses
 import json
 import time
 import unicodedata
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
