@@ -88,6 +88,8 @@ class ClipEncoder:
         return {
             **self._info,
             "reason": self.resolution.reason,
+            "fallback": self.resolution.fallback,
+            "hardware": self.resolution.hardware,
             "preprocess_cfg": entry.preprocess_cfg,
             "metadata": entry.metadata,
             "torch_threads": self.threads,

@@ -61,6 +61,8 @@ class LocalBackend:
         return {
             **model_info(self.loaded),
             "reason": self.resolution.reason,
+            "fallback": self.resolution.fallback,
+            "hardware": self.resolution.hardware,
             "preprocess_cfg": entry.preprocess_cfg,
             "metadata": entry.metadata,
             "batching": {"max_batch_size": self.settings.batch_size, "max_latency_ms": 0},

@@ -30,6 +30,9 @@ class ModelRef:
         return store_name(self.arch, self.pretrained)
 
 
+DEMO_NAME = "demo"
+
+
 @dataclasses.dataclass(frozen=True)
 class Resolution:
     """The tag to serve and why it was chosen (shown by /health and the startup log)."""
@@ -37,6 +40,8 @@ class Resolution:
     tag: str
     reason: str
     registered: bool = False
+    fallback: bool = False
+    hardware: dict | None = None
 
 
 def parse_model_name(name: str, pretrained: str | None) -> ModelRef:
@@ -58,21 +63,32 @@ def resolve_model(settings: ClipSettings, *, register_missing: bool = True) -> R
     """Decide which store entry to serve.
 
     Order: ``CLIP_MODEL_TAG``; else ``CLIP_MODEL_PATH`` (a checkpoint of ``CLIP_MODEL_NAME``'s
-    architecture); else ``CLIP_MODEL_NAME`` + ``CLIP_PRETRAINED``. A missing entry is registered
-    (downloaded) when allowed, otherwise a ModelNotAvailable says how to register it.
+    architecture); else ``CLIP_MODEL_NAME`` (+ ``CLIP_PRETRAINED``; ``demo`` is the bundled demo
+    model); else the hardware-aware default. A missing entry is registered (downloaded) when
+    allowed. When nothing was configured and the default cannot be had, the bundled demo model
+    serves instead, loudly, unless ``CLIP_STRICT_MODEL`` forbids it.
     """
     if settings.model_tag:
         entry = open_entry(settings.model_tag)
         return Resolution(entry.tag, "CLIP_MODEL_TAG")
+    if settings.model_name.strip().lower() == DEMO_NAME:
+        return Resolution(_register_demo(), "CLIP_MODEL_NAME=demo (bundled demo model)")
     ref = parse_model_name(settings.model_name, settings.pretrained)
     if settings.model_path:
         return _resolve_checkpoint(Path(settings.model_path), ref, register_missing)
+    if settings.model_configured:
+        return _resolve_named(ref, f"CLIP_MODEL_NAME={settings.model_name}", settings, register_missing)
+    return _resolve_default(settings, register_missing)
+
+
+def _resolve_named(ref: ModelRef, why: str, settings: ClipSettings, register_missing: bool) -> Resolution:
     if (tag := latest_tag(ref.store_name)) is not None:
-        return Resolution(tag, f"CLIP_MODEL_NAME={settings.model_name} (found in store)")
+        return Resolution(tag, f"{why} (found in store)")
     if not (register_missing and settings.allow_download):
         raise ModelNotAvailable(
             f"{ref.store_name} is not in the model store and downloading is disabled. Register "
-            f"it with `python -m models register {settings.model_name}` or set CLIP_MODEL_TAG."
+            f"it with `python -m models register {ref.hub_repo and HF_HUB_PREFIX + ref.hub_repo or ref.arch}"
+            f"{'' if ref.hub_repo else ' --pretrained ' + str(ref.pretrained)}` or set CLIP_MODEL_TAG."
         )
     logger.warning("%s not in the model store: downloading and registering it", ref.store_name)
     from models.register import register_hub_repo, register_pretrained
@@ -81,7 +97,50 @@ def resolve_model(settings: ClipSettings, *, register_missing: bool = True) -> R
         tag = register_hub_repo(ref.hub_repo)
     else:
         tag = register_pretrained(ref.arch, ref.pretrained or DEFAULT_PRETRAINED)
-    return Resolution(tag, f"CLIP_MODEL_NAME={settings.model_name} (registered now)", True)
+    return Resolution(tag, f"{why} (registered now)", registered=True)
+
+
+def _resolve_default(settings: ClipSettings, register_missing: bool) -> Resolution:
+    """Hardware-aware default, falling back to the demo model when it cannot be had."""
+    from .hardware import choose_default_model, detect_hardware, record_decision
+
+    choice = choose_default_model(detect_hardware(settings.device))
+    ref = ModelRef(arch=choice.arch, pretrained=choice.pretrained)
+    why = f"default for this hardware: {choice.rule}"
+    try:
+        resolution = _resolve_named(ref, why, settings, register_missing)
+    except ModelNotAvailable as exc:
+        if settings.strict_model:
+            raise ModelNotAvailable(
+                f"the default model {choice.arch}/{choice.pretrained} is unavailable and "
+                f"CLIP_STRICT_MODEL forbids the demo fallback: {exc}"
+            ) from exc
+        logger.warning(
+            "\n%s\nFALLING BACK TO THE BUNDLED DEMO MODEL: %s/%s could not be loaded or downloaded.\n"
+            "Reason: %s\nThe demo model only knows simple shapes and colours. To serve a real model, "
+            "make the hub reachable (or set HF_ENDPOINT to a mirror), register one with "
+            "`python -m models register ...` and set CLIP_MODEL_TAG; set CLIP_STRICT_MODEL=true to "
+            "refuse this fallback.\n%s", "=" * 78, choice.arch, choice.pretrained, exc, "=" * 78,
+        )
+        resolution = Resolution(
+            _register_demo(), f"fallback to the demo model: {choice.arch}/{choice.pretrained} "
+            f"unavailable ({_first_line(exc)})", fallback=True)
+    resolution = dataclasses.replace(resolution, hardware=choice.to_dict())
+    from .store import store_home
+
+    record_decision(choice, Path(store_home()).parent, served_tag=resolution.tag)
+    return resolution
+
+
+def _register_demo() -> str:
+    from models.demo import register_demo
+
+    return register_demo()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _resolve_checkpoint(path: Path, ref: ModelRef, register_missing: bool) -> Resolution:

@@ -28,6 +28,9 @@ class ClipSettings(BaseSettings):
     pretrained: str | None = Field(None, description="open_clip pretrained tag (default openai).")
     model_path: str | None = Field(None, description="Fine-tuned checkpoint file or directory.")
     allow_download: bool = Field(True, description="Download the model when not in the store.")
+    strict_model: bool = Field(
+        False, description="Never fall back to the bundled demo model (production deployments)."
+    )
 
     # Scoring.
     similarity_threshold: float | None = Field(
@@ -62,6 +65,11 @@ class ClipSettings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
             return value
         raise ValueError("CLIP_DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def model_configured(self) -> bool:
+        """Whether any model setting was given explicitly (else the hardware-aware default applies)."""
+        return bool({"model_tag", "model_name", "pretrained", "model_path"} & self.model_fields_set)
 
     @property
     def threshold_or_default(self) -> float:

@@ -1,0 +1,40 @@
+"""The hardware-aware default model decision, with faked device facts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clip_runner.hardware import DECISION_FILE, HardwareFacts, choose_default_model, detect_hardware, record_decision
+
+
+@pytest.mark.parametrize(
+    ("facts", "arch"),
+    [
+        (HardwareFacts(cuda_available=False), "ViT-B-32"),
+        (HardwareFacts(True, "big", free_vram_gib=70.0, total_vram_gib=80.0), "ViT-L-14"),
+        (HardwareFacts(True, "edge", free_vram_gib=8.0, total_vram_gib=10.0), "ViT-L-14"),
+        (HardwareFacts(True, "mid", free_vram_gib=7.9, total_vram_gib=8.0), "ViT-B-16"),
+        (HardwareFacts(True, "mid", free_vram_gib=4.0, total_vram_gib=6.0), "ViT-B-16"),
+        (HardwareFacts(True, "small", free_vram_gib=3.9, total_vram_gib=4.0), "ViT-B-32"),
+        (HardwareFacts(True, "unknown", free_vram_gib=None), "ViT-B-32"),
+    ],
+)
+def test_tiers(facts: HardwareFacts, arch: str) -> None:
+    choice = choose_default_model(facts)
+    assert choice.arch == arch and choice.pretrained == "openai"
+    assert choice.rule  # the reason is always stated
+
+
+def test_cpu_forced_ignores_cuda() -> None:
+    assert detect_hardware("cpu") == HardwareFacts(cuda_available=False)
+
+
+def test_decision_is_recorded(tmp_path) -> None:
+    choice = choose_default_model(HardwareFacts(True, "gpu", free_vram_gib=5.5, total_vram_gib=8.0))
+    path = record_decision(choice, tmp_path, served_tag="clip-vit-b-16-openai:abc")
+    body = json.loads((tmp_path / DECISION_FILE).read_text())
+    assert path.name == DECISION_FILE
+    assert body["arch"] == "ViT-B-16" and body["served_tag"] == "clip-vit-b-16-openai:abc"
+    assert body["facts"]["free_vram_gib"] == 5.5 and "5.5 GiB" in body["rule"]
