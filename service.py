@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -29,10 +31,23 @@ from clip_runner.settings import get_settings
 logger = logging.getLogger("clip_service")
 settings = get_settings()
 
-MODEL_TAG = settings.model_tag
+BAKED_MODEL_FILE = Path(__file__).with_name("bento_model.json")
 
 
-@bentoml.service(name="clip_encoder", workers=1, traffic={"timeout": 600})
+def _baked_model_tag() -> str | None:
+    """The model tag `make build` baked into a bento (absent in a source checkout)."""
+    if not BAKED_MODEL_FILE.is_file():
+        return None
+    return str(json.loads(BAKED_MODEL_FILE.read_text())["tag"])
+
+
+MODEL_TAG = settings.model_tag or _baked_model_tag()
+ENCODER_CONFIG: dict[str, Any] = {"workers": 1, "traffic": {"timeout": 600}}
+if settings.gpus:
+    ENCODER_CONFIG["resources"] = {"gpu": settings.gpus}
+
+
+@bentoml.service(name="clip_encoder", **ENCODER_CONFIG)
 class ClipEncoder:
     """Loads the model once per worker and encodes whole batches."""
 
@@ -46,7 +61,9 @@ class ClipEncoder:
         from clip_runner.resolve import resolve_model
 
         self.threads = configure_threads(settings.num_threads)
-        self.resolution = resolve_model(settings)
+        pinned = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
+            update={"model_tag": MODEL_TAG})
+        self.resolution = resolve_model(pinned)
         self.loaded = load_entry(self.resolution.tag, pick_device(settings.device))
         self.encoder = BatchEncoder(self.loaded, settings.precision)
         self._info = model_info(self.loaded)

@@ -44,6 +44,7 @@ class ClipSettings(BaseSettings):
         10_000, ge=1, description="Adaptive batching: max time a request may wait in a batch."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    gpus: int = Field(0, ge=0, description="GPUs the encoder service requests (deployment resources).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads decoding uploads.")

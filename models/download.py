@@ -1,0 +1,515 @@
+"""Fetch pretrained OpenCLIP weight files for registration into the model store.
+
+Two sources, as in open_clip's pretrained table:
+
+* a Hugging Face Hub repo (``hf_hub``), fetched with ``huggingface_hub.hf_hub_download`` so that
+  ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and its cache all behave as users expect;
+* a plain URL (``url``), streamed with httpx to a ``.part`` file that later attempts resume with
+  an HTTP ``Range`` request, then checked against the sha256 embedded in the URL.
+
+Every file is fetched with retries and exponential backoff, but only for failures that a retry
+can fix (connection problems, timeouts, HTTP 5xx/408/429). A missing repo or file, a gated repo
+or a refused token fails at once, and so does a metadata request that huggingface_hub has
+already retried on its own. The final failure is a :class:`DownloadError` that says what was
+requested, what went wrong and how to work around it.
+
+Only files are fetched here; nothing is deserialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import httpx
+import httpx2  # huggingface_hub's HTTP client (a separate package from httpx)
+import tenacity
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+)
+from tqdm.auto import tqdm
+
+from clip_runner.errors import ModelNotAvailable
+
+logger = logging.getLogger("clip_runner.download")
+
+T = TypeVar("T")
+
+# File names open_clip uses in hub repos.
+HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+HF_CONFIG_NAME = "open_clip_config.json"
+
+# open_clip's own default location for URL downloads, so both share one copy.
+DEFAULT_URL_CACHE = Path("~/.cache/clip")
+
+_RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx
+_MAX_WAIT_S = 60.0
+_URL_TIMEOUT_S = 30.0
+_FULL_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA256_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+
+
+class DownloadError(ModelNotAvailable):
+    """Weights could not be fetched. The message ends with a troubleshooting section."""
+
+    def __init__(self, message: str, hints: Iterable[str] = ()) -> None:
+        self.summary = message
+        self.hints = list(hints)
+        text = message
+        if self.hints:
+            text += "\nTroubleshooting:\n" + "\n".join(f"  - {hint}" for hint in self.hints)
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Local paths of downloaded files (inside the hub cache or the URL download folder)."""
+
+    config_path: Path | None  # open_clip_config.json if the repo has one
+    weights_path: Path
+
+
+# ---- public API -----------------------------------------------------------------------------
+
+
+def download_pretrained(
+    arch: str,
+    pretrained: str,
+    *,
+    cache_dir: str | None = None,
+    retries: int = 3,
+    backoff_s: float = 2.0,
+) -> HubFiles:
+    """Fetch the weights open_clip knows as ``arch``/``pretrained`` (e.g. "ViT-B-32", "openai").
+
+    The hub source is preferred when open_clip lists one (as open_clip itself does), and within
+    it a ``.safetensors`` alternative of the named file. ``cache_dir`` overrides the hub cache
+    (``$HF_HOME/hub``) or, for URL sources, open_clip's ``~/.cache/clip``.
+    """
+    cfg = _pretrained_cfg(arch, pretrained)
+    label = f"{arch}/{pretrained}"
+    if cfg.get("hf_hub"):
+        repo_id, filename = split_hf_hub(cfg["hf_hub"])
+        hub = _HubRepo(repo_id, label=label, arch=arch, cache_dir=cache_dir,
+                       retries=retries, backoff_s=backoff_s)
+        config = hub.fetch_optional(HF_CONFIG_NAME)
+        weights = hub.fetch_first([*safetensors_alternatives(filename), filename])
+        return HubFiles(config_path=config, weights_path=weights)
+    if cfg.get("url"):
+        url = cfg["url"]
+        dest = Path(cache_dir) if cache_dir else DEFAULT_URL_CACHE
+        weights = download_url(url, dest, expected_sha256=expected_sha256_from_url(url),
+                               retries=retries, backoff_s=backoff_s, label=label, arch=arch)
+        return HubFiles(config_path=None, weights_path=weights)
+    raise DownloadError(f"open_clip lists no download source for {label}",
+                        _local_hints(arch))
+
+
+def download_hub_repo(
+    repo_id: str,
+    *,
+    cache_dir: str | None = None,
+    retries: int = 3,
+    backoff_s: float = 2.0,
+) -> HubFiles:
+    """Fetch an open_clip-format hub repo (``hf-hub:org/repo``): its config and its weights,
+    ``open_clip_model.safetensors`` when present, else ``open_clip_pytorch_model.bin``.
+
+    A repo without ``open_clip_config.json`` yields ``config_path=None``; the caller decides
+    whether that is acceptable.
+    """
+    hub = _HubRepo(repo_id, label=f"hf-hub:{repo_id}", arch=None, cache_dir=cache_dir,
+                   retries=retries, backoff_s=backoff_s)
+    config = hub.fetch_optional(HF_CONFIG_NAME)
+    weights = hub.fetch_first([HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME])
+    return HubFiles(config_path=config, weights_path=weights)
+
+
+def download_url(
+    url: str,
+    dest_dir: str | Path,
+    *,
+    expected_sha256: str | None = None,
+    retries: int = 3,
+    backoff_s: float = 2.0,
+    label: str | None = None,
+    arch: str | None = None,
+) -> Path:
+    """Download ``url`` into ``dest_dir`` (file name from the URL) and return its path.
+
+    Bytes go to ``<name>.part`` first; a later attempt (or a later call) continues it with a
+    ``Range`` request, so a dropped connection costs only the missing bytes. The finished file
+    must have a sha256 starting with ``expected_sha256`` when given (open_clip's URLs embed a
+    full hash or a prefix); a mismatch deletes the download and raises :class:`DownloadError`.
+    An existing file that passes the check is returned without any network access.
+    """
+    dest_dir = Path(dest_dir).expanduser()
+    target = dest_dir / _filename_from_url(url)
+    what = f"{label + ' from ' if label else ''}{url}"
+    if target.is_file():
+        if _sha256_matches(target, expected_sha256):
+            return target
+        logger.warning("%s does not match sha256 %s; downloading it again", target,
+                       expected_sha256)
+    part = target.with_name(target.name + ".part")
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with_retries(lambda: _stream_to_part(url, part), what=url, attempts=retries,
+                     backoff_s=backoff_s)
+    except Exception as exc:
+        raise DownloadError(
+            f"could not download {what} to {dest_dir}\nlast error: {describe_error(exc)}",
+            _url_hints(url, dest_dir, arch),
+        ) from exc
+    if not _sha256_matches(part, expected_sha256):
+        actual = sha256_file(part)
+        part.unlink()  # a corrupt file must not be resumed next time
+        raise DownloadError(
+            f"downloaded {what} but its sha256 {actual} does not start with the expected "
+            f"{expected_sha256}; the file was deleted",
+            _url_hints(url, dest_dir, arch),
+        )
+    os.replace(part, target)
+    return target
+
+
+# ---- open_clip metadata -----------------------------------------------------------------------
+
+
+def _pretrained_cfg(arch: str, pretrained: str) -> dict[str, Any]:
+    """open_clip's pretrained entry, or a DownloadError listing the tags it does know."""
+    import open_clip  # imported here: it pulls in torch, which the hub-repo path does not need
+
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if cfg:
+        return dict(cfg)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tags:
+        message = (f"open_clip has no pretrained weights {pretrained!r} for {arch}; "
+                   f"available tags: {', '.join(tags)}")
+        hints = [f"pick one of the tags above: python -m models register {arch} "
+                 f"--pretrained {tags[0]}"]
+    else:
+        message = f"open_clip has no pretrained weights for architecture {arch!r}"
+        hints = ["see open_clip.list_pretrained() for the (architecture, tag) pairs it knows"]
+    raise DownloadError(message, hints + _local_hints(arch))
+
+
+def split_hf_hub(hf_hub: str) -> tuple[str, str]:
+    """Split open_clip's ``"org/repo/"`` or ``"org/repo/filename"`` into (repo id, filename).
+
+    A trailing slash means "the default weights file of the repo".
+    """
+    org, repo, filename = (hf_hub.strip("/").split("/", 2) + ["", ""])[:3]
+    if not org or not repo:
+        raise DownloadError(f"malformed hf_hub entry {hf_hub!r} in open_clip's table")
+    return f"{org}/{repo}", filename or HF_WEIGHTS_NAME
+
+
+def safetensors_alternatives(filename: str) -> list[str]:
+    """The safetensors files that open_clip prefers over ``filename``, best first."""
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[: -len(Path(filename).suffix)] + ".safetensors"]
+    return []
+
+
+def expected_sha256_from_url(url: str) -> str | None:
+    """The sha256 (or prefix) embedded in an open_clip weights URL, if any.
+
+    open_clip's conventions: OpenAI URLs put the full hash in the parent folder
+    (``.../<sha256>/ViT-B-32.pt``); mlfoundations release files end in ``-<prefix>.pt``. The
+    second form is only trusted on those URLs, since elsewhere a ``-<hex>`` suffix may be a date
+    or a version.
+    """
+    parts = [unquote(p) for p in urlparse(url).path.split("/") if p]
+    if len(parts) >= 2 and _FULL_SHA256.fullmatch(parts[-2]):
+        return parts[-2]
+    if parts and "mlfoundations" in url:
+        suffix = Path(parts[-1]).stem.rsplit("-", 1)[-1]
+        if _SHA256_PREFIX.fullmatch(suffix):
+            return suffix
+    return None
+
+
+# ---- hub downloads ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _HubRepo:
+    """One hub repo being fetched from, with what error messages need to know about it."""
+
+    repo_id: str
+    label: str  # what the user asked for, e.g. "ViT-B-32/openai" or "hf-hub:org/repo"
+    arch: str | None
+    cache_dir: str | None
+    retries: int
+    backoff_s: float
+
+    def fetch(self, filename: str) -> Path:
+        """Download one file (or find it in the cache), retrying transient failures."""
+        def attempt() -> str:
+            return hf_hub_download(repo_id=self.repo_id, filename=filename,
+                                   cache_dir=self.cache_dir)
+
+        return Path(with_retries(attempt, what=f"{self.repo_id}/{filename}",
+                                 attempts=self.retries, backoff_s=self.backoff_s))
+
+    def fetch_optional(self, filename: str) -> Path | None:
+        """Like :meth:`fetch`, but a file the repo does not have is ``None``."""
+        try:
+            return self.fetch(filename)
+        except Exception as exc:
+            if is_missing_file(exc):
+                return None
+            raise self.error(filename, exc) from exc
+
+    def fetch_first(self, filenames: list[str]) -> Path:
+        """The first of ``filenames`` that the repo has.
+
+        Only a missing file moves on to the next name: after a network failure the next name
+        would most likely fail too, and silently settling for a pickle would hide the problem.
+        """
+        offline = False
+        for filename in filenames:
+            try:
+                return self.fetch(filename)
+            except Exception as exc:
+                if not is_missing_file(exc):
+                    raise self.error(filename, exc) from exc
+                offline = offline or _is_offline_error(exc.__cause__)
+                logger.info("%s has no %s", self.repo_id, filename)
+        where = "the local cache (offline mode)" if offline else f"hub repo {self.repo_id}"
+        raise DownloadError(
+            f"could not download {self.label}: none of {', '.join(filenames)} is in {where} "
+            f"(repo {self.repo_id}, endpoint {_endpoint()})",
+            _hub_hints(self.repo_id, self.arch, self.cache_dir),
+        )
+
+    def error(self, filename: str, exc: BaseException) -> DownloadError:
+        return DownloadError(
+            f"could not download {self.label}: file {filename} from hub repo {self.repo_id} "
+            f"(endpoint {_endpoint()})\nlast error: {describe_error(exc)}",
+            _hub_hints(self.repo_id, self.arch, self.cache_dir),
+        )
+
+
+def is_missing_file(exc: BaseException) -> bool:
+    """Whether ``exc`` means "this repo has no such file" (so another file name may be tried).
+
+    In offline mode a file that is not in the cache counts as missing too, so that a cached
+    ``.bin`` is still found when its ``.safetensors`` alternative was never downloaded.
+    """
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return True
+    return isinstance(exc, LocalEntryNotFoundError) and _is_offline_error(exc.__cause__)
+
+
+def _is_offline_error(exc: BaseException | None) -> bool:
+    return isinstance(exc, OfflineModeIsEnabled)
+
+
+# ---- retries ----------------------------------------------------------------------------------
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: network and timeout errors, HTTP 5xx, 408 and 429.
+
+    huggingface_hub talks HTTP through ``httpx2`` (a package of its own, not httpx), so both
+    libraries' errors are recognised. Missing/gated repos, missing files and 401/403 are not
+    transient, and neither is offline mode.
+    """
+    if isinstance(exc, LocalEntryNotFoundError):
+        # hf_hub_download reports a failed metadata request this way; the cause says why.
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    if _is_offline_error(exc):
+        return False
+    if isinstance(exc, (httpx.TransportError, httpx2.TransportError)):
+        return True
+    status = _http_status(exc)
+    return status is not None and (status >= 500 or status in _RETRY_STATUSES)
+
+
+def should_retry(exc: BaseException) -> bool:
+    """Whether our retry loop should try again after ``exc``: a transient failure that
+    huggingface_hub has not already retried itself."""
+    return is_transient(exc) and not _retried_by_hub(exc)
+
+
+def _retried_by_hub(exc: BaseException) -> bool:
+    """A failed metadata request reaches us as LocalEntryNotFoundError, but only after
+    hf_hub_download retried it with its own backoff (6 tries over ~23 s, later ones allowed 60 s
+    each). Retrying that again would make an unreachable hub take minutes to report."""
+    return isinstance(exc, LocalEntryNotFoundError)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)  # HfHubHTTPError and both HTTPStatusErrors
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def with_retries(fn: Callable[[], T], *, what: str, attempts: int, backoff_s: float) -> T:
+    """Call ``fn`` up to ``attempts`` times, waiting ``backoff_s``, 2x, 4x ... (capped at 60 s)
+    between attempts; only :func:`should_retry` errors are retried, the last error is
+    re-raised."""
+    attempts = max(1, attempts)
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=backoff_s, max=_MAX_WAIT_S),
+        retry=tenacity.retry_if_exception(should_retry),
+        before_sleep=_log_retry(what, attempts),
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+def _log_retry(what: str, attempts: int) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("download of %s failed (attempt %d/%d: %s); retrying in %.2fs",
+                       what, state.attempt_number, attempts, describe_error(exc, lines=1), wait)
+
+    return log
+
+
+def describe_error(exc: BaseException | None, *, lines: int = 4) -> str:
+    """``Type: message`` (first ``lines`` lines), plus the cause when the message hides it
+    (HTTP errors already name their status and URL; LocalEntryNotFoundError names nothing)."""
+    if exc is None:
+        return "unknown error"
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:lines] if line.strip())
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and _http_status(exc) is None and str(cause).strip() not in text:
+        described += f" (caused by {describe_error(cause, lines=lines)})"
+    return described
+
+
+# ---- URL downloads ------------------------------------------------------------------------------
+
+
+def _filename_from_url(url: str) -> str:
+    name = unquote(urlparse(url).path.rsplit("/", 1)[-1])
+    if not name or name in (".", ".."):
+        raise DownloadError(f"cannot derive a file name from URL {url}")
+    return name
+
+
+def _stream_to_part(url: str, part: Path) -> None:
+    """One attempt: continue ``part`` from its current size (or start it) until complete."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with httpx.stream("GET", url, headers=headers, follow_redirects=True,
+                      timeout=_URL_TIMEOUT_S) as response:
+        if response.status_code == 416 and offset:
+            # Nothing left to send: the partial file is already whole, or is not a prefix of
+            # this resource (it changed); in the second case start over.
+            if _content_range_total(response) == offset:
+                return
+            part.unlink()
+            return _stream_to_part(url, part)
+        response.raise_for_status()
+        if response.status_code == 206 and _content_range_start(response) != offset:
+            part.unlink()  # not the range we asked for: do not splice it in, start over
+            return _stream_to_part(url, part)
+        if response.status_code != 206:
+            offset = 0  # the server ignored our Range and sends the whole file
+        total = _content_range_total(response) or _int_header(response, "Content-Length")
+        with part.open("ab" if offset else "wb") as out, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name.removesuffix(".part"), disable=None,
+        ) as bar:
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                bar.update(len(chunk))
+    # httpx raises when a body ends before its Content-Length; this catches servers that
+    # send no length at all and still come up short of the advertised total.
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise httpx.RemoteProtocolError(f"incomplete download of {url}: {size} of {total} bytes")
+
+
+def _content_range_start(response: httpx.Response) -> int | None:
+    match = re.match(r"bytes (\d+)-\d+/", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _content_range_total(response: httpx.Response) -> int | None:
+    match = re.match(r"bytes [^/]+/(\d+)$", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    value = response.headers.get(name)
+    return int(value) if value and value.isdigit() else None
+
+
+def _sha256_matches(path: Path, expected: str | None) -> bool:
+    return expected is None or sha256_file(path).startswith(expected.lower())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- troubleshooting ---------------------------------------------------------------------------
+
+
+def _endpoint() -> str:
+    return hf_constants.ENDPOINT
+
+
+def _hub_hints(repo_id: str, arch: str | None, cache_dir: str | None) -> list[str]:
+    hints = []
+    if hf_constants.HF_HUB_OFFLINE:
+        hints.append("HF_HUB_OFFLINE is set, so only files already in the cache can be used; "
+                     "unset it to download")
+    hints += [
+        f"check network access to {hf_constants.ENDPOINT} and the proxy settings "
+        "(HTTPS_PROXY / HTTP_PROXY / NO_PROXY)",
+        f"set HF_ENDPOINT to a reachable hub mirror (now {hf_constants.ENDPOINT})",
+        f"downloads are cached under HF_HOME (cache now {cache_dir or hf_constants.HF_HUB_CACHE}); "
+        "make sure it is writable, or point HF_HOME at a cache that already has the files",
+        f"pre-download where the hub is reachable with `hf download {repo_id}` "
+        f"(`huggingface-cli download {repo_id}` on older huggingface_hub), then retry with "
+        "that HF_HOME",
+    ]
+    return hints + _local_hints(arch)
+
+
+def _url_hints(url: str, dest_dir: Path, arch: str | None) -> list[str]:
+    return [
+        "check network access to the URL's host and the proxy settings "
+        "(HTTPS_PROXY / HTTP_PROXY / NO_PROXY)",
+        f"or fetch {url} by other means into {dest_dir} and retry (an existing file with the "
+        "right hash is used as is)",
+        *_local_hints(arch),
+    ]
+
+
+def _local_hints(arch: str | None) -> list[str]:
+    arch = arch or "ARCH"
+    return [
+        f"or register a local file: python -m models register --checkpoint PATH --arch {arch}",
+        f"for benchmarks only (meaningless embeddings): "
+        f"python -m models register --random-init {arch}",
+    ]

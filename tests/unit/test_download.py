@@ -1,0 +1,408 @@
+"""Weight downloads against a local fake hub: file choice, retries, resume, hashes, errors.
+
+huggingface_hub reads ``HF_ENDPOINT`` and ``HF_HOME`` once, at import. Hub downloads therefore
+run in a child Python process started with those variables pointing at the fake hub (exactly
+what a user's shell does), which serves many calls over a JSON-lines pipe so that torch and
+open_clip are imported once. Plain-URL downloads use httpx directly and run in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.download import (
+    DownloadError,
+    download_pretrained,
+    download_url,
+    expected_sha256_from_url,
+    safetensors_alternatives,
+    split_hf_hub,
+)
+from tests.fakehub import FakeHub, running_fake_hub
+
+ROOT = Path(__file__).resolve().parents[2]
+REPO = "org/clip-model"
+OPENAI_REPO = "timm/vit_base_patch32_clip_224.openai"  # open_clip's hf_hub for ViT-B-32/openai
+SAFE, BIN = "open_clip_model.safetensors", "open_clip_pytorch_model.bin"
+CONFIG = "open_clip_config.json"
+FAST = {"backoff_s": 0.01}
+
+_WORKER = r"""
+import dataclasses, json, logging, sys
+channel, sys.stdout = sys.stdout, sys.stderr  # keep the reply channel free of stray prints
+from models import download
+
+messages = []
+handler = logging.Handler()
+handler.emit = lambda record: messages.append(record.getMessage())
+log = logging.getLogger("clip_runner.download")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+
+for line in sys.stdin:
+    call = json.loads(line)
+    messages.clear()
+    try:
+        result = getattr(download, call["fn"])(*call["args"], **call["kwargs"])
+        reply = {"result": dataclasses.asdict(result)}
+    except Exception as exc:
+        reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+    reply["logs"] = list(messages)
+    channel.write(json.dumps(reply, default=str) + "\n")
+    channel.flush()
+"""
+
+
+class HubWorker:
+    """A child process that runs ``models.download`` functions with the hub env it was given."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER], cwd=ROOT, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        self._replies: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._replies.put(line)
+
+    def call(self, fn: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"fn": fn, "args": args, "kwargs": kwargs}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._replies.get(timeout=120))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def _hub() -> Iterator[FakeHub]:
+    with running_fake_hub() as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub(_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    """The module's fake hub, emptied for each test."""
+    _hub.reset()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # in-process httpx must not use a proxy
+    return _hub
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hf-home")
+
+
+@pytest.fixture(scope="module")
+def worker(_hub: FakeHub, hf_home: Path) -> Iterator[HubWorker]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(
+        HF_ENDPOINT=_hub.url, HF_HOME=str(hf_home), HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5",
+        NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(ROOT),
+    )
+    hub_worker = HubWorker(env)
+    yield hub_worker
+    hub_worker.close()
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that differ per seed (content is irrelevant, only identity)."""
+    block = hashlib.sha256(f"{seed}".encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+def weights_ok(reply: dict[str, Any]) -> dict[str, Any]:
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+def resolve_requests(hub: FakeHub, filename: str, method: str | None = None) -> list[int]:
+    return [r.status for r in hub.requests(method, f"/resolve/main/{filename}")]
+
+
+def cdn_gets(hub: FakeHub) -> list[int]:
+    return [r.status for r in hub.requests("GET", "/lfs/")]
+
+
+# ---- hub repos ---------------------------------------------------------------------------------
+
+
+def test_hub_repo_fetches_config_and_safetensors_into_hf_home(
+    hub: FakeHub, worker: HubWorker, hf_home: Path
+) -> None:
+    config, weights = b'{"model_cfg": {}}', payload(200_000)
+    hub.add(REPO, CONFIG, config)
+    hub.add(REPO, SAFE, weights)
+    hub.add(REPO, BIN, payload(1000, seed=1))
+
+    files = weights_ok(worker.call("download_hub_repo", REPO, **FAST))
+
+    assert Path(files["config_path"]).read_bytes() == config
+    assert Path(files["weights_path"]).name == SAFE
+    assert Path(files["weights_path"]).read_bytes() == weights
+    for path in files.values():
+        assert Path(path).is_relative_to(hf_home / "hub" / "models--org--clip-model")
+    assert resolve_requests(hub, BIN) == []  # the pickle was never even looked up
+
+
+def test_pretrained_uses_open_clip_repo_and_prefers_safetensors(
+    hub: FakeHub, worker: HubWorker, tmp_path: Path
+) -> None:
+    safe, pickle = payload(5000, seed=2), payload(4000, seed=3)
+    hub.add(OPENAI_REPO, SAFE, safe)
+    hub.add(OPENAI_REPO, BIN, pickle)
+
+    files = weights_ok(worker.call("download_pretrained", "ViT-B-32", "openai",
+                                   cache_dir=str(tmp_path / "a"), **FAST))
+    assert Path(files["weights_path"]).read_bytes() == safe
+    assert files["config_path"] is None  # this fake repo has no open_clip_config.json
+    assert resolve_requests(hub, SAFE, "HEAD") == [302]
+
+    hub.remove(OPENAI_REPO, SAFE)
+    files = weights_ok(worker.call("download_pretrained", "ViT-B-32", "openai",
+                                   cache_dir=str(tmp_path / "b"), **FAST))
+    assert Path(files["weights_path"]).name == BIN
+    assert Path(files["weights_path"]).read_bytes() == pickle
+
+
+def test_transient_503s_are_retried(hub: FakeHub, worker: HubWorker, tmp_path: Path) -> None:
+    weights = payload(50_000)
+    hub.add(REPO, SAFE, weights)
+    hub.fail_next(2, 503, method="GET", server="cdn")
+
+    reply = worker.call("download_hub_repo", REPO, cache_dir=str(tmp_path), retries=3, **FAST)
+
+    assert Path(weights_ok(reply)["weights_path"]).read_bytes() == weights
+    assert cdn_gets(hub) == [503, 503, 200]
+    retries = [m for m in reply["logs"] if "retrying" in m]
+    assert len(retries) == 2
+    assert "attempt 1/3" in retries[0] and "attempt 2/3" in retries[1]
+    assert "503" in retries[0]
+
+
+def test_retries_give_up_after_the_last_attempt(
+    hub: FakeHub, worker: HubWorker, tmp_path: Path
+) -> None:
+    hub.add(REPO, SAFE, payload(1000))
+    hub.fail_next(10, 503, method="GET", server="cdn")
+
+    reply = worker.call("download_hub_repo", REPO, cache_dir=str(tmp_path), retries=2, **FAST)
+
+    assert reply["error"]["type"] == "DownloadError"
+    assert "503" in reply["error"]["message"] and SAFE in reply["error"]["message"]
+    assert cdn_gets(hub) == [503, 503]
+
+
+def test_missing_repo_fails_at_once_with_troubleshooting(
+    hub: FakeHub, worker: HubWorker, tmp_path: Path
+) -> None:
+    reply = worker.call("download_hub_repo", "org/no-such-repo", cache_dir=str(tmp_path),
+                        retries=5, **FAST)
+
+    error = reply["error"]
+    assert error["type"] == "DownloadError"
+    message = error["message"]
+    assert "org/no-such-repo" in message and hub.url in message
+    assert "RepositoryNotFoundError" in message
+    for hint in ("Troubleshooting", "proxy", "HF_ENDPOINT", "HF_HOME",
+                 "download org/no-such-repo", "register --checkpoint PATH",
+                 "register --random-init"):
+        assert hint in message
+    assert len(hub.requests(path_contains="/resolve/")) == 1  # no retries
+    assert not [m for m in reply["logs"] if "retrying" in m]
+
+
+def test_repo_without_weights_names_the_files_it_tried(
+    hub: FakeHub, worker: HubWorker, tmp_path: Path
+) -> None:
+    hub.add(REPO, CONFIG, b"{}")
+
+    reply = worker.call("download_hub_repo", REPO, cache_dir=str(tmp_path), **FAST)
+
+    assert reply["error"]["type"] == "DownloadError"
+    assert SAFE in reply["error"]["message"] and BIN in reply["error"]["message"]
+    assert resolve_requests(hub, SAFE) == [404] and resolve_requests(hub, BIN) == [404]
+
+
+def test_connection_cut_mid_body_still_yields_the_right_bytes(
+    hub: FakeHub, worker: HubWorker, tmp_path: Path
+) -> None:
+    weights = payload(300_000, seed=4)
+    hub.add(REPO, SAFE, weights)
+    hub.cut_next(100_000, method="GET", server="cdn")
+
+    files = weights_ok(worker.call("download_hub_repo", REPO, cache_dir=str(tmp_path), **FAST))
+
+    assert Path(files["weights_path"]).read_bytes() == weights
+    # huggingface_hub recovers by itself. It buffers up to 10 MiB before writing, so for a
+    # small file the second request asks for everything again rather than for a range.
+    assert len(cdn_gets(hub)) == 2
+
+
+def test_unknown_pretrained_tag_lists_the_known_ones(hub: FakeHub, worker: HubWorker) -> None:
+    reply = worker.call("download_pretrained", "ViT-B-32", "no-such-tag", **FAST)
+
+    assert reply["error"]["type"] == "DownloadError"
+    message = reply["error"]["message"]
+    assert "no-such-tag" in message and "openai" in message and "laion2b_s34b_b79k" in message
+    assert hub.log == []  # decided from open_clip's table alone
+
+    reply = worker.call("download_pretrained", "No-Such-Arch", "openai", **FAST)
+    assert "no pretrained weights for architecture 'No-Such-Arch'" in reply["error"]["message"]
+
+
+# ---- plain URLs (in process: httpx reads no hub settings) ------------------------------------
+
+
+@pytest.fixture
+def url_only_cfg(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Make ``download_pretrained`` see a pretrained entry that has only a ``url``.
+
+    open_clip has no such entry today; a stand-in module also spares importing torch here.
+    """
+    cfg: dict[str, str] = {}
+    stub = types.ModuleType("open_clip")
+    stub.get_pretrained_cfg = lambda arch, tag: dict(cfg)  # type: ignore[attr-defined]
+    stub.list_pretrained_tags_by_model = lambda arch: []  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "open_clip", stub)
+    return cfg
+
+
+def test_url_download_resumes_with_range_and_checks_sha256(
+    hub: FakeHub, url_only_cfg: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = payload(300_000, seed=5)
+    url = hub.serve_url(f"clip/models/{hashlib.sha256(data).hexdigest()}/ViT-B-32.pt", data)
+    url_only_cfg["url"] = url
+    hub.cut_next(100_000, method="GET")
+
+    with caplog.at_level("WARNING", logger="clip_runner.download"):
+        files = download_pretrained("ViT-B-32", "test", cache_dir=str(tmp_path), **FAST)
+
+    assert files.config_path is None
+    assert files.weights_path == tmp_path / "ViT-B-32.pt"
+    assert files.weights_path.read_bytes() == data
+    assert [r.range for r in hub.requests("GET")] == [None, "bytes=100000-"]
+    assert [r.status for r in hub.requests("GET")] == [200, 206]
+    assert "attempt 1/3" in caplog.text
+    assert not list(tmp_path.glob("*.part"))
+
+    # A verified file is reused without touching the network.
+    assert download_pretrained("ViT-B-32", "test", cache_dir=str(tmp_path)) == files
+    assert len(hub.requests("GET")) == 2
+
+
+def test_url_download_with_wrong_sha256_fails_and_keeps_nothing(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    url = hub.serve_url(f"clip/models/{wrong}/ViT-B-32.pt", payload(10_000))
+
+    with pytest.raises(DownloadError, match="sha256") as excinfo:
+        download_url(url, tmp_path, expected_sha256=expected_sha256_from_url(url), **FAST)
+
+    assert wrong in str(excinfo.value) and "Troubleshooting" in str(excinfo.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_url_not_found_fails_at_once(hub: FakeHub, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="404"):
+        download_url(hub.cdn_url + "/missing/model.pt", tmp_path, retries=5, **FAST)
+    assert len(hub.requests("GET")) == 1
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://openaipublic.azureedge.net/clip/models/"
+     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
+    ("https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
+     "vit_b_32-quickgelu-laion400m_e31-d867053b.pt", "d867053b"),
+    ("https://example.com/weights/model-20240101.pt", None),
+    ("https://example.com/model.pt", None),
+])
+def test_expected_sha256_from_url(url: str, expected: str | None) -> None:
+    assert expected_sha256_from_url(url) == expected
+
+
+def _hub_error(status: int, error_type: type[Exception] | None = None) -> Exception:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx2.Response(status, request=httpx2.Request("HEAD", "http://hub/x"))
+    return (error_type or HfHubHTTPError)(f"{status} error", response=response)
+
+
+def _caused(error: Exception, cause: BaseException) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+def _retry_cases() -> list[tuple[str, Exception, bool, bool]]:
+    """(name, error, is_transient, should_retry)."""
+    import httpx
+    import httpx2
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    connect = httpx2.ConnectError("refused")
+    return [
+        ("hub connect error", connect, True, True),
+        ("hub read timeout", httpx2.ReadTimeout("slow"), True, True),
+        ("httpx cut body", httpx.RemoteProtocolError("peer closed"), True, True),
+        ("503", _hub_error(503), True, True),
+        ("429", _hub_error(429), True, True),
+        ("404 repo", _hub_error(404, RepositoryNotFoundError), False, False),
+        ("404 file", _hub_error(404, RemoteEntryNotFoundError), False, False),
+        ("gated", _hub_error(401, GatedRepoError), False, False),
+        ("403", _hub_error(403), False, False),
+        ("metadata gave up", _caused(LocalEntryNotFoundError("x"), connect), True, False),
+        ("offline", _caused(LocalEntryNotFoundError("x"), OfflineModeIsEnabled()), False, False),
+        ("other", ValueError("bad"), False, False),
+    ]
+
+
+def test_retry_classification() -> None:
+    from models.download import is_transient, should_retry
+
+    for name, error, transient, retry in _retry_cases():
+        assert (is_transient(error), should_retry(error)) == (transient, retry), name
+
+
+def test_hub_file_names() -> None:
+    assert split_hf_hub("timm/vit_base_patch32_clip_224.openai/") == (OPENAI_REPO, BIN)
+    assert split_hf_hub("org/repo/sub/w.bin") == ("org/repo", "sub/w.bin")
+    assert safetensors_alternatives(BIN) == [SAFE]
+    assert safetensors_alternatives("pytorch_model.bin") == ["pytorch_model.safetensors"]
+    assert safetensors_alternatives("model.pth") == ["model.safetensors"]
+    assert safetensors_alternatives("model.pt") == []
