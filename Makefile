@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench clean
+.PHONY: venv serve test test-fast lint register-bench build build-cuda clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,13 @@ lint: $(STAMP)
 # A ViT-B-32 with random weights: the real compute cost, for benchmarks.
 register-bench: $(STAMP)
 	$(BIN)/python -m models register --random-init ViT-B-32
+
+# Bento with the served model pinned (CLIP_MODEL_TAG, else the demo model); prints its tag.
+build: $(STAMP)
+	$(BIN)/python -m deploy.build_bento
+
+build-cuda: $(STAMP)
+	$(BIN)/python -m deploy.build_bento --cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

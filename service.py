@@ -31,6 +31,12 @@ from clip_runner.settings import get_settings
 logger = logging.getLogger("clip_service")
 settings = get_settings()
 
+def _show_our_logs() -> None:
+    """BentoML leaves the root logger at WARNING; our startup facts and warnings are INFO."""
+    for name in ("clip_service", "clip_runner", "models"):
+        logging.getLogger(name).setLevel(settings.log_level)
+
+
 BAKED_MODEL_FILE = Path(__file__).with_name("bento_model.json")
 
 
@@ -60,6 +66,7 @@ class ClipEncoder:
         from clip_runner.loading import load_entry, model_info
         from clip_runner.resolve import resolve_model
 
+        _show_our_logs()
         self.threads = configure_threads(settings.num_threads)
         pinned = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
             update={"model_tag": MODEL_TAG})
@@ -68,6 +75,10 @@ class ClipEncoder:
         self.encoder = BatchEncoder(self.loaded, settings.precision)
         self._info = model_info(self.loaded)
         self._warm_up()
+        from clip_runner.drain import DrainGuard
+
+        self.drain = DrainGuard(max_s=settings.shutdown_drain_s)
+        self.drain.install()
         logger.info("serving %s (%s) on %s", self.resolution.tag, self.resolution.reason,
                     self.loaded.device)
 
@@ -84,7 +95,7 @@ class ClipEncoder:
         """(N, H, W, 3) uint8 preprocessed images → (N, D + 2): unit rows + batch trailer."""
         from clip_runner.encoder import timed, with_trailer
 
-        with timed() as elapsed:
+        with self.drain.active(), timed() as elapsed:
             rows = self.encoder.encode_pixels(np.asarray(pixels, dtype=np.uint8))
         return with_trailer(rows, len(rows), elapsed[0])
 
@@ -94,9 +105,15 @@ class ClipEncoder:
         """N texts → (N, D + 2): unit rows + batch trailer."""
         from clip_runner.encoder import timed, with_trailer
 
-        with timed() as elapsed:
+        with self.drain.active(), timed() as elapsed:
             rows = self.encoder.encode_texts(texts)
         return with_trailer(rows, len(rows), elapsed[0])
+
+    @bentoml.api
+    def ping(self) -> bool:
+        """Heartbeat from the public service while it has requests in flight (see DrainGuard)."""
+        self.drain.touch()
+        return True
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
@@ -130,6 +147,9 @@ class _Backend:
     async def info(self) -> dict[str, Any]:
         return await self._encoder.to_async.info()
 
+    async def ping(self) -> None:
+        await self._encoder.to_async.ping()
+
 
 app = FastAPI(
     title="clip-service",
@@ -152,6 +172,17 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "form")]
         problems.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
     return JSONResponse({"error": "; ".join(problems), "status": 400}, status_code=400)
+
+
+@app.middleware("http")
+async def _in_flight(request: Request, call_next: Any) -> Any:
+    """Count requests in flight on the service instance (for graceful shutdown)."""
+    service = bentoml.get_current_service()
+    service.started()
+    try:
+        return await call_next(request)
+    finally:
+        service.finished()
 
 
 @app.middleware("http")
@@ -217,8 +248,28 @@ class ClipService:
     encoder = bentoml.depends(ClipEncoder)
 
     def __init__(self) -> None:
+        _show_our_logs()
         self._pipeline: ClipPipeline | None = None
         self._lock = asyncio.Lock()
+        self._in_flight = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def started(self) -> None:
+        """Count a request; while any is in flight, keep the encoder from draining away."""
+        self._in_flight += 1
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._beat())
+
+    def finished(self) -> None:
+        self._in_flight -= 1
+
+    async def _beat(self) -> None:
+        while self._in_flight > 0:
+            try:
+                await _Backend(self.encoder).ping()
+            except Exception as exc:  # the encoder may be gone already; requests will say so
+                logger.debug("encoder heartbeat failed: %s", exc)
+            await asyncio.sleep(0.5)
 
     async def pipeline(self) -> ClipPipeline:
         """Built on first use from the encoder's model facts (it starts alongside this service)."""

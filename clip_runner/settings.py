@@ -49,6 +49,10 @@ class ClipSettings(BaseSettings):
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads decoding uploads.")
 
+    shutdown_drain_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long the encoder keeps serving in-flight work at most."
+    )
+
     # Request limits.
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(64_000_000, ge=1, description="Decoded pixel limit (w*h).")
@@ -57,6 +61,7 @@ class ClipSettings(BaseSettings):
     max_images: int = Field(32, ge=1, description="Images per request.")
     max_categories: int = Field(1000, ge=1)
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_key: str | None = Field(None, description="When set, callers must send it.")
 
     @field_validator("device")

@@ -1,0 +1,125 @@
+"""The built bento serves; its Dockerfiles are sound; SIGTERM lets in-flight requests finish."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import make_jpeg
+from tests.e2e.conftest import ROOT, free_port, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+
+def _build(tag: str, cuda: bool = False) -> str:
+    args = [sys.executable, "-m", "deploy.build_bento"] + (["--cuda"] if cuda else [])
+    out = subprocess.run(args, cwd=ROOT, env={**os.environ, "CLIP_MODEL_TAG": tag},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (ROOT / "bento_model.json").exists()  # the checkout is not left pinned
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def bento_tag(tiny_tag: str) -> str:
+    return _build(tiny_tag)
+
+
+def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
+    from bentoml._internal.container import construct_containerfile
+
+    bento = bentoml.get(bento_tag)
+    with construct_containerfile(bento) as (context, dockerfile):
+        text = Path(context, dockerfile).read_text()
+        files = [str(p.relative_to(context)) for p in Path(context).rglob("*") if p.is_file()]
+    return text, files
+
+
+def test_built_bento_serves_the_pinned_model(bento_tag: str, tiny_tag: str, tmp_path) -> None:
+    port = free_port()
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    log = (tmp_path / "bento.log").open("wb")
+    proc = subprocess.Popen([str(bentoml_cli), "serve", bento_tag, "--port", str(port)],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        assert health["model"] == tiny_tag and health["status"] == "healthy"
+        resp = httpx.post(f"{url}/encode_image", files={"image": ("a.jpg", make_jpeg(1))}, timeout=60)
+        assert resp.status_code == 200 and len(resp.json()) == 32
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_cpu_dockerfile(bento_tag: str, tiny_tag: str) -> None:
+    text, files = _dockerfile(bento_tag)
+    assert "USER bentoml" in text and "EXPOSE 3000" in text
+    assert "ENV CLIP_STRICT_MODEL" in text and "ENV CLIP_DEVICE" in text
+    name, version = tiny_tag.split(":")
+    assert f"models/{name}/{version}/open_clip_model.safetensors" in files
+    assert "src/bento_model.json" in files and "src/service.py" in files
+    assert not any(f.startswith("src/tests/") for f in files)
+
+
+def test_cuda_variant(tiny_tag: str) -> None:
+    tag = _build(tiny_tag, cuda=True)
+    text, _ = _dockerfile(tag)
+    assert "FROM nvidia/cuda:12.8.1-cudnn-runtime" in text and "USER bentoml" in text
+    assert "ENV CLIP_GPUS" in text
+    info = bentoml.get(tag).info
+    encoder = next(s for s in info.services if s.name == "clip_encoder")
+    assert encoder.config.get("resources", {}).get("gpu") == 1
+    assert {e.name: e.value for e in info.envs}["CLIP_DEVICE"] == "cuda"
+
+
+def _large_jpegs(n: int) -> list[bytes]:
+    out = []
+    for seed in range(n):
+        small = np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def test_sigterm_lets_in_flight_requests_finish(tiny_tag: str, tmp_path) -> None:
+    server = start_server({"CLIP_MODEL_TAG": tiny_tag, "CLIP_DECODE_THREADS": "1"}, tmp_path / "s.log")
+    blobs, result = _large_jpegs(24), {}
+
+    def call() -> None:
+        files = [("images", (f"{i}.jpg", b)) for i, b in enumerate(blobs)]
+        result["resp"] = httpx.post(f"{server.url}/encode_images", files=files, timeout=120)
+
+    try:
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(1.0)  # the request is being decoded (≈ 2–3 s on one thread)
+        os.kill(server.proc.pid, signal.SIGTERM)
+        thread.join(120)
+        resp = result["resp"]
+        assert resp.status_code == 200, resp.text
+        assert all(e is not None for e in resp.json()["embeddings"])
+        assert server.proc.wait(60) == 0
+        assert "drained after" in server.output()
+    finally:
+        stop_server(server)
