@@ -24,6 +24,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from clip_http.guards import AdmissionLimit, BodyLimit
 from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, Unauthorized
 from clip_runner.pipeline import ClipPipeline, Timings
 from clip_runner.settings import get_settings
@@ -183,6 +184,23 @@ async def _in_flight(request: Request, call_next: Any) -> Any:
         return await call_next(request)
     finally:
         service.finished()
+
+
+# Registration order matters: the last registered runs first (auth, admission, body size).
+app.add_middleware(BodyLimit, max_bytes=lambda: settings.max_request_bytes)
+app.add_middleware(AdmissionLimit, max_in_flight=lambda: settings.max_concurrency)
+
+
+@app.exception_handler(bentoml.exceptions.BentoMLException)
+async def _encoder_error(_: Request, exc: bentoml.exceptions.BentoMLException) -> JSONResponse:
+    """The batched encoder refused or failed: overload is 503 + Retry-After, never a bare 500."""
+    status = int(getattr(exc, "error_code", 500))
+    if status in (429, 503):
+        return JSONResponse({"error": "the model is overloaded (batch queue full); retry shortly",
+                             "status": 503}, status_code=503, headers={"Retry-After": "1"})
+    logger.error("encoder error: %s", exc)
+    return JSONResponse({"error": "the model service failed; see the server log", "status": 502},
+                        status_code=502)
 
 
 @app.middleware("http")

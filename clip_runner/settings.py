@@ -60,6 +60,10 @@ class ClipSettings(BaseSettings):
     max_texts: int = Field(64, ge=1, description="Texts per request.")
     max_images: int = Field(32, ge=1, description="Images per request.")
     max_categories: int = Field(1000, ge=1)
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Whole request body limit (413).")
+    max_concurrency: int = Field(
+        64, ge=1, description="Requests in flight per public worker; the excess gets 429 + Retry-After."
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_key: str | None = Field(None, description="When set, callers must send it.")

@@ -28,3 +28,8 @@ def client(service_module) -> Iterator[TestClient]:
     app = service_module.ClipService.to_asgi()
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+def asgi_app(client: TestClient):
+    """The ASGI app a TestClient drives."""
+    return client.app
