@@ -108,6 +108,11 @@ def _resolve_default(settings: ClipSettings, register_missing: bool) -> Resoluti
     ref = ModelRef(arch=choice.arch, pretrained=choice.pretrained)
     why = f"default for this hardware: {choice.rule}"
     try:
+        if latest_tag(ref.store_name) is None and settings.allow_download:
+            from models.download import hub_unreachable_reason
+
+            if reason := hub_unreachable_reason():
+                raise ModelNotAvailable(f"{ref.store_name} is not in the store and the hub is unreachable: {reason}")
         resolution = _resolve_named(ref, why, settings, register_missing)
     except ModelNotAvailable as exc:
         if settings.strict_model:

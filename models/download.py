@@ -513,3 +513,23 @@ def _local_hints(arch: str | None) -> list[str]:
         f"for benchmarks only (meaningless embeddings): "
         f"python -m models register --random-init {arch}",
     ]
+
+
+def hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:
+    """Why the hub endpoint cannot be reached right now, or None when a TCP connection opens.
+
+    A quick probe used before an *implicit* default download: with no network the hub client
+    would otherwise spend tens of seconds retrying before the demo fallback could start.
+    """
+    import socket
+
+    if hf_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(hf_constants.ENDPOINT)
+    host = endpoint.hostname or ""
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {hf_constants.ENDPOINT} ({exc})"
