@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench build build-cuda clean
+.PHONY: venv serve test test-fast lint register-bench build build-cuda soak clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ build: $(STAMP)
 
 build-cuda: $(STAMP)
 	$(BIN)/python -m deploy.build_bento --cuda
+
+# Steady mixed load for SOAK_MINUTES (default 10): errors by status, latency and RSS over time.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,47 @@
+"""The public service's encoder adapter resends on stale pooled connections, and only then."""
+
+from __future__ import annotations
+
+import aiohttp
+import numpy as np
+import pytest
+
+
+class FlakyEncoder:
+    """Stands in for the encoder dependency: fails the first ``failures`` calls like a reset socket."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+        self.to_async = self
+
+    async def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+
+async def test_stale_connection_is_retried() -> None:
+    import service
+
+    encoder = FlakyEncoder(2, aiohttp.ClientOSError("Cannot write to closing transport"))
+    rows = await service._Backend(encoder).encode_texts(["a", "b"])
+    assert rows.shape == (2, 4) and encoder.calls == 3
+
+
+async def test_persistent_failure_becomes_service_unavailable() -> None:
+    import service
+
+    encoder = FlakyEncoder(10, aiohttp.ServerDisconnectedError())
+    with pytest.raises(service.EncoderUnavailable) as info:
+        await service._Backend(encoder).encode_texts(["a"])
+    assert encoder.calls == service._Backend.ATTEMPTS and info.value.error_code == 503
+
+
+async def test_other_errors_are_not_retried() -> None:
+    import service
+
+    encoder = FlakyEncoder(1, ValueError("bad input"))
+    with pytest.raises(ValueError):
+        await service._Backend(encoder).encode_texts(["a"])
+    assert encoder.calls == 1
