@@ -198,10 +198,15 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse({"error": "; ".join(problems), "status": 400}, status_code=400)
 
 
+_SERVICE: ClipService | None = None  # the instance serving in this worker (set in its __init__)
+
+
 @app.middleware("http")
 async def _in_flight(request: Request, call_next: Any) -> Any:
     """Count requests in flight on the service instance (for graceful shutdown)."""
-    service = bentoml.get_current_service()
+    service = _SERVICE
+    if service is None:  # not constructed (e.g. the app is driven without BentoML's lifespan)
+        return await call_next(request)
     service.started()
     try:
         return await call_next(request)
@@ -289,7 +294,9 @@ class ClipService:
     encoder = bentoml.depends(ClipEncoder)
 
     def __init__(self) -> None:
+        global _SERVICE
         _show_our_logs()
+        _SERVICE = self
         self._pipeline: ClipPipeline | None = None
         self._lock = asyncio.Lock()
         self._in_flight = 0

@@ -31,5 +31,20 @@ def client(service_module) -> Iterator[TestClient]:
 
 
 def asgi_app(client: TestClient):
-    """The ASGI app a TestClient drives."""
-    return client.app
+    """The ASGI app a TestClient drives, minus lifespan events.
+
+    The service is already started by the client; a second tool driving the same app must not
+    run startup/shutdown again (shutdown would tear the shared instance down).
+    """
+    app = client.app
+
+    async def without_lifespan(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await app(scope, receive, send)
+
+    return without_lifespan

@@ -1,0 +1,191 @@
+"""``CLIPEmbedder``: the embedding API existing backend code calls, over either CLIP backend.
+
+Files in, unit float32 vectors out. Image embeddings go through the service's batch route
+(``/encode_images``) or the in-process pipeline's batch path, chosen by
+:func:`clip_runner.backends.from_env` unless a backend is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .backends import ClientSettings, ClipBackend, from_env
+from .client import ClipServiceError
+from .settings import ClipSettings
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+# Statuses that mean "this file is not an image the model can read"; anything else (auth,
+# overload, a server fault, no connection) is not the file's fault and is raised.
+_BAD_IMAGE_STATUSES = frozenset({400, 413, 415})
+# Texts per call: within the service's default per-request limit (CLIP_MAX_TEXTS=64).
+_TEXT_CHUNK = 32
+
+
+class CLIPEmbedder:
+    """Image and text embeddings from a CLIP model served over HTTP or loaded in-process.
+
+    With ``backend=None`` the backend comes from :func:`~clip_runner.backends.from_env`;
+    ``model_name`` and ``device`` (and ``settings``, the full ``CLIP_*`` configuration) then
+    configure the in-process model. The HTTP backend serves whatever model the service runs,
+    so there they are ignored (logged at debug level).
+    """
+
+    def __init__(self, model_name: str | None = None, device: str = "auto", backend: ClipBackend | None = None,
+                 *, settings: ClipSettings | None = None) -> None:
+        configured = model_name is not None or device != "auto" or settings is not None
+        if backend is None:
+            client = ClientSettings()
+            if client.use_local_clip:
+                if configured:
+                    logger.debug("model_name=%r, device=%r ignored: the CLIP service at %s serves its own model",
+                                 model_name, device, client.local_clip_url)
+                backend = from_env(client=client)
+            else:
+                backend = from_env(_local_settings(model_name, device, settings), client=client)
+        elif configured:
+            logger.debug("model_name=%r, device=%r ignored: a backend was given", model_name, device)
+        self.backend = backend
+        self._dimension: int | None = None
+
+    def __enter__(self) -> CLIPEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the backend (HTTP connections, or the in-process model)."""
+        self.backend.close()
+
+    # ---- images -----------------------------------------------------------------------------
+
+    async def generate_embedding(self, image_path: PathLike) -> np.ndarray | None:
+        """The (D,) unit embedding of one image file.
+
+        Raises ``FileNotFoundError`` when the file does not exist; returns ``None`` (and logs a
+        warning) when it exists but is unreadable or not a usable image.
+        """
+        return await asyncio.to_thread(self._embed_file, Path(image_path))
+
+    async def generate_embeddings_batch(self, image_paths: Sequence[PathLike], batch_size: int = 32,
+                                        show_progress: bool = True) -> list[np.ndarray | None]:
+        """One (D,) embedding per path, in order; ``None`` where a file is missing or unusable.
+
+        Files are read and sent ``batch_size`` at a time (the service accepts at most
+        ``CLIP_MAX_IMAGES``, 32 by default, per request).
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        paths = [Path(p) for p in image_paths]
+        results: list[np.ndarray | None] = []
+        with tqdm(total=len(paths), desc="embedding images", unit="img", disable=not show_progress) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start : start + batch_size]
+                results += await asyncio.to_thread(self._embed_chunk, chunk)
+                bar.update(len(chunk))
+        return results
+
+    def _embed_file(self, path: Path) -> np.ndarray | None:
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, "image file not found", str(path))
+        data = _read(path)
+        if data is None:
+            return None
+        try:
+            return self.backend.encode_image(data)
+        except ClipServiceError as exc:
+            if exc.status not in _BAD_IMAGE_STATUSES:
+                raise
+            logger.warning("%s: not a usable image: %s", path, exc.message)
+            return None
+
+    def _embed_chunk(self, paths: list[Path]) -> list[np.ndarray | None]:
+        read = [(i, blob) for i, path in enumerate(paths) if (blob := _read(path)) is not None]
+        out: list[np.ndarray | None] = [None] * len(paths)
+        if not read:
+            return out
+        readable = [i for i, _ in read]
+        encoded = self.backend.encode_images([blob for _, blob in read])
+        for i, row, error in zip(readable, encoded.embeddings, encoded.errors, strict=True):
+            if row is None:
+                logger.warning("%s: not a usable image: %s", paths[i], error)
+            out[i] = row
+        return out
+
+    # ---- texts and vectors ------------------------------------------------------------------
+
+    def encode_text(self, text: str | Sequence[str]) -> np.ndarray:
+        """A text → (D,); a list of texts → (N, D). Unit float32 rows. Blocking."""
+        if isinstance(text, str):
+            return self.backend.encode_text(text)
+        texts = list(text)
+        if not texts:
+            return np.zeros((0, self.get_embedding_dimension()), dtype=np.float32)
+        chunks = [self.backend.encode_text(texts[i : i + _TEXT_CHUNK]) for i in range(0, len(texts), _TEXT_CHUNK)]
+        return np.concatenate(chunks)
+
+    @staticmethod
+    def compute_similarity(a: np.ndarray, b: np.ndarray) -> float:
+        """Cosine similarity of two vectors (normalised or not); 0.0 when either is all zeros."""
+        x = np.asarray(a, dtype=np.float64).ravel()
+        y = np.asarray(b, dtype=np.float64).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"vectors differ in size: {x.size} and {y.size}")
+        norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+        return 0.0 if norms == 0.0 else float(x @ y / norms)
+
+    def get_embedding_dimension(self) -> int:
+        """D, the size of every embedding (asked of the backend once)."""
+        if self._dimension is None:
+            self._dimension = int(self.backend.health()["embedding_size"])
+        return self._dimension
+
+
+class CLIPModel(CLIPEmbedder):
+    """Deprecated name kept for older callers; use :class:`CLIPEmbedder`."""
+
+    def __init__(self, model_name: str | None = None, device: str = "auto", backend: ClipBackend | None = None,
+                 *, settings: ClipSettings | None = None) -> None:
+        warnings.warn("CLIPModel is deprecated; use clip_runner.embedder.CLIPEmbedder",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(model_name, device, backend, settings=settings)
+
+    def encode_image(self, image: Image.Image) -> np.ndarray:
+        """The (D,) unit embedding of a PIL image. Blocking."""
+        return self.backend.encode_image(image)
+
+
+def _local_settings(model_name: str | None, device: str, settings: ClipSettings | None) -> ClipSettings:
+    """``settings`` (default: from ``CLIP_*``) with the constructor's model name and device applied."""
+    base = settings or ClipSettings()
+    updates: dict[str, object] = {}
+    if model_name is not None:
+        updates["model_name"] = model_name
+    if device != "auto":
+        updates["device"] = device
+    if not updates:
+        return base
+    # Rebuilt rather than copied so that the fields are validated and count as explicitly set.
+    return ClipSettings(**{**base.model_dump(exclude_unset=True), **updates})
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, or ``None`` (with a warning) when it is missing or cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        logger.warning("%s: cannot read: %s", path, exc.strerror or exc)
+        return None
