@@ -64,7 +64,7 @@ class ClipEncoder:
     def __init__(self) -> None:
         from clip_runner.device import configure_threads, pick_device
         from clip_runner.encoder import BatchEncoder
-        from clip_runner.loading import load_entry, model_info
+        from clip_runner.loading import load_entry
         from clip_runner.resolve import resolve_model
 
         _show_our_logs()
@@ -74,7 +74,6 @@ class ClipEncoder:
         self.resolution = resolve_model(pinned)
         self.loaded = load_entry(self.resolution.tag, pick_device(settings.device))
         self.encoder = BatchEncoder(self.loaded, settings.precision)
-        self._info = model_info(self.loaded)
         self._warm_up()
         from clip_runner.drain import DrainGuard
 
@@ -119,18 +118,11 @@ class ClipEncoder:
     @bentoml.api
     def info(self) -> dict[str, Any]:
         """What is served, where, and why (for /health and the entry service's setup)."""
-        entry = self.loaded.entry
-        return {
-            **self._info,
-            "reason": self.resolution.reason,
-            "fallback": self.resolution.fallback,
-            "hardware": self.resolution.hardware,
-            "preprocess_cfg": entry.preprocess_cfg,
-            "metadata": entry.metadata,
-            "torch_threads": self.threads,
-            "batching": {"max_batch_size": settings.batch_size,
-                         "max_latency_ms": settings.max_latency_ms},
-        }
+        from clip_runner.local import served_info
+
+        return served_info(self.loaded, self.resolution, torch_threads=self.threads,
+                           batching={"max_batch_size": settings.batch_size,
+                                     "max_latency_ms": settings.max_latency_ms})
 
 
 class _Backend:

@@ -57,19 +57,25 @@ class LocalBackend:
 
     def info_sync(self) -> dict[str, Any]:
         """Same shape as the encoder service's ``info`` API."""
-        entry = self.loaded.entry
-        return {
-            **model_info(self.loaded),
-            "reason": self.resolution.reason,
-            "fallback": self.resolution.fallback,
-            "hardware": self.resolution.hardware,
-            "preprocess_cfg": entry.preprocess_cfg,
-            "metadata": entry.metadata,
-            "batching": {"max_batch_size": self.settings.batch_size, "max_latency_ms": 0},
-        }
+        return served_info(self.loaded, self.resolution, batching={"max_batch_size": self.settings.batch_size,
+                                                                   "max_latency_ms": 0})
 
     async def info(self) -> dict[str, Any]:
         return self.info_sync()
+
+
+def served_info(loaded: LoadedModel, resolution: Resolution, **extra: Any) -> dict[str, Any]:
+    """What is served, where and why: the encoder's ``info`` (for /health and pipeline setup)."""
+    entry = loaded.entry
+    return {
+        **model_info(loaded),
+        "reason": resolution.reason,
+        "fallback": resolution.fallback,
+        "hardware": resolution.hardware,
+        "preprocess_cfg": entry.preprocess_cfg,
+        "metadata": entry.metadata,
+        **extra,
+    }
 
 
 def local_pipeline(settings: ClipSettings | None = None) -> ClipPipeline:

@@ -41,6 +41,25 @@ def tiny_tag() -> str:
     return register_random(str(TINY_CONFIG), seed=0)
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_tag: str):
+    """The tiny model as plain open_clip loads it, with open_clip's own preprocess and tokenizer."""
+    import open_clip
+
+    from clip_runner.store import open_entry
+
+    name = open_entry(tiny_tag).local_dir_name
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def unit_rows(x) -> np.ndarray:
+    """L2-normalised float32 rows of a torch tensor."""
+    import torch
+
+    return torch.nn.functional.normalize(x.float(), dim=-1).detach().numpy()
+
+
 def make_jpeg(seed: int = 0, size: tuple[int, int] = (96, 80), quality: int = 90) -> bytes:
     """A real JPEG with random smooth content (different per seed)."""
     rng = np.random.default_rng(seed)

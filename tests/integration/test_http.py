@@ -6,32 +6,19 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
 
 from clip_runner.categories import DEFAULT_CATEGORIES
 from clip_runner.settings import ClipSettings
-from clip_runner.store import open_entry
-from tests.conftest import make_jpeg, make_png
+from tests.conftest import make_jpeg, make_png, unit_rows
 
 DIM = 32  # the tiny test model's embedding size
 
 
 def _post_image(client, path: str, data: bytes, field: str = "image", **form):
     return client.post(path, files={field: ("x.jpg", data, "image/jpeg")}, data=form)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_tag: str):
-    name = open_entry(tiny_tag).local_dir_name
-    model, _, preprocess = open_clip.create_model_and_transforms(name)
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
-
-
-def _unit(x: torch.Tensor) -> np.ndarray:
-    return torch.nn.functional.normalize(x.float(), dim=-1).detach().numpy()
 
 
 def test_encode_image_parity(client, reference) -> None:
@@ -42,7 +29,7 @@ def test_encode_image_parity(client, reference) -> None:
     emb = np.array(resp.json(), dtype=np.float32)
     assert emb.shape == (DIM,) and abs(np.linalg.norm(emb) - 1) < 1e-4
     with torch.no_grad():
-        ref = _unit(model.encode_image(preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None]))[0]
+        ref = unit_rows(model.encode_image(preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None]))[0]
     assert float(emb @ ref) >= 0.9999
     assert int(resp.headers["X-Batch-Size"]) >= 1
     assert "infer;dur=" in resp.headers["Server-Timing"]
@@ -56,7 +43,7 @@ def test_encode_text_single_and_list_parity(client, reference) -> None:
     one, rows = np.array(single.json()), np.array(many.json())
     assert one.shape == (DIM,) and rows.shape == (2, DIM)
     with torch.no_grad():
-        ref = _unit(model.encode_text(tokenizer(["a red square", "a green circle"])))
+        ref = unit_rows(model.encode_text(tokenizer(["a red square", "a green circle"])))
     assert float(one @ ref[0]) >= 0.9999 and np.all(np.sum(rows * ref, axis=1) >= 0.9999)
 
 

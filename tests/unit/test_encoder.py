@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -13,25 +12,12 @@ from PIL import Image
 from clip_runner.encoder import BatchEncoder, split_trailer, with_trailer
 from clip_runner.loading import load_entry
 from clip_runner.preprocess import PixelPipeline
-from clip_runner.store import open_entry
-from tests.conftest import make_jpeg
+from tests.conftest import make_jpeg, unit_rows
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_tag: str):
     return load_entry(tiny_tag, torch.device("cpu"))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_tag: str):
-    """The model as plain open_clip loads it, with open_clip's own preprocess and tokenizer."""
-    name = open_entry(tiny_tag).local_dir_name
-    model, _, preprocess = open_clip.create_model_and_transforms(name)
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
-
-
-def _unit(x: torch.Tensor) -> np.ndarray:
-    return torch.nn.functional.normalize(x.float(), dim=-1).detach().numpy()
 
 
 def test_image_embedding_matches_open_clip(loaded, reference) -> None:
@@ -43,7 +29,7 @@ def test_image_embedding_matches_open_clip(loaded, reference) -> None:
         image = Image.open(io.BytesIO(data)).convert("RGB")
         ours = encoder.encode_pixels(pipeline(image)[None])[0]
         with torch.no_grad():
-            theirs = _unit(model.encode_image(preprocess(image)[None]))[0]
+            theirs = unit_rows(model.encode_image(preprocess(image)[None]))[0]
         assert float(ours @ theirs) >= 0.9999
 
 
@@ -52,7 +38,7 @@ def test_text_embedding_matches_open_clip(loaded, reference) -> None:
     texts = ["a red circle", "a blue square on a white background", "ünïcødé 🙂 text"]
     ours = BatchEncoder(loaded).encode_texts(texts)
     with torch.no_grad():
-        theirs = _unit(model.encode_text(tokenizer(texts)))
+        theirs = unit_rows(model.encode_text(tokenizer(texts)))
     assert ours.shape == (3, loaded.embedding_size)
     assert np.all(np.sum(ours * theirs, axis=1) >= 0.9999)
 
