@@ -12,7 +12,6 @@ Configuration is read from ``CLIP_*`` environment variables (see ``clip_runner.s
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from pathlib import Path
@@ -21,11 +20,12 @@ from typing import Any
 import bentoml
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from clip_http.guards import AdmissionLimit, BodyLimit
-from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, Unauthorized
+from clip_http.backend import RemoteEncoder
+from clip_http.handlers import install as install_handlers
+from clip_http.uploads import json_response, read_upload, read_uploads, split_categories
+from clip_runner.errors import InvalidInput
 from clip_runner.pipeline import ClipPipeline, Timings
 from clip_runner.settings import get_settings
 
@@ -125,69 +125,13 @@ class ClipEncoder:
                                      "max_latency_ms": settings.max_latency_ms})
 
 
-class _Backend:
-    """Adapts the encoder dependency (remote or in-process) to the pipeline's async protocol.
-
-    Calls are retried on connection-level failures: a pooled keep-alive connection that the
-    encoder closes just as it is reused fails before the request is processed, so resending
-    is safe (encoding has no side effects).
-    """
-
-    ATTEMPTS = 3
-
-    def __init__(self, encoder: Any) -> None:
-        self._encoder = encoder
-
-    async def _call(self, name: str, *args: Any) -> Any:
-        import aiohttp
-
-        for attempt in range(1, self.ATTEMPTS + 1):
-            try:
-                return await getattr(self._encoder.to_async, name)(*args)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                if attempt == self.ATTEMPTS:
-                    raise EncoderUnavailable(f"encoder connection failed: {exc}") from exc
-                logger.info("encoder call %s failed on a stale connection (%s); retrying", name, exc)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await self._call("encode_pixels", pixels)
-
-    async def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return await self._call("encode_texts", texts)
-
-    async def info(self) -> dict[str, Any]:
-        return await self._call("info")
-
-    async def ping(self) -> None:
-        await self._call("ping")
-
-
-class EncoderUnavailable(bentoml.exceptions.ServiceUnavailable):
-    """The encoder could not be reached (starting, restarting or gone)."""
-
-
 app = FastAPI(
     title="clip-service",
     description="OpenCLIP image and text embeddings, similarity, mismatch detection and "
     "zero-shot classification, with adaptive batching.",
     version="0.1.0",
 )
-OPEN_PATHS = {"/health", "/clip/health"}
-
-
-@app.exception_handler(InputError)
-async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = []
-    for err in exc.errors():
-        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "form")]
-        problems.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
-    return JSONResponse({"error": "; ".join(problems), "status": 400}, status_code=400)
+install_handlers(app, lambda: settings)
 
 
 _SERVICE: ClipService | None = None  # the instance serving in this worker (set in its __init__)
@@ -204,78 +148,6 @@ async def _in_flight(request: Request, call_next: Any) -> Any:
         return await call_next(request)
     finally:
         service.finished()
-
-
-# Registration order matters: the last registered runs first (auth, admission, body size).
-app.add_middleware(BodyLimit, max_bytes=lambda: settings.max_request_bytes)
-app.add_middleware(AdmissionLimit, max_in_flight=lambda: settings.max_concurrency)
-
-
-@app.exception_handler(bentoml.exceptions.BentoMLException)
-async def _encoder_error(_: Request, exc: bentoml.exceptions.BentoMLException) -> JSONResponse:
-    """The batched encoder refused or failed: overload is 503 + Retry-After, never a bare 500."""
-    status = int(getattr(exc, "error_code", 500))
-    if status in (429, 503):
-        return JSONResponse({"error": "the model is overloaded (batch queue full); retry shortly",
-                             "status": 503}, status_code=503, headers={"Retry-After": "1"})
-    logger.error("encoder error: %s", exc)
-    return JSONResponse({"error": "the model service failed; see the server log", "status": 502},
-                        status_code=502)
-
-
-@app.middleware("http")
-async def _auth(request: Request, call_next: Any) -> Any:
-    key = settings.api_key
-    if key and request.url.path not in OPEN_PATHS:
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
-                               "or 'X-API-Key: <key>')")
-            return JSONResponse(err.to_dict(), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-    return await call_next(request)
-
-
-def _headers(timings: Timings) -> dict[str, str]:
-    return {
-        "X-Batch-Size": str(timings.batch_size),
-        "Server-Timing": f"decode;dur={timings.decode_ms:.1f}, infer;dur={timings.infer_ms:.1f}",
-    }
-
-
-def _json(body: Any, timings: Timings) -> JSONResponse:
-    return JSONResponse(body, headers=_headers(timings))
-
-
-async def _read(upload: UploadFile | None, field: str) -> bytes:
-    """Read an uploaded file, refusing a missing field early and never reading past the limit."""
-    if upload is None:
-        raise InvalidInput(f"field '{field}' is required: send the image as a multipart file",
-                           field=field)
-    return _within_limit(await upload.read(settings.max_image_bytes + 1), field)
-
-
-def _within_limit(data: bytes, field: str) -> bytes:
-    limit = settings.max_image_bytes
-    if len(data) > limit:
-        raise PayloadTooLarge(f"field '{field}': upload is larger than the limit of "
-                              f"{limit / 1e6:.1f} MB (CLIP_MAX_IMAGE_BYTES)", field=field)
-    return data
-
-
-async def _read_many(uploads: list[UploadFile] | None, field: str) -> list[bytes]:
-    if not uploads:
-        raise InvalidInput(f"field '{field}' is required: send one or more multipart files",
-                           field=field)
-    if len(uploads) > settings.max_images:
-        raise InvalidInput(f"field '{field}' has {len(uploads)} files; the limit is "
-                           f"{settings.max_images}", field=field)
-    # An oversized file fails the whole request: it is the caller's contract, not a bad file.
-    return [_within_limit(await u.read(settings.max_image_bytes + 1), f"{field}[{i}]")
-            for i, u in enumerate(uploads)]
 
 
 @bentoml.service(name="clip_service", workers=1, traffic={"timeout": 600})
@@ -306,7 +178,7 @@ class ClipService:
     async def _beat(self) -> None:
         while self._in_flight > 0:
             try:
-                await _Backend(self.encoder).ping()
+                await RemoteEncoder(self.encoder).ping()
             except Exception as exc:  # the encoder may be gone already; requests will say so
                 logger.debug("encoder heartbeat failed: %s", exc)
             await asyncio.sleep(0.5)
@@ -316,7 +188,7 @@ class ClipService:
         if self._pipeline is None:
             async with self._lock:
                 if self._pipeline is None:
-                    backend = _Backend(self.encoder)
+                    backend = RemoteEncoder(self.encoder)
                     self._pipeline = ClipPipeline(backend, settings, await backend.info())
         return self._pipeline
 
@@ -324,15 +196,15 @@ class ClipService:
     async def encode_image(self, image: UploadFile | None = File(None)) -> JSONResponse:
         """One image → its L2-normalised embedding (a JSON array of D floats)."""
         pipe, timings = await self.pipeline(), Timings()
-        row = await pipe.image_embedding(await _read(image, "image"), "image", timings)
-        return _json(row.tolist(), timings)
+        row = await pipe.image_embedding(await read_upload(image, "image", settings), "image", timings)
+        return json_response(row.tolist(), timings)
 
     @app.post("/encode_images")
     async def encode_images(self, images: list[UploadFile] | None = File(None)) -> JSONResponse:
         """Several images → ``{"embeddings": [...|null], "errors": [null|"why"]}``."""
         pipe, timings = await self.pipeline(), Timings()
-        body = await pipe.encode_images(await _read_many(images, "images"), timings)
-        return _json(body, timings)
+        body = await pipe.encode_images(await read_uploads(images, "images", settings), timings)
+        return json_response(body, timings)
 
     @app.post("/encode_text")
     async def encode_text(self, request: Request) -> JSONResponse:
@@ -347,9 +219,9 @@ class ClipService:
         text = payload["text"]
         if isinstance(text, list):
             rows = await pipe.embed_texts(pipe.check_texts(text, "text"), timings)
-            return _json(rows.tolist(), timings)
+            return json_response(rows.tolist(), timings)
         rows = await pipe.embed_texts([pipe.check_text(text, "text")], timings)
-        return _json(rows[0].tolist(), timings)
+        return json_response(rows[0].tolist(), timings)
 
     @app.post("/similarity")
     async def similarity(self, image: UploadFile | None = File(None),
@@ -357,8 +229,8 @@ class ClipService:
         """Cosine similarity of one image with 1..N texts, plus softmax probabilities."""
         pipe, timings = await self.pipeline(), Timings()
         checked = pipe.check_texts(texts, "texts")
-        body = await pipe.similarity(await _read(image, "image"), checked, timings)
-        return _json(body, timings)
+        body = await pipe.similarity(await read_upload(image, "image", settings), checked, timings)
+        return json_response(body, timings)
 
     async def _analyze(self, upload: UploadFile | None, field: str, text: str | None,
                        threshold: str | None) -> JSONResponse:
@@ -366,9 +238,9 @@ class ClipService:
         checked = pipe.check_text(text if text is not None else "", "text") if text else None
         if checked is None:
             raise InvalidInput("field 'text' is required", field="text")
-        body = await pipe.analyze(await _read(upload, field), checked,
+        body = await pipe.analyze(await read_upload(upload, field, settings), checked,
                                   pipe.threshold_for(threshold), timings)
-        return _json(body, timings)
+        return json_response(body, timings)
 
     @app.post("/analyze")
     async def analyze(self, image: UploadFile | None = File(None), text: str | None = Form(None),
@@ -386,13 +258,13 @@ class ClipService:
     async def _analyze_batch(self, uploads: list[UploadFile] | None, field: str,
                              texts: list[str] | None, threshold: str | None) -> JSONResponse:
         pipe, timings = await self.pipeline(), Timings()
-        blobs = await _read_many(uploads, field)
+        blobs = await read_uploads(uploads, field, settings)
         checked = pipe.check_texts(texts, "texts", limit=settings.max_images)
         if len(checked) != len(blobs):
             raise InvalidInput(f"got {len(blobs)} images and {len(checked)} texts; "
                                "send one text per image, in the same order", field="texts")
         results = await pipe.analyze_batch(blobs, checked, pipe.threshold_for(threshold), timings)
-        return _json({"results": results}, timings)
+        return json_response({"results": results}, timings)
 
     @app.post("/analyze_batch")
     async def analyze_batch(self, images: list[UploadFile] | None = File(None),
@@ -421,11 +293,11 @@ class ClipService:
         pipe, timings = await self.pipeline(), Timings()
         labels = None
         if categories:
-            labels = pipe.check_texts(_split_categories(categories), "categories",
+            labels = pipe.check_texts(split_categories(categories), "categories",
                                       limit=settings.max_categories)
         k = pipe.check_top_k(top_k if top_k not in (None, "") else settings.default_top_k)
-        body = await pipe.classify(await _read(upload, field), labels, k, timings)
-        return _json(body, timings)
+        body = await pipe.classify(await read_upload(upload, field, settings), labels, k, timings)
+        return json_response(body, timings)
 
     @app.post("/classify")
     async def classify(self, image: UploadFile | None = File(None),
@@ -471,13 +343,3 @@ class ClipService:
     async def clip_health(self) -> JSONResponse:
         """Compatibility path for ``/health``."""
         return await self.health()
-
-
-def _split_categories(values: list[str]) -> list[str]:
-    """Categories may come repeated, as a JSON array, or comma-separated in one field."""
-    from clip_runner.pipeline import parse_list_field
-
-    items = parse_list_field(values)
-    if len(items) == 1 and isinstance(items[0], str) and "," in items[0]:
-        items = [part.strip() for part in items[0].split(",") if part.strip()]
-    return items

@@ -6,6 +6,8 @@ import aiohttp
 import numpy as np
 import pytest
 
+from clip_http.backend import EncoderUnavailable, RemoteEncoder
+
 
 class FlakyEncoder:
     """Stands in for the encoder dependency: fails the first ``failures`` calls like a reset socket."""
@@ -22,26 +24,20 @@ class FlakyEncoder:
 
 
 async def test_stale_connection_is_retried() -> None:
-    import service
-
     encoder = FlakyEncoder(2, aiohttp.ClientOSError("Cannot write to closing transport"))
-    rows = await service._Backend(encoder).encode_texts(["a", "b"])
+    rows = await RemoteEncoder(encoder).encode_texts(["a", "b"])
     assert rows.shape == (2, 4) and encoder.calls == 3
 
 
 async def test_persistent_failure_becomes_service_unavailable() -> None:
-    import service
-
     encoder = FlakyEncoder(10, aiohttp.ServerDisconnectedError())
-    with pytest.raises(service.EncoderUnavailable) as info:
-        await service._Backend(encoder).encode_texts(["a"])
-    assert encoder.calls == service._Backend.ATTEMPTS and info.value.error_code == 503
+    with pytest.raises(EncoderUnavailable) as info:
+        await RemoteEncoder(encoder).encode_texts(["a"])
+    assert encoder.calls == RemoteEncoder.ATTEMPTS and info.value.error_code == 503
 
 
 async def test_other_errors_are_not_retried() -> None:
-    import service
-
     encoder = FlakyEncoder(1, ValueError("bad input"))
     with pytest.raises(ValueError):
-        await service._Backend(encoder).encode_texts(["a"])
+        await RemoteEncoder(encoder).encode_texts(["a"])
     assert encoder.calls == 1

@@ -1,0 +1,53 @@
+"""The public service's view of the encoder service: retries and overload mapping."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import bentoml
+import numpy as np
+
+logger = logging.getLogger("clip_service")
+
+
+class RemoteEncoder:
+    """Adapts the encoder dependency (remote or in-process) to the pipeline's async protocol.
+
+    Calls are retried on connection-level failures: a pooled keep-alive connection that the
+    encoder closes just as it is reused fails before the request is processed, so resending
+    is safe (encoding has no side effects).
+    """
+
+    ATTEMPTS = 3
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        import aiohttp
+
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                return await getattr(self._encoder.to_async, name)(*args)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                if attempt == self.ATTEMPTS:
+                    raise EncoderUnavailable(f"encoder connection failed: {exc}") from exc
+                logger.info("encoder call %s failed on a stale connection (%s); retrying", name, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return await self._call("encode_pixels", pixels)
+
+    async def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return await self._call("encode_texts", texts)
+
+    async def info(self) -> dict[str, Any]:
+        return await self._call("info")
+
+    async def ping(self) -> None:
+        await self._call("ping")
+
+
+class EncoderUnavailable(bentoml.exceptions.ServiceUnavailable):
+    """The encoder could not be reached (starting, restarting or gone)."""

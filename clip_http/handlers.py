@@ -1,0 +1,80 @@
+"""Error mapping and authentication for the public FastAPI app.
+
+Every refusal is JSON ``{"error", "status", "field"?}`` with the right status: typed input
+errors keep theirs, request-shape errors are 400 naming the field, encoder overload is 503
+with ``Retry-After`` and any other encoder failure a 502 — never a bare 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from clip_runner.errors import InputError, Unauthorized
+from clip_runner.settings import ClipSettings
+
+from .guards import AdmissionLimit, BodyLimit
+
+logger = logging.getLogger("clip_service")
+OPEN_PATHS = frozenset({"/health", "/clip/health"})
+
+
+async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "form")]
+        problems.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
+    return JSONResponse({"error": "; ".join(problems), "status": 400}, status_code=400)
+
+
+async def _encoder_error(_: Request, exc: bentoml.exceptions.BentoMLException) -> JSONResponse:
+    """The batched encoder refused or failed: overload is 503 + Retry-After, never a bare 500."""
+    status = int(getattr(exc, "error_code", 500))
+    if status in (429, 503):
+        return JSONResponse({"error": "the model is overloaded (batch queue full); retry shortly",
+                             "status": 503}, status_code=503, headers={"Retry-After": "1"})
+    logger.error("encoder error: %s", exc)
+    return JSONResponse({"error": "the model service failed; see the server log", "status": 502},
+                        status_code=502)
+
+
+def _auth_middleware(settings: Callable[[], ClipSettings]) -> Callable[..., Any]:
+    async def auth(request: Request, call_next: Any) -> Any:
+        key = settings().api_key
+        if key and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("x-api-key") or ""
+            header = request.headers.get("authorization", "")
+            if header.lower().startswith("bearer "):
+                given = header[7:].strip()
+            # Constant-time comparison: response timing must not reveal how much of a key matched.
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
+                                   "or 'X-API-Key: <key>')")
+                return JSONResponse(err.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    return auth
+
+
+def install(app: FastAPI, settings: Callable[[], ClipSettings]) -> None:
+    """Error handlers, then guards, then auth; the last added middleware runs first.
+
+    ``settings`` is read per request, so the service's current settings always apply.
+    """
+    app.add_exception_handler(InputError, _input_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(bentoml.exceptions.BentoMLException, _encoder_error)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, max_bytes=lambda: settings().max_request_bytes)
+    app.add_middleware(AdmissionLimit, max_in_flight=lambda: settings().max_concurrency)
+    app.middleware("http")(_auth_middleware(settings))
