@@ -16,7 +16,8 @@ def timing_headers(timings: Timings) -> dict[str, str]:
     """``X-Batch-Size`` (the adaptive batch the item ran in) and ``Server-Timing``."""
     return {
         "X-Batch-Size": str(timings.batch_size),
-        "Server-Timing": f"decode;dur={timings.decode_ms:.1f}, infer;dur={timings.infer_ms:.1f}",
+        "Server-Timing": (f"decode;dur={timings.decode_ms:.1f}, queue;dur={timings.queue_ms:.1f}, "
+                          f"infer;dur={timings.infer_ms:.1f}, batch;desc=\"{timings.batch_size}\""),
     }
 
 

@@ -55,9 +55,11 @@ class Timings:
     image_batch: int = 0
     text_batch: int = 0
     infer_ms: float = 0.0
+    queue_ms: float = 0.0  # waiting for a batch slot plus transport: encoder call minus inference
 
-    def add(self, encoded: Encoded, kind: str) -> None:
+    def add(self, encoded: Encoded, kind: str, call_ms: float = 0.0) -> None:
         self.infer_ms += encoded.infer_ms
+        self.queue_ms += max(0.0, call_ms - encoded.infer_ms)
         if kind == "image":
             self.image_batch = max(self.image_batch, encoded.batch_size)
         else:
@@ -165,9 +167,10 @@ class ClipPipeline:
         chunks = []
         step = self.settings.batch_size
         for i in range(0, len(pixels), step):
+            start = time.perf_counter()
             raw = await self.backend.encode_pixels(np.stack(pixels[i : i + step]))
             encoded = Encoded(*split_trailer(raw))
-            timings.add(encoded, "image")
+            timings.add(encoded, "image", (time.perf_counter() - start) * 1000)
             chunks.append(encoded.rows)
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)
 
@@ -176,9 +179,10 @@ class ClipPipeline:
         chunks = []
         step = self.settings.batch_size
         for i in range(0, len(texts), step):
+            start = time.perf_counter()
             encoded = Encoded(*split_trailer(await self.backend.encode_texts(list(texts[i : i + step]))))
             if timings is not None:
-                timings.add(encoded, "text")
+                timings.add(encoded, "text", (time.perf_counter() - start) * 1000)
             chunks.append(encoded.rows)
         return np.concatenate(chunks)
 
