@@ -14,6 +14,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from . import metrics
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -62,6 +64,7 @@ class BodyLimit:
         except ValueError:
             return await send_json(send, 400, {"error": "invalid Content-Length header", "status": 400})
         if declared is not None and declared > self.max_bytes:
+            metrics.refused("body_too_large")
             return await send_json(send, 413, self._too_large())
         state = {"received": 0, "over": False, "responded": False}
 
@@ -81,6 +84,7 @@ class BodyLimit:
             if state["over"]:
                 if not state["responded"]:
                     state["responded"] = True
+                    metrics.refused("body_too_large")
                     await send_json(send, 413, self._too_large(), [("connection", "close")])
                 return
             if message["type"] == "http.response.start":
@@ -93,6 +97,7 @@ class BodyLimit:
             if not state["over"]:
                 raise
         if state["over"] and not state["responded"]:
+            metrics.refused("body_too_large")
             await send_json(send, 413, self._too_large(), [("connection", "close")])
 
 
@@ -116,6 +121,7 @@ class AdmissionLimit:
             self.refused += 1
             body = {"error": f"server is at capacity ({limit} requests in flight); "
                              f"retry after {self.retry_after_s}s", "status": 429}
+            metrics.refused("overload")
             return await send_json(send, 429, body, [("retry-after", str(self.retry_after_s))])
         self.in_flight += 1
         try:

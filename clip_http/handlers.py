@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from clip_runner.errors import InputError, Unauthorized
 from clip_runner.settings import ClipSettings
 
+from . import metrics
 from .guards import AdmissionLimit, BodyLimit
 
 logger = logging.getLogger("clip_service")
@@ -61,6 +62,7 @@ def _auth_middleware(settings: Callable[[], ClipSettings]) -> Callable[..., Any]
             if not hmac.compare_digest(given.encode(), key.encode()):
                 err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
                                    "or 'X-API-Key: <key>')")
+                metrics.refused("unauthorized")
                 return JSONResponse(err.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 

@@ -11,6 +11,8 @@ from clip_runner.errors import InvalidInput, PayloadTooLarge
 from clip_runner.pipeline import Timings, parse_list_field
 from clip_runner.settings import ClipSettings
 
+from . import metrics
+
 
 def timing_headers(timings: Timings) -> dict[str, str]:
     """``X-Batch-Size`` (the adaptive batch the item ran in) and ``Server-Timing``."""
@@ -22,6 +24,8 @@ def timing_headers(timings: Timings) -> dict[str, str]:
 
 
 def json_response(body: Any, timings: Timings) -> JSONResponse:
+    """A 200 JSON response carrying the timing headers; the timings also go to Prometheus."""
+    metrics.observe(timings)
     return JSONResponse(body, headers=timing_headers(timings))
 
 

@@ -80,6 +80,7 @@ class ClipPipeline:
         self.info = info
         metadata = info.get("metadata", {})
         self.pixels = PixelPipeline(info["preprocess_cfg"])
+        self.draft_side = self.pixels.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
         self.logit_scale = float(metadata.get("logit_scale", 100.0))
         self.threshold = scoring.resolve_threshold(settings, metadata)
         self.categories: tuple[str, ...] = tuple(metadata.get("categories") or DEFAULT_CATEGORIES)
@@ -129,7 +130,7 @@ class ClipPipeline:
     def _prepare(self, data: bytes, field: str) -> np.ndarray:
         image = decode_image(
             data, max_bytes=self.settings.max_image_bytes,
-            max_pixels=self.settings.max_image_pixels, field=field)
+            max_pixels=self.settings.max_image_pixels, field=field, draft_side=self.draft_side)
         return self.pixels(image)
 
     async def prepare(self, data: bytes, field: str, timings: Timings) -> np.ndarray:

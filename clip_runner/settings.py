@@ -39,7 +39,7 @@ class ClipSettings(BaseSettings):
     default_top_k: int = Field(5, ge=1, le=100)
 
     # Batching and hardware.
-    batch_size: int = Field(32, ge=2, le=1024, description="Adaptive batching: max batch size.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Adaptive batching: max batch size (1 turns batching off).")
     max_latency_ms: int = Field(
         10_000, ge=1, description="Adaptive batching: max time a request may wait in a batch."
     )
@@ -48,6 +48,13 @@ class ClipSettings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads decoding uploads.")
+    fast_decode: bool = Field(
+        True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."
+    )
+    fast_decode_factor: float = Field(
+        2.0, ge=1.0, le=8.0,
+        description="Fast decode keeps the shorter side >= this many times the model's input side.",
+    )
 
     shutdown_drain_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long the encoder keeps serving in-flight work at most."

@@ -7,15 +7,21 @@
     python -m models register --random-init ViT-B-32             # benchmarks only
     python -m models list
     python -m models export clip-vit-b-32-openai:latest ./clip.bentomodel
+    python -m models finetune pairs.csv --tag clip-vit-b-32-openai:latest --epochs 3
+    python -m models calibrate clip-vit-b-32-openai:latest pairs.csv
+    python -m models evaluate [TAG]                              # on generated shapes
+    python -m models build-demo                                  # retrain the bundled demo model
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from clip_runner.errors import ModelNotAvailable
+from clip_runner.finetune import FinetuneError
 from clip_runner.resolve import parse_model_name
 from clip_runner.settings import DEFAULT_MODEL_NAME
 
@@ -61,6 +67,101 @@ def _export(args: argparse.Namespace) -> None:
     print(path)
 
 
+def _finetune(args: argparse.Namespace) -> str | None:
+    from clip_runner.finetune import TrainConfig, finetune
+
+    config = TrainConfig.from_settings(
+        batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs,
+        checkpoint_dir=args.checkpoint_dir, val_fraction=args.val_fraction, seed=args.seed, device=args.device)
+    start = None if args.resume else (args.tag, args.arch, args.model_config)
+    if start is not None and sum(x is not None for x in start) != 1:
+        raise SystemExit("error: give exactly one of --tag, --arch, --model-config (or --resume CHECKPOINT)")
+    result = finetune(args.csv, config, tag=args.tag, arch=args.arch, model_config=args.model_config,
+                      image_root=args.image_root, resume=args.resume, name=args.name,
+                      register=not args.no_register)
+    for row in result.history:
+        print(json.dumps(row))
+    print(f"used {result.data['used']} of {result.data['rows']} rows ({result.data['skipped']} skipped); "
+          f"{result.seconds:.0f}s; last checkpoint: {result.checkpoint}", file=sys.stderr)
+    return result.tag
+
+
+def _calibrate(args: argparse.Namespace) -> str:
+    import torch
+
+    from clip_runner.calibration import calibrate, register_calibrated
+    from clip_runner.loading import load_entry
+
+    loaded = load_entry(args.tag, torch.device("cpu"))
+    result = calibrate(loaded, args.csv, args.image_root, seed=args.seed)
+    print(f"threshold {result.threshold:.4f}: precision {result.precision:.4f}, recall {result.recall:.4f}, "
+          f"F1 {result.f1:.4f}, AUC {result.auc:.4f} ({result.mismatches} mismatching, {result.matches} "
+          "matching pairs; mismatch is the positive class)", file=sys.stderr)
+    if args.dry_run:
+        return loaded.entry.tag
+    return register_calibrated(loaded.entry.tag, result, {"csv": str(args.csv)})
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .demo import register_demo
+    from .evaluate import evaluate_tag, format_report
+
+    tag = args.tag or register_demo()
+    result = evaluate_tag(tag, args.count, args.seed)
+    print(format_report(tag, result))
+    if args.json:
+        print(json.dumps(result.to_json()))
+
+
+def _build_demo(args: argparse.Namespace) -> None:
+    from .demo import DEMO_DIR, DemoRecipe, build_demo
+
+    recipe = DemoRecipe(train_images=args.train_images, epochs=args.epochs, seed=args.seed)
+    built = build_demo(args.out or DEMO_DIR, recipe)
+    ev = built.card["evaluation"]
+    print(f"demo model {built.tag} written to {built.folder} in {built.seconds / 60:.1f} min: zero-shot top-1 "
+          f"{ev['zero_shot_top1']:.2%}, mismatch F1 {ev['mismatch_f1']:.4f}")
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    from .demo import DemoRecipe
+    from .evaluate import EVAL_SEED
+
+    ft = sub.add_parser("finetune", help="contrastive fine-tuning on an image_path,text CSV; prints the new tag")
+    ft.add_argument("csv", help="CSV with a header holding image_path and text columns")
+    ft.add_argument("--image-root", help="folder the image paths are relative to (default: the CSV's folder)")
+    ft.add_argument("--tag", help="start from this store entry")
+    ft.add_argument("--arch", help="start from random weights of this open_clip architecture")
+    ft.add_argument("--model-config", help="start from random weights of this model-config JSON")
+    ft.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in this checkpoint folder")
+    ft.add_argument("--epochs", type=int, help="default CLIP_TRAIN_EPOCHS (3)")
+    ft.add_argument("--batch-size", type=int, help="default CLIP_TRAIN_BATCH_SIZE (16)")
+    ft.add_argument("--learning-rate", type=float, help="default CLIP_TRAIN_LEARNING_RATE (5e-6)")
+    ft.add_argument("--checkpoint-dir", help="default CLIP_CHECKPOINT_DIR (./clip_checkpoints)")
+    ft.add_argument("--val-fraction", type=float, help="held-out share for the per-epoch metric (0.1)")
+    ft.add_argument("--seed", type=int)
+    ft.add_argument("--device", help="auto, cpu, cuda")
+    ft.add_argument("--name", help="store name of the result (default: <base>-finetune)")
+    ft.add_argument("--no-register", action="store_true", help="keep checkpoints only")
+    cal = sub.add_parser("calibrate", help="fit the mismatch threshold on a CSV; prints the new tag")
+    cal.add_argument("tag")
+    cal.add_argument("csv", help="image_path,text CSV of matching pairs (or with a 0/1 label column)")
+    cal.add_argument("--image-root")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the caption shuffle")
+    cal.add_argument("--dry-run", action="store_true", help="report only; store nothing")
+    ev = sub.add_parser("evaluate", help="zero-shot accuracy and mismatch F1 on generated shapes")
+    ev.add_argument("tag", nargs="?", help="store tag (default: the bundled demo model)")
+    ev.add_argument("--count", type=int, default=1000)
+    ev.add_argument("--seed", type=int, default=EVAL_SEED)
+    ev.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    demo = sub.add_parser("build-demo", help="regenerate the bundled demo model (CPU, deterministic)")
+    defaults = DemoRecipe()
+    demo.add_argument("--train-images", type=int, default=defaults.train_images)
+    demo.add_argument("--epochs", type=int, default=defaults.epochs)
+    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument("--out", help="output folder (default: models/demo)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a store entry to a file")
     exp.add_argument("tag")
     exp.add_argument("path")
+    _add_training_commands(sub)
     return parser
 
 
@@ -93,7 +195,16 @@ def main(argv: list[str] | None = None) -> int:
             _list(args)
         elif args.command == "export":
             _export(args)
-    except ModelNotAvailable as exc:
+        elif args.command == "finetune":
+            if (tag := _finetune(args)) is not None:
+                print(tag)
+        elif args.command == "calibrate":
+            print(_calibrate(args))
+        elif args.command == "evaluate":
+            _evaluate(args)
+        elif args.command == "build-demo":
+            _build_demo(args)
+    except (ModelNotAvailable, FinetuneError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -41,6 +41,8 @@ def test_excess_load_is_refused_fast_and_admitted_requests_succeed(tiny_tag, tmp
         assert refused.headers["Retry-After"] == "1" and "capacity" in refused.json()["error"]
         health = httpx.get(f"{server.url}/health", timeout=10)  # health is never refused
         assert health.status_code == 200
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert f'clip_refused_total{{reason="overload"}} {float(statuses.count(429))}' in metrics
         assert server.proc.poll() is None and "Traceback" not in server.output()
     finally:
         stop_server(server)

@@ -1,0 +1,188 @@
+"""The bundled demo model: a small CLIP that knows coloured shapes, so the service works offline.
+
+``models/demo/`` holds its weights (safetensors), its open_clip config and ``demo.json`` (label
+set, prompt templates, calibrated threshold, evaluation and training figures). It is trained by
+the project's own fine-tuning pipeline from random weights on images drawn by
+:mod:`models.demo_data`; :func:`build_demo` regenerates it::
+
+    python -m models build-demo          # or: make demo
+
+:func:`register_demo` puts the bundled files into the model store (once per distinct weights
+file) and returns the tag; the server calls it for ``CLIP_MODEL_NAME=demo`` and as the offline
+fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clip_runner.calibration import calibrate, register_calibrated
+from clip_runner.errors import ModelNotAvailable
+from clip_runner.finetune import TrainConfig, finetune
+from clip_runner.loading import load_entry
+from clip_runner.store import CONFIG_FILE, WEIGHTS_FILE, latest_tag, open_entry, save_entry, sha256_file
+
+from . import demo_data
+from .evaluate import EVAL_SEED, evaluate, format_report
+
+logger = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_STORE_NAME = "clip-demo"
+CARD_FILE = "demo.json"
+MAX_WEIGHTS_BYTES = 15_000_000
+
+# A convolutional image tower: from scratch, convolutions learn outlines from a few thousand
+# images, where a ViT of the same cost learns colour but not shape. 224 px input and OpenAI's
+# mean/std, exactly as ViT-B-32 is fed, so the serving path is the same.
+DEMO_MODEL_CFG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False,
+                   "timm_pool": "avg", "timm_proj": "", "image_size": 224},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2},
+}
+DEMO_PREPROCESS_CFG: dict[str, Any] = {
+    "size": 224, "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that determines the demo model; ``build_demo`` is a function of it."""
+
+    train_images: int = 12_000
+    calibration_images: int = 1_000
+    eval_images: int = 1_000
+    epochs: int = 8
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    seed: int = 0
+    threads: int = 2  # float reduction order depends on it: fixed so a rebuild is bit-identical
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict (stored in ``demo.json``)."""
+        return dataclasses.asdict(self)
+
+
+# ---- the bundled model ----------------------------------------------------------------------
+
+
+def read_card(folder: Path = DEMO_DIR) -> dict[str, Any]:
+    """``demo.json`` of a demo folder; a clear error when the bundle is missing."""
+    needed = [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)]
+    if missing := [p.name for p in needed if not p.is_file()]:
+        raise ModelNotAvailable(
+            f"the bundled demo model is incomplete ({', '.join(missing)} missing in {folder}); "
+            "rebuild it with `make demo` (python -m models build-demo)")
+    return json.loads((folder / CARD_FILE).read_text())
+
+
+def register_demo(folder: Path = DEMO_DIR) -> str:
+    """Store tag of the bundled demo model, registering it when the store lacks these weights."""
+    card = read_card(folder)
+    digest = sha256_file(folder / WEIGHTS_FILE)
+    if (tag := latest_tag(DEMO_STORE_NAME)) is not None and open_entry(tag).metadata.get("bundle_sha256") == digest:
+        return tag
+    from .register import _from_local_dir  # the same local-dir loader every entry goes through
+
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model = _from_local_dir(config["model_cfg"], config["preprocess_cfg"], folder / WEIGHTS_FILE)
+    metadata = {**card.get("metadata", {}), "bundle_sha256": digest, "origin": "bundled demo model"}
+    tag = save_entry(model.eval(), config["model_cfg"], config["preprocess_cfg"], name=DEMO_STORE_NAME,
+                     arch=DEMO_STORE_NAME, pretrained="shapes", source="demo", extra_metadata=metadata)
+    logger.info("registered the bundled demo model as %s", tag)
+    return tag
+
+
+# ---- building it ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DemoBuild:
+    """Result of :func:`build_demo`."""
+
+    tag: str
+    folder: Path
+    card: dict[str, Any]
+    seconds: float
+
+
+def _write_config(folder: Path) -> Path:
+    path = folder / "demo_model_config.json"
+    path.write_text(json.dumps({"model_cfg": DEMO_MODEL_CFG, "preprocess_cfg": DEMO_PREPROCESS_CFG}))
+    return path
+
+
+def build_demo(out_dir: Path = DEMO_DIR, recipe: DemoRecipe | None = None, *, progress: bool = True) -> DemoBuild:
+    """Generate data, train from scratch, calibrate, evaluate and write the bundle to ``out_dir``.
+
+    Training, calibration and evaluation sets come from different seeds of
+    :mod:`models.demo_data`, so the reported figures are on images the model never saw.
+    """
+    recipe = recipe or DemoRecipe()
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="clip-demo-") as tmp:
+            work = Path(tmp)
+            train_csv = demo_data.write_dataset(work / "train", recipe.train_images, recipe.seed)
+            calib_csv = demo_data.write_dataset(work / "calibration", recipe.calibration_images, recipe.seed + 1)
+            config = TrainConfig(batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                                 epochs=recipe.epochs, checkpoint_dir=work / "checkpoints", val_fraction=0.05,
+                                 seed=recipe.seed, device="cpu", progress=progress, keep_checkpoints=1)
+            labels = {"categories": list(demo_data.CATEGORIES), "prompt_templates": list(demo_data.PROMPT_TEMPLATES)}
+            trained = finetune(train_csv, config, model_config=_write_config(work), name=DEMO_STORE_NAME,
+                               metadata=labels)
+            assert trained.tag is not None
+            calibration = calibrate(load_entry(trained.tag, torch.device("cpu")), calib_csv, seed=recipe.seed)
+            tag = register_calibrated(trained.tag, calibration, {"calibration_images": recipe.calibration_images})
+        loaded = load_entry(tag, torch.device("cpu"))
+        result = evaluate(loaded, recipe.eval_images, EVAL_SEED)
+        logger.info("\n%s", format_report(tag, result))
+        seconds = time.perf_counter() - start
+        card = _card(open_entry(tag).metadata, recipe, result.to_json(), trained.seconds, seconds)
+        _export(tag, out_dir, card)
+        return DemoBuild(tag, out_dir, card, seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _card(metadata: dict[str, Any], recipe: DemoRecipe, evaluation: dict[str, Any],
+          train_seconds: float, seconds: float) -> dict[str, Any]:
+    training = metadata.get("training", {})
+    kept = ("categories", "prompt_templates", "calibrated_threshold", "calibration", "val_recall_at_1", "val_loss")
+    return {
+        "name": DEMO_STORE_NAME,
+        "description": "Small CLIP trained from scratch on generated images of coloured shapes; "
+                       "it knows the 64 'colour shape' labels and nothing else.",
+        "recipe": recipe.to_json(),
+        "evaluation": evaluation,
+        "training_seconds": round(train_seconds, 1),
+        "build_seconds": round(seconds, 1),
+        "torch_version": torch.__version__,
+        "metadata": {**{k: metadata[k] for k in kept if k in metadata},
+                     "training": {k: training[k] for k in ("history", "data", "seconds") if k in training},
+                     "evaluation": evaluation},
+    }
+
+
+def _export(tag: str, out_dir: Path, card: dict[str, Any]) -> None:
+    entry = open_entry(tag)
+    size = (entry.path / WEIGHTS_FILE).stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise RuntimeError(f"demo weights are {size / 1e6:.1f} MB, over the {MAX_WEIGHTS_BYTES / 1e6:.0f} MB budget")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copyfile(entry.path / name, out_dir / name)
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")

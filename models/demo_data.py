@@ -1,0 +1,226 @@
+"""Seeded generator of captioned shape images, the training and evaluation data of the demo model.
+
+Each image shows one shape of one colour and size at one of nine positions on a plain
+background, e.g. "a large red circle at the top left on a gray background". The zero-shot
+label of an image is its "colour shape" pair ("red circle"); :data:`CATEGORIES` lists all of
+them. Captions vary in wording (prefix, and which of size, position and background they
+mention) so that both short prompts and full descriptions are in the text tower's training
+distribution.
+
+Everything is a pure function of the seed and the image index (each image has its own random
+stream), so a set regenerates identically and a larger set starts with the smaller one.
+
+    python -m models.demo_data OUT_DIR --count 200 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
+# No colour starts with a vowel, so "a {colour} {shape}" is always grammatical.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 35, 35),
+    "green": (40, 170, 60),
+    "blue": (35, 75, 225),
+    "yellow": (245, 215, 30),
+    "purple": (135, 55, 190),
+    "pink": (250, 135, 190),
+    "cyan": (50, 210, 225),
+    "brown": (125, 75, 35),
+}
+# Shape size as a fraction of the image side (the diameter of its bounding circle).
+SIZES: dict[str, float] = {"small": 0.24, "medium": 0.36, "large": 0.48}
+# Centre of the shape as fractions of (width, height), with the caption phrase.
+POSITIONS: dict[str, tuple[float, float, str]] = {
+    "top left": (0.25, 0.25, "at the top left"),
+    "top": (0.5, 0.25, "at the top"),
+    "top right": (0.75, 0.25, "at the top right"),
+    "left": (0.25, 0.5, "on the left"),
+    "center": (0.5, 0.5, "in the center"),
+    "right": (0.75, 0.5, "on the right"),
+    "bottom left": (0.25, 0.75, "at the bottom left"),
+    "bottom": (0.5, 0.75, "at the bottom"),
+    "bottom right": (0.75, 0.75, "at the bottom right"),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+    "beige": (225, 210, 175),
+}
+CAPTION_PREFIXES: tuple[str, ...] = ("a", "a picture of a", "a drawing of a")
+# Zero-shot prompts: the same phrasings the captions use.
+PROMPT_TEMPLATES: tuple[str, ...] = tuple(f"{prefix} {{}}" for prefix in CAPTION_PREFIXES)
+CATEGORIES: tuple[str, ...] = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
+
+IMAGE_SIZE = 224
+_COLOUR_JITTER = 12  # per channel, so colour names cover a small range rather than one value
+_POSITION_JITTER = 0.03  # of the image side
+_MAX_ROTATION_DEG = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeScene:
+    """What one generated image shows, and the caption that describes it."""
+
+    shape: str
+    colour: str
+    size: str
+    position: str
+    background: str
+    caption: str
+
+    @property
+    def category(self) -> str:
+        """The zero-shot label, e.g. ``"red circle"``."""
+        return f"{self.colour} {self.shape}"
+
+
+def scene_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of image ``index`` of the set generated with ``seed``."""
+    return np.random.default_rng([seed, index])
+
+
+def sample_scene(rng: np.random.Generator) -> ShapeScene:
+    """Draw the attributes of one image uniformly, and a caption for them."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    position = list(POSITIONS)[rng.integers(len(POSITIONS))]
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    caption = _caption(rng, shape, colour, size, position, background)
+    return ShapeScene(shape, colour, size, position, background, caption)
+
+
+def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, position: str, background: str) -> str:
+    # Colour and shape are always named; each other attribute half of the time.
+    with_size, with_position, with_background = rng.random(3) < 0.5
+    words = [CAPTION_PREFIXES[rng.integers(len(CAPTION_PREFIXES))]]
+    if with_size:
+        words.append(size)
+    words += [colour, shape]
+    if with_position:
+        words.append(POSITIONS[position][2])
+    if with_background:
+        words.append(f"on a {background} background")
+    return " ".join(words)
+
+
+def render(scene: ShapeScene, rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw ``scene`` as an RGB image (colour, position and rotation jittered by ``rng``)."""
+    image = Image.new("RGB", (image_size, image_size), BACKGROUNDS[scene.background])
+    fx, fy, _ = POSITIONS[scene.position]
+    cx, cy = (np.array([fx, fy]) + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER, 2)) * image_size
+    radius = SIZES[scene.size] * image_size / 2
+    angle = math.radians(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
+    jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3)
+    fill = tuple(int(v) for v in np.clip(np.array(COLOURS[scene.colour]) + jitter, 0, 255))
+    draw = ImageDraw.Draw(image)
+    if scene.shape == "circle":
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+    else:
+        points = [
+            (cx + radius * (x * math.cos(angle) - y * math.sin(angle)),
+             cy + radius * (x * math.sin(angle) + y * math.cos(angle)))
+            for x, y in _OUTLINES[scene.shape]
+        ]
+        draw.polygon(points, fill=fill)
+    return image
+
+
+def _regular(sides: int, start_deg: float) -> list[tuple[float, float]]:
+    step = 2 * math.pi / sides
+    start = math.radians(start_deg)
+    return [(math.cos(start + i * step), math.sin(start + i * step)) for i in range(sides)]
+
+
+def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+    outline = []
+    for i in range(2 * points):
+        r = 1.0 if i % 2 == 0 else inner
+        a = -math.pi / 2 + i * math.pi / points
+        outline.append((r * math.cos(a), r * math.sin(a)))
+    return outline
+
+
+def _cross(arm: float = 0.33) -> list[tuple[float, float]]:
+    a, b = arm, 0.9
+    return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+
+
+def _heart(steps: int = 48) -> list[tuple[float, float]]:
+    # The classic parametric heart, scaled into the unit circle (y grows downwards in images).
+    outline = []
+    for i in range(steps):
+        t = 2 * math.pi * i / steps
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        outline.append((x / 17.0, -(y + 2.5) / 17.0))
+    return outline
+
+
+# Outlines in unit coordinates (radius 1 around the centre), drawn scaled to the shape size.
+_OUTLINES: dict[str, list[tuple[float, float]]] = {
+    "square": [(x * 0.75, y * 0.75) for x, y in ((-1, -1), (1, -1), (1, 1), (-1, 1))],
+    "triangle": _regular(3, -90),
+    "star": _star(),
+    "cross": _cross(),
+    "diamond": [(0.0, -1.0), (0.7, 0.0), (0.0, 1.0), (-0.7, 0.0)],
+    "hexagon": _regular(6, 0),
+    "heart": _heart(),
+}
+
+
+def generate(count: int, seed: int, image_size: int = IMAGE_SIZE) -> Iterator[tuple[ShapeScene, Image.Image]]:
+    """``count`` (scene, image) pairs of the set ``seed``."""
+    for index in range(count):
+        rng = scene_rng(seed, index)
+        scene = sample_scene(rng)
+        yield scene, render(scene, rng, image_size)
+
+
+def write_dataset(out_dir: str | Path, count: int, seed: int, *, image_format: str = "png",
+                  image_size: int = IMAGE_SIZE) -> Path:
+    """Write ``count`` images and ``captions.csv`` (image_path, text, category) into ``out_dir``.
+
+    Image paths in the CSV are relative to ``out_dir``; returns the CSV path.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    suffix = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}[image_format.lower()]
+    csv_path = out / "captions.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_path", "text", "category"])
+        for index, (scene, image) in enumerate(generate(count, seed, image_size)):
+            relative = f"images/{index:06d}.{suffix}"
+            if suffix == "png":
+                image.save(out / relative, format="PNG", optimize=False)
+            else:
+                image.save(out / relative, format="JPEG", quality=92)
+            writer.writerow([relative, scene.caption, scene.category])
+    return csv_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: write a generated set to a folder and print the CSV path."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir")
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=("png", "jpeg"), default="png")
+    args = parser.parse_args(argv)
+    print(write_dataset(args.out_dir, args.count, args.seed, image_format=args.format))
+
+
+if __name__ == "__main__":
+    main()

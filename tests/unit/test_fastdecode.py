@@ -1,0 +1,105 @@
+"""Fast JPEG decode: reduced-size decode of large photos stays faithful to the full decode."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from clip_runner.images import decode_image
+from clip_runner.preprocess import PixelPipeline
+from tests.conftest import unit_rows
+
+LIMITS = {"max_bytes": 50 * 1024 * 1024, "max_pixels": 100_000_000}
+OPENAI_224 = {"size": 224, "mean": [0.48145466, 0.4578275, 0.40821073],
+              "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def photo_jpeg(size: tuple[int, int], seed: int = 0, exif_orientation: int | None = None) -> bytes:
+    """A photo-like JPEG: smooth shading, hard-edged objects and sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(base)
+    for _ in range(12):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(w // 40, w // 8))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    noisy = np.asarray(base, dtype=np.int16) + rng.normal(0, 6, (h, w, 3)).astype(np.int16)
+    image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    image.save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_photo() -> bytes:
+    return photo_jpeg((4000, 3000))  # 12 MP
+
+
+def test_draft_decodes_a_12mp_jpeg_at_a_fraction_of_its_size(big_photo: bytes) -> None:
+    full = decode_image(big_photo, **LIMITS)
+    fast = decode_image(big_photo, **LIMITS, draft_side=448)
+    assert full.size == (4000, 3000)
+    assert fast.mode == "RGB"
+    assert min(fast.size) >= 448  # never below what the resize needs
+    assert fast.size == (1000, 750)  # libjpeg DCT scaling by 1/4
+
+
+def test_draft_keeps_the_preprocessed_pixels_close(big_photo: bytes) -> None:
+    pipeline = PixelPipeline(OPENAI_224)
+    full = pipeline(decode_image(big_photo, **LIMITS)).astype(np.float32)
+    fast = pipeline(decode_image(big_photo, **LIMITS, draft_side=pipeline.draft_side())).astype(np.float32)
+    assert full.shape == fast.shape == (224, 224, 3)
+    assert np.abs(full - fast).mean() < 3.0  # of 255: visually the same picture
+
+
+def test_draft_embedding_matches_the_reference_transform(big_photo: bytes, reference) -> None:
+    """Cosine >= 0.99 to open_clip's own preprocess of the full-size photo (tiny real model)."""
+    model, preprocess, _ = reference
+    image = Image.open(io.BytesIO(big_photo)).convert("RGB")
+    pipeline = PixelPipeline({"size": model.visual.image_size, "mean": preprocess.transforms[-1].mean,
+                              "std": preprocess.transforms[-1].std})
+    fast = pipeline(decode_image(big_photo, **LIMITS, draft_side=pipeline.draft_side()))
+    batch = (torch.from_numpy(fast).permute(2, 0, 1).float() / 255).unsqueeze(0)
+    batch = (batch - torch.tensor(pipeline.mean).view(1, 3, 1, 1)) / torch.tensor(pipeline.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = unit_rows(model.encode_image(batch))[0]
+        expected = unit_rows(model.encode_image(preprocess(image).unsqueeze(0)))[0]
+    assert float(ours @ expected) >= 0.99
+
+
+def test_draft_respects_exif_orientation() -> None:
+    data = photo_jpeg((2400, 1600), exif_orientation=6)  # rotate 90° on display
+    full = decode_image(data, **LIMITS)
+    fast = decode_image(data, **LIMITS, draft_side=448)
+    assert full.size == (1600, 2400)
+    assert fast.size[0] < fast.size[1] and min(fast.size) >= 448
+
+
+def test_small_jpegs_and_other_formats_decode_at_full_size() -> None:
+    small = photo_jpeg((640, 480))
+    assert decode_image(small, **LIMITS, draft_side=448).size == (640, 480)  # 1/2 would drop below 448
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(buf, "PNG")
+    assert decode_image(buf.getvalue(), **LIMITS, draft_side=448).size == (3000, 2000)
+
+
+def test_pipeline_uses_fast_decode_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_runner.pipeline import ClipPipeline
+    from clip_runner.settings import ClipSettings
+
+    info = {"preprocess_cfg": OPENAI_224, "embedding_size": 4}
+    on = ClipPipeline(None, ClipSettings(), info)  # type: ignore[arg-type]
+    assert on.draft_side == 448
+    monkeypatch.setenv("CLIP_FAST_DECODE", "false")
+    off = ClipPipeline(None, ClipSettings(), info)  # type: ignore[arg-type]
+    assert off.draft_side is None
+    on.close()
+    off.close()
