@@ -77,8 +77,9 @@ class DemoRecipe:
 # ---- the bundled model ----------------------------------------------------------------------
 
 
-def read_card(folder: Path = DEMO_DIR) -> dict[str, Any]:
+def read_card(folder: Path | None = None) -> dict[str, Any]:
     """``demo.json`` of a demo folder; a clear error when the bundle is missing."""
+    folder = folder or DEMO_DIR
     needed = [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)]
     if missing := [p.name for p in needed if not p.is_file()]:
         raise ModelNotAvailable(
@@ -87,8 +88,9 @@ def read_card(folder: Path = DEMO_DIR) -> dict[str, Any]:
     return json.loads((folder / CARD_FILE).read_text())
 
 
-def register_demo(folder: Path = DEMO_DIR) -> str:
+def register_demo(folder: Path | None = None) -> str:
     """Store tag of the bundled demo model, registering it when the store lacks these weights."""
+    folder = folder or DEMO_DIR
     card = read_card(folder)
     digest = sha256_file(folder / WEIGHTS_FILE)
     if (tag := latest_tag(DEMO_STORE_NAME)) is not None and open_entry(tag).metadata.get("bundle_sha256") == digest:
