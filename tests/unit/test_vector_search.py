@@ -147,3 +147,33 @@ def test_cli(folder: Path, tmp_path: Path, tiny_tag: str, monkeypatch: pytest.Mo
     assert len(capsys.readouterr().out.splitlines()) == len(PICTURES)
     with pytest.raises(SystemExit):
         main(["search", *store])  # neither a text nor --image
+
+
+@pytest.mark.skipif(not (Path(__file__).parents[2] / "models/demo/open_clip_model.safetensors").is_file(),
+                    reason="demo model not built (make demo)")
+async def test_caption_finds_its_image_with_the_demo_model(tmp_path: Path) -> None:
+    """With a model that means something, a caption's own image comes back first."""
+    from models import demo_data
+    from models.demo import register_demo
+
+    root = tmp_path / "shapes"
+    root.mkdir()
+    seen: dict[str, str] = {}
+    for index_no, (scene, image) in enumerate(demo_data.generate(200, seed=777)):
+        if scene.category not in seen and len(seen) < 8:  # 8 images of 8 different categories
+            name = f"{index_no:03d}.png"
+            image.save(root / name)
+            seen[scene.category] = name
+    emb = CLIPEmbedder(settings=ClipSettings(model_tag=register_demo()))
+    qdrant = QdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        index = ImageIndex(emb, qdrant, "shapes")
+        await index.index_folder(root, show_progress=False)
+        right = 0
+        for category, name in seen.items():
+            hits = await index.search_text(f"a picture of a {category}", limit=3)
+            right += Path(hits[0].path).name == name
+        assert right >= 7, f"{right}/8 captions found their image first"
+    finally:
+        qdrant.close()
+        emb.close()
