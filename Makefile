@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench build build-cuda soak clean
+.PHONY: venv serve test test-fast lint register-bench build build-cuda soak loadtest bench clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,26 @@ build-cuda: $(STAMP)
 # Steady mixed load for SOAK_MINUTES (default 10): errors by status, latency and RSS over time.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# Headless locust against a running server (`make serve` in another shell); CSV + HTML reports
+# in bench_results/loadtest/. LOADTEST_TAGS picks scenarios: image, text, mixed or a route name.
+LOADTEST_HOST ?= http://localhost:3000
+LOADTEST_USERS ?= 16
+LOADTEST_SPAWN_RATE ?= 4
+LOADTEST_TIME ?= 1m
+LOADTEST_TAGS ?=
+LOADTEST_OUT := bench_results/loadtest
+
+loadtest: $(STAMP)
+	@mkdir -p $(LOADTEST_OUT)
+	$(BIN)/locust -f locustfile.py --headless --host $(LOADTEST_HOST) -u $(LOADTEST_USERS) \
+		-r $(LOADTEST_SPAWN_RATE) -t $(LOADTEST_TIME) --stop-timeout 30 $(if $(LOADTEST_TAGS),--tags $(LOADTEST_TAGS)) \
+		--csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/report.html
+
+# ViT-B-32 (random init) on this machine: in-process limit vs our service (batched and not) vs a
+# transformers baseline; bench_results/bench.json and plots in docs/bench/. BENCH_ARGS passes options.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

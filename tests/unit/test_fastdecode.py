@@ -7,8 +7,9 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from bench.decode import photo_jpeg
 from clip_runner.images import decode_image
 from clip_runner.preprocess import PixelPipeline
 from tests.conftest import unit_rows
@@ -16,26 +17,6 @@ from tests.conftest import unit_rows
 LIMITS = {"max_bytes": 50 * 1024 * 1024, "max_pixels": 100_000_000}
 OPENAI_224 = {"size": 224, "mean": [0.48145466, 0.4578275, 0.40821073],
               "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest"}
-
-
-def photo_jpeg(size: tuple[int, int], seed: int = 0, exif_orientation: int | None = None) -> bytes:
-    """A photo-like JPEG: smooth shading, hard-edged objects and sensor-like noise."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(base)
-    for _ in range(12):
-        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-        r = int(rng.integers(w // 40, w // 8))
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    noisy = np.asarray(base, dtype=np.int16) + rng.normal(0, 6, (h, w, 3)).astype(np.int16)
-    image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    buf = io.BytesIO()
-    exif = Image.Exif()
-    if exif_orientation:
-        exif[0x0112] = exif_orientation
-    image.save(buf, "JPEG", quality=90, exif=exif)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,641 @@
+"""One benchmark run: what the model can do, what the service delivers, and what it beats.
+
+    make bench                                        # ViT-B-32 (random init) on CPU, full run
+    python -m bench.run --device cuda                 # on a GPU (autocast as CLIP_PRECISION says)
+    python -m bench.run --quick --model-tag TAG       # smoke test: seconds, two levels
+
+It measures, in this order, each alone on the machine:
+
+(a) limit      — in-process batched encode through ``clip_runner`` (no HTTP, no decoding):
+                 images/s per batch size, and the median single-image latency;
+(b) ours       — ``bentoml serve service:ClipService`` over HTTP, adaptive batching on;
+(c) baseline   — ``bench.baseline_service`` (transformers CLIP as in BentoML's example);
+(d) unbatched  — our service with ``CLIP_BATCH_SIZE=1``.
+
+(b)–(d) are driven by closed-loop clients (one request in flight each) at every concurrency
+level, posting one JPEG per request: a 50/50 mix of 640×480 (0.3 MP) and 1600×1200 (1.9 MP)
+photos. Each level runs ``--warmup`` seconds unmeasured, then ``--duration`` seconds (or
+``--requests`` completions); requests still in flight at the end are awaited but not counted.
+Servers share every setting that matters (model architecture, dtype, torch threads, batch
+limits), take the ``CLIP_*`` variables of this shell, and the peak RSS of each server's whole
+process tree is sampled from start to stop.
+
+Prints a table and the ratios, writes ``--out`` (bench_results/bench.json) and PNG plots in
+``--plots-dir`` (docs/bench/). Server logs go to ``bench_logs/`` beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+from bench import PHOTO_SIZES, photo_jpeg
+from bench.soak import tree_rss_mb
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARCH = "ViT-B-32"
+DEFAULT_LEVELS = (1, 4, 16, 64)
+QUICK_LEVELS = (1, 16)
+LIMIT_BATCH_SIZES = (1, 8, 16, 32)
+QUICK_LIMIT_BATCH_SIZES = (1, 8)
+PAYLOAD_SIZES = ("0.3MP", "2MP")  # alternated: a 50/50 mix
+BASELINE_CONCURRENCY = 16  # where (b)/(c) is compared
+SERVER_START_TIMEOUT_S = 600.0
+REQUEST_TIMEOUT_S = 600.0  # the services' own traffic timeout
+
+
+class ServerFailed(RuntimeError):
+    """A server under test did not start or did not become ready."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One server under test and how to ask it for an image embedding."""
+
+    key: str
+    title: str
+    app: str
+    route: str
+    field: str
+    ready_path: str
+    env: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to run and for how long."""
+
+    levels: tuple[int, ...]
+    duration_s: float
+    warmup_s: float
+    requests: int | None
+    limit_batch_sizes: tuple[int, ...]
+    limit_s: float
+    device: str
+    skip_baseline: bool
+    photos_per_size: int
+
+
+@dataclasses.dataclass
+class Sample:
+    """One finished request."""
+
+    end: float
+    latency_s: float
+    status: int
+    batch_size: int | None
+
+
+@dataclasses.dataclass
+class Window:
+    """The measured part of a level: from the end of warm-up to ``stop``.
+
+    With a request budget, ``stop`` moves to the moment the budget's last request finished.
+    """
+
+    start: float
+    stop: float
+    budget: int | None = None
+    counted: int = 0
+
+    def record(self, sample: Sample) -> None:
+        if not self.start <= sample.end <= self.stop:
+            return
+        self.counted += 1
+        if self.budget is not None and self.counted >= self.budget:
+            self.stop = sample.end
+
+    def contains(self, sample: Sample) -> bool:
+        return self.start <= sample.end <= self.stop
+
+
+# ---- statistics (pure) --------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..1) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = math.ceil(round(q * len(ordered), 9))  # round: 0.95 * 100 is 95.00000000000001
+    return ordered[min(len(ordered), max(1, rank)) - 1]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def summarise(samples: Sequence[Sample], window_s: float, concurrency: int) -> dict[str, Any]:
+    """Throughput, latency percentiles, errors and batch sizes of one level's measured requests."""
+    ok = [s for s in samples if s.status == 200]
+    latencies = [s.latency_s for s in ok]
+    batches = Counter(s.batch_size for s in ok if s.batch_size is not None)
+    return {
+        "concurrency": concurrency,
+        "window_s": round(window_s, 3),
+        "requests": len(samples),
+        "ok": len(ok),
+        "errors": len(samples) - len(ok),
+        "by_status": {str(k): v for k, v in sorted(Counter(s.status for s in samples).items())},
+        "images_per_s": round(len(ok) / window_s, 3) if window_s > 0 else 0.0,
+        "p50_ms": _ms(percentile(latencies, 0.50)),
+        "p95_ms": _ms(percentile(latencies, 0.95)),
+        "p99_ms": _ms(percentile(latencies, 0.99)),
+        "mean_ms": _ms(statistics.fmean(latencies)) if latencies else None,
+        "batch_sizes": {str(k): v for k, v in sorted(batches.items())},
+        "mean_batch_size": round(sum(k * v for k, v in batches.items()) / sum(batches.values()), 2)
+        if batches else None,
+    }
+
+
+def _best_level(series: dict[str, Any]) -> dict[str, Any] | None:
+    levels = series.get("levels") or []
+    return max(levels, key=lambda lv: lv["images_per_s"]) if levels else None
+
+
+def _level(series: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
+    return next((lv for lv in series.get("levels") or [] if lv["concurrency"] == concurrency), None)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return round(num / den, 3) if num is not None and den else None
+
+
+def compare_level(ours: dict[str, Any], other: dict[str, Any], preferred: int) -> int | None:
+    """The concurrency to compare two series at: ``preferred`` if both ran it, else the
+    common level closest to it on a log scale (the larger one on a tie)."""
+    common = {lv["concurrency"] for lv in ours.get("levels") or []} & {
+        lv["concurrency"] for lv in other.get("levels") or []}
+    return min(common, key=lambda c: (abs(math.log2(c / preferred)), -c)) if common else None
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline comparisons, from a report's sections."""
+    limit, ours = report["limit"], report["ours"]
+    best = _best_level(ours)
+    out: dict[str, Any] = {
+        "ours_vs_limit": {
+            "ratio": _ratio(best and best["images_per_s"], limit["best_images_per_s"]),
+            "ours_images_per_s": best and best["images_per_s"],
+            "ours_concurrency": best and best["concurrency"],
+            "limit_images_per_s": limit["best_images_per_s"],
+            "limit_batch_size": limit["best_batch_size"],
+        },
+    }
+    c1 = _level(ours, 1)
+    out["overhead_at_c1"] = {
+        "p50_ms": c1 and c1["p50_ms"],
+        "model_ms": limit["single_image_ms"],
+        "overhead_ms": round(c1["p50_ms"] - limit["single_image_ms"], 1) if c1 and c1["p50_ms"] is not None else None,
+    }
+    for key in ("baseline", "unbatched"):
+        out[f"ours_vs_{key}"] = _compare(ours, report.get(key) or {})
+    return out
+
+
+def _compare(ours: dict[str, Any], other: dict[str, Any]) -> dict[str, Any] | None:
+    at = compare_level(ours, other, BASELINE_CONCURRENCY)
+    if at is None:
+        return None
+    mine, theirs = _level(ours, at), _level(other, at)
+    per_level = {str(lv["concurrency"]): _ratio(lv["images_per_s"], (_level(other, lv["concurrency"]) or {}).get(
+        "images_per_s")) for lv in ours["levels"] if _level(other, lv["concurrency"])}
+    best_mine, best_theirs = _best_level(ours), _best_level(other)
+    return {
+        "concurrency": at,
+        "ratio": _ratio(mine and mine["images_per_s"], theirs and theirs["images_per_s"]),
+        "per_concurrency": per_level,
+        "best_vs_best": _ratio(best_mine and best_mine["images_per_s"], best_theirs and best_theirs["images_per_s"]),
+    }
+
+
+# ---- (a) the in-process limit ---------------------------------------------------------------------
+
+def _time_calls(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < min_calls or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: float) -> dict[str, Any]:
+    """Batched encode throughput through ``BatchEncoder`` on preprocessed uint8 pixels."""
+    import torch
+
+    from clip_runner.device import autocast_dtype, configure_threads, pick_device
+    from clip_runner.encoder import BatchEncoder
+    from clip_runner.loading import load_entry
+    from clip_runner.settings import get_settings
+
+    settings = get_settings()
+    threads = configure_threads(settings.num_threads)  # what the encoder worker does
+    loaded = load_entry(tag, pick_device(device))
+    dtype = autocast_dtype(loaded.device, settings.precision)
+    encoder = BatchEncoder(loaded, settings.precision)
+    # The encoder service runs each batch in a worker thread (BentoML's sync API pool); do the
+    # same: the main thread's OpenMP team can be much slower on a busy machine.
+    with ThreadPoolExecutor(1) as pool:
+        per_batch = pool.submit(_encode_throughput, encoder, sorted(set(batch_sizes) | {1}), seconds).result()
+    del encoder
+    del loaded
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the servers get the whole GPU
+    best = max(per_batch, key=lambda b: per_batch[b]["images_per_s"])
+    return {"per_batch_size": per_batch, "best_batch_size": int(best),
+            "best_images_per_s": per_batch[best]["images_per_s"],
+            "single_image_ms": per_batch["1"]["median_ms"], "torch_threads": threads,
+            "dtype": str(dtype).removeprefix("torch.") if dtype else "float32"}
+
+
+def _encode_throughput(encoder: Any, batch_sizes: Sequence[int], seconds: float) -> dict[str, dict[str, float]]:
+    """Images/s and median batch time for each batch size (batch 1 gives the single-image latency)."""
+    import numpy as np
+
+    size = encoder.loaded.entry.preprocess_cfg.get("size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(0)
+    per_batch: dict[str, dict[str, float]] = {}
+    for batch in batch_sizes:
+        pixels = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        encoder.encode_pixels(pixels)  # warm-up: allocator and kernel selection for this shape
+        times = _time_calls(lambda p=pixels: encoder.encode_pixels(p), seconds)
+        result = {"images_per_s": round(batch * len(times) / sum(times), 3),
+                  "median_ms": round(statistics.median(times) * 1000, 2), "calls": len(times)}
+        per_batch[str(batch)] = result
+        print(f"  batch {batch:>3}: {result['images_per_s']:>9.2f} img/s, median {result['median_ms']:.1f} ms "
+              "per batch", flush=True)
+    return per_batch
+
+
+# ---- (b)-(d) a server under closed-loop load --------------------------------------------------------
+
+def bench_photos(per_size: int) -> list[bytes]:
+    """The request payloads: 0.3 MP and 2 MP photos, alternating (a 50/50 mix)."""
+    return [photo_jpeg(10_000 + i, PHOTO_SIZES[label]) for i in range(per_size) for label in PAYLOAD_SIZES]
+
+
+async def _post(session: aiohttp.ClientSession, target: Target, photo: bytes) -> tuple[int, int | None]:
+    form = aiohttp.FormData()
+    form.add_field(target.field, photo, filename="photo.jpg", content_type="image/jpeg")
+    try:
+        async with session.post(target.route, data=form) as resp:
+            await resp.read()
+            batch = resp.headers.get("X-Batch-Size")
+            return resp.status, int(batch) if batch and batch.isdigit() else None
+    except (TimeoutError, aiohttp.ClientError):
+        return 0, None  # connection-level failure
+
+
+async def _client(session: aiohttp.ClientSession, target: Target, photos: Sequence[bytes], first: int,
+                  window: Window, sink: list[Sample]) -> None:
+    n = first
+    while time.perf_counter() < window.stop:
+        start = time.perf_counter()
+        status, batch = await _post(session, target, photos[n % len(photos)])
+        sample = Sample(time.perf_counter(), time.perf_counter() - start, status, batch)
+        sink.append(sample)
+        window.record(sample)
+        n += 1
+
+
+async def run_level(url: str, target: Target, photos: Sequence[bytes], concurrency: int,
+                    opts: Options) -> dict[str, Any]:
+    """``concurrency`` clients for warm-up + duration; the measured window's summary."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    now = time.perf_counter()
+    window = Window(now + opts.warmup_s, now + opts.warmup_s + opts.duration_s, opts.requests)
+    sink: list[Sample] = []
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(_client(session, target, photos, i * 3, window, sink) for i in range(concurrency)))
+    measured = [s for s in sink if window.contains(s)]
+    return summarise(measured, window.stop - window.start, concurrency)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RssSampler(threading.Thread):
+    """Samples a process tree's RSS until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, every_s: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every_s, self.peak_mb = pid, every_s, 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            rss = tree_rss_mb(self.pid)
+            if rss == rss:  # not NaN: the process may be gone
+                self.peak_mb = max(self.peak_mb, rss)
+            self._stop_event.wait(self.every_s)
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join(5)
+        return round(self.peak_mb, 1)
+
+
+@contextmanager
+def serving(target: Target, photo: bytes, log: Path) -> Iterator[tuple[str, RssSampler, float]]:
+    """Start ``bentoml serve`` for ``target``; yields (url, RSS sampler, seconds to ready)."""
+    port = _free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([str(bentoml), "serve", target.app, "--port", str(port), "--host", "127.0.0.1"],
+                                cwd=ROOT, env={**os.environ, **target.env}, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        _wait_ready(proc, url, target, photo, log)
+        yield url, sampler, round(time.perf_counter() - started, 1)
+    finally:
+        sampler.stop()
+        _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, target: Target, photo: bytes, log: Path) -> None:
+    """Until the ready route answers and one real request succeeds (the model is loaded)."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    files = {target.field: ("photo.jpg", photo, "image/jpeg")}
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise ServerFailed(f"{target.title}: server exited with {proc.returncode}: {tail[0]} (log: {log})")
+        try:
+            if (httpx.get(url + target.ready_path, timeout=5).status_code == 200
+                    and httpx.post(url + target.route, files=files, timeout=120).status_code == 200):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServerFailed(f"{target.title}: not ready after {SERVER_START_TIMEOUT_S:.0f}s (log: {log})")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_dir: Path) -> dict[str, Any]:
+    """Every concurrency level against one freshly started server.
+
+    A server that fails to start is recorded as an ``error`` so that the other sections still run.
+    """
+    print(f"\n{target.title}: starting `bentoml serve {target.app}`", flush=True)
+    section: dict[str, Any] = {"title": target.title, "app": target.app, "env": target.env}
+    try:
+        with serving(target, photos[0], log_dir / f"{target.key}.log") as (url, sampler, ready_s):
+            levels = []
+            for concurrency in opts.levels:
+                level = asyncio.run(run_level(url, target, photos, concurrency, opts))
+                print("  " + _row(target.title, level), flush=True)
+                levels.append(level)
+    except ServerFailed as exc:
+        print(f"  FAILED: {exc}", flush=True)
+        return {**section, "error": str(exc)}
+    return {**section, "ready_s": ready_s, "peak_rss_mb": round(sampler.peak_mb, 1), "levels": levels}
+
+
+# ---- setup -----------------------------------------------------------------------------------------
+
+def resolve_tag(requested: str | None) -> str:
+    """``--model-tag``, else ``CLIP_MODEL_TAG``, else the stored random-init ViT-B-32 (made once)."""
+    tag = requested or os.environ.get("CLIP_MODEL_TAG")
+    if tag:
+        return tag
+    from clip_runner.store import latest_tag, store_name
+    from models.register import RANDOM_INIT, register_random
+
+    existing = latest_tag(store_name(DEFAULT_ARCH, RANDOM_INIT))
+    if existing:
+        return existing
+    print(f"registering a random-init {DEFAULT_ARCH} in the model store", flush=True)
+    return register_random(DEFAULT_ARCH)
+
+
+def targets(tag: str, opts: Options) -> list[Target]:
+    """(b) ours, (c) the baseline, (d) ours unbatched; all with the same model and limits."""
+    from clip_runner.settings import get_settings
+
+    settings = get_settings()
+    shared = {"CLIP_MODEL_TAG": tag, "CLIP_DEVICE": opts.device, "CLIP_STRICT_MODEL": "true",
+              "CLIP_BATCH_SIZE": str(settings.batch_size), "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
+              # admission control must not refuse the benchmark's own load
+              "CLIP_MAX_CONCURRENCY": str(max(settings.max_concurrency, *opts.levels))}
+    ours = Target("ours", "ours (adaptive batching)", "service:ClipService", "/encode_image", "image", "/health",
+                  shared)
+    baseline = Target("baseline", "transformers baseline", "bench.baseline_service:ClipBaseline",
+                      "/encode_image", "images", "/readyz", shared)
+    unbatched = dataclasses.replace(ours, key="unbatched", title="ours, CLIP_BATCH_SIZE=1",
+                                    env={**shared, "CLIP_BATCH_SIZE": "1"})
+    return [ours] + ([] if opts.skip_baseline else [baseline]) + [unbatched]
+
+
+def environment(tag: str, opts: Options) -> dict[str, Any]:
+    """Facts a reader needs to interpret the numbers."""
+    import torch
+
+    from clip_runner.device import available_cpus
+    from clip_runner.store import open_entry
+
+    entry = open_entry(tag)
+    gpu = torch.cuda.get_device_name(0) if opts.device.startswith("cuda") and torch.cuda.is_available() else None
+    return {
+        "model_tag": tag, "arch": entry.labels.get("arch"), "source": entry.labels.get("source"),
+        "device": opts.device, "gpu": gpu, "cpus": available_cpus(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, "git_commit": _git_commit(),
+        "payload": {"route": "one JPEG per request (ours: /encode_image)",
+                    "mix": {label: f"{PHOTO_SIZES[label][0]}x{PHOTO_SIZES[label][1]}" for label in PAYLOAD_SIZES},
+                    "share": "50/50, alternating", "distinct_photos": opts.photos_per_size * len(PAYLOAD_SIZES)},
+        "levels": list(opts.levels), "warmup_s": opts.warmup_s, "duration_s": opts.duration_s,
+        "requests_per_level": opts.requests,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+# ---- output --------------------------------------------------------------------------------------------
+
+HEADER = (f"{'setup':<28}{'conc':>5}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
+          f"{'ok':>7}{'errors':>8}{'batch':>7}")
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _row(title: str, level: dict[str, Any]) -> str:
+    return (f"{title:<28}{level['concurrency']:>5}{_num(level['images_per_s'], '.2f'):>10}"
+            f"{_num(level['p50_ms']):>10}{_num(level['p95_ms']):>10}{_num(level['p99_ms']):>10}"
+            f"{level['ok']:>7}{level['errors']:>8}{_num(level['mean_batch_size']):>7}")
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable summary: table, ratios and memory."""
+    limit, ratio = report["limit"], report["ratios"]
+    lines = [HEADER, "-" * len(HEADER),
+             f"{'(a) in-process limit':<28}{'-':>5}{limit['best_images_per_s']:>10.2f}"
+             f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median)"]
+    for key, label in (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) ")):
+        series = report.get(key) or {}
+        for level in series.get("levels") or []:
+            lines.append(_row(label + series["title"], level))
+    lines += ["", _ratio_lines(ratio), "", "peak RSS of each server's process tree:"]
+    for key in ("ours", "baseline", "unbatched"):
+        series = report.get(key) or {}
+        if series.get("levels") is not None:
+            lines.append(f"  {series['title']:<28}{series['peak_rss_mb']:>9.1f} MB  (ready in {series['ready_s']} s)")
+        elif series.get("error"):
+            lines.append(f"  {series['title']:<28} not measured: {series['error']}")
+    return "\n".join(lines)
+
+
+def _ratio_lines(ratio: dict[str, Any]) -> str:
+    sat, over = ratio["ours_vs_limit"], ratio["overhead_at_c1"]
+    out = [f"(b)/(a) at saturation: {_num(sat['ratio'], '.2f')}  ({_num(sat['ours_images_per_s'], '.2f')} img/s "
+           f"at c={sat['ours_concurrency']} vs {sat['limit_images_per_s']:.2f} img/s "
+           f"at batch {sat['limit_batch_size']})",
+           f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
+           f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
+    for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)")):
+        cmp = ratio.get(key)
+        if cmp:
+            per = ", ".join(f"c={c}: {_num(r, '.2f')}" for c, r in cmp["per_concurrency"].items())
+            out.append(f"{label} at c={cmp['concurrency']}: {_num(cmp['ratio'], '.2f')}  "
+                       f"(best vs best {_num(cmp['best_vs_best'], '.2f')}; {per})")
+        else:
+            out.append(f"{label}: not measured")
+    return "\n".join(out)
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def _levels(text: str) -> tuple[int, ...]:
+    levels = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    if not levels or levels[0] < 1:
+        raise argparse.ArgumentTypeError("levels are positive integers, e.g. 1,4,16,64")
+    return levels
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: levels 1,16, 1.5 s each, short (a)")
+    parser.add_argument("--levels", type=_levels, help="concurrency levels (default 1,4,16,64)")
+    parser.add_argument("--duration", type=float, help="measured seconds per level (default 30)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each level (default 10)")
+    parser.add_argument("--requests", type=int,
+                        help="end a level after this many measured requests (or --duration, if sooner)")
+    parser.add_argument("--limit-seconds", type=float, help="seconds per batch size for (a) (default 10)")
+    parser.add_argument("--skip-baseline", action="store_true", help="do not run (c)")
+    parser.add_argument("--model-tag", help="model-store tag (default CLIP_MODEL_TAG, else random ViT-B-32)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu (fp32) or cuda (autocast dtype from CLIP_PRECISION, fp16 by default)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench.json", help="JSON report")
+    parser.add_argument("--plots-dir", type=Path, default=ROOT / "docs" / "bench", help="where the PNGs go")
+    return parser.parse_args(argv)
+
+
+def options(args: argparse.Namespace) -> Options:
+    """Options from the arguments, with --quick's short defaults."""
+    quick = args.quick
+    return Options(
+        levels=args.levels or (QUICK_LEVELS if quick else DEFAULT_LEVELS),
+        duration_s=args.duration or (1.5 if quick else 30.0),
+        warmup_s=args.warmup if args.warmup is not None else (0.5 if quick else 10.0),
+        requests=args.requests,
+        limit_batch_sizes=QUICK_LIMIT_BATCH_SIZES if quick else LIMIT_BATCH_SIZES,
+        limit_s=args.limit_seconds or (0.5 if quick else 10.0),
+        device=args.device,
+        skip_baseline=args.skip_baseline,
+        photos_per_size=2 if quick else 8,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark; returns the report (also written to ``args.out``)."""
+    opts = options(args)
+    if not opts.skip_baseline and importlib.util.find_spec("transformers") is None:
+        raise SystemExit("the baseline needs transformers: pip install -e '.[dev]' (or pass --skip-baseline)")
+    tag = resolve_tag(args.model_tag)
+    report: dict[str, Any] = {"environment": environment(tag, opts)}
+    print(f"model {tag} on {opts.device}; levels {list(opts.levels)}; "
+          f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level\n(a) in-process limit", flush=True)
+    report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s)
+    photos = bench_photos(opts.photos_per_size)
+    log_dir = args.out.parent / "bench_logs"
+    report["baseline"] = {"skipped": "--skip-baseline"} if opts.skip_baseline else None
+    for target in targets(tag, opts):
+        report[target.key] = measure_server(target, photos, opts, log_dir)
+    report["ratios"] = ratios(report)
+    from bench.plots import write_plots
+
+    report["plots"] = [str(p) for p in write_plots(report, args.plots_dir)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print("\n" + render(report) + f"\n\nreport: {args.out}\nplots: {', '.join(report['plots'])}")
+    return report
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    """The errors of server sections that could not be measured."""
+    return [section["error"] for section in report.values() if isinstance(section, dict) and section.get("error")]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m bench.run``; exits 1 when a server could not be measured."""
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    report = run(parse_args(argv))
+    if failures(report):
+        raise SystemExit("\nnot every server was measured:\n  " + "\n  ".join(failures(report)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The load-test and benchmark commands against real `bentoml serve` processes (tiny model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, Server
+
+pytestmark = pytest.mark.slow
+
+ROUTES = {"/encode_image", "/encode_images", "/encode_text", "/similarity", "/analyze", "/analyze_batch", "/classify"}
+USER_CLASSES = 7  # one per route: with equal weights, locust starts one user of each
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def test_locust_runs_every_route_headless_without_failures(server: Server, tmp_path: Path) -> None:
+    prefix = tmp_path / "locust"
+    cmd = [_bin("locust"), "-f", "locustfile.py", "--headless", "--host", server.url,
+           "-u", str(USER_CLASSES), "-r", str(USER_CLASSES), "-t", "5s", "--stop-timeout", "30",
+           "--csv", str(prefix), "--only-summary"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-4000:]
+    with Path(f"{prefix}_stats.csv").open() as fh:
+        rows = {row["Name"]: row for row in csv.DictReader(fh)}
+    assert ROUTES <= set(rows), sorted(rows)
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) >= len(ROUTES)
+    assert int(total["Failure Count"]) == 0, Path(f"{prefix}_failures.csv").read_text()
+
+
+def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, tmp_path: Path) -> None:
+    out_file, plots = tmp_path / "bench.json", tmp_path / "plots"
+    cmd = [sys.executable, "-m", "bench.run", "--quick", "--model-tag", tiny_tag,
+           "--out", str(out_file), "--plots-dir", str(plots)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=dict(os.environ))
+    assert out_file.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out_file.read_text())
+    assert {"environment", "limit", "ours", "baseline", "unbatched", "ratios", "plots"} <= set(report)
+    assert report["limit"]["best_images_per_s"] > 0 and report["limit"]["single_image_ms"] > 0
+    for key in ("ours", "baseline"):
+        levels = report[key]["levels"]
+        assert [lv["concurrency"] for lv in levels] == [1, 16]
+        assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in levels), levels
+        assert report[key]["peak_rss_mb"] > 0
+    assert any(int(size) > 1 for size in report["ours"]["levels"][-1]["batch_sizes"])  # batching happened
+    assert report["ratios"]["ours_vs_baseline"]["concurrency"] == 16
+    assert report["ratios"]["overhead_at_c1"]["overhead_ms"] is not None
+    assert {Path(p).name for p in report["plots"]} == {"throughput.png", "latency.png", "batch_sizes.png"}
+    assert all((plots / name).read_bytes().startswith(b"\x89PNG") for name in ("throughput.png", "latency.png"))
+    assert "(b)/(a) at saturation" in run.stdout
+    unbatched = report["unbatched"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert all(lv["ok"] > 0 and lv["batch_sizes"] == {"1": lv["ok"]} for lv in unbatched["levels"])
+    assert report["ratios"]["ours_vs_unbatched"]["ratio"] is not None

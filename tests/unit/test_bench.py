@@ -1,0 +1,211 @@
+"""The load-test payloads and users, the transformers baseline's set-up, and bench.run's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import PHOTO_SIZES, photo_jpeg
+from bench.run import Sample, Window, _levels, compare_level, percentile, ratios, render, summarise
+from tests.conftest import TINY_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLIC_ROUTES = {"encode_image", "encode_images", "encode_text", "similarity", "analyze", "analyze_batch", "classify"}
+
+# Importing locust monkey-patches the standard library with gevent, which must not happen inside
+# the test process (asyncio and threads are used by other tests): inspect it in a child process.
+LOCUSTFILE_PROBE = """
+import io, json, sys
+from pathlib import Path
+from PIL import Image
+import locustfile
+
+def describe(photos):
+    out = []
+    for p in photos:
+        with Image.open(io.BytesIO(p.data)) as im:
+            im.load()
+            out.append({"name": p.name, "format": im.format, "size": list(im.size), "bytes": len(p.data),
+                        "pixels": p.pixels})
+    return out
+
+data = locustfile.payloads()
+users = {u.__name__: {"tasks": len(u.tasks), "tags": sorted(set().union(*(getattr(t, "locust_tag_set", set())
+                                                                          for t in u.tasks)))}
+         for u in locustfile.USER_CLASSES}
+folder, _ = locustfile._folder_photos(Path(sys.argv[1]))
+print(json.dumps({"photos": describe(data.photos), "weights": data.weights,
+                  "small": [p.name for p in data.small_photos], "users": users,
+                  "folder": describe(folder), "auth": locustfile.auth_headers()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def locustfile_facts(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "a.jpg").write_bytes(photo_jpeg(1, (320, 240)))
+    (folder / "notes.txt").write_text("not an image")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADTEST_")}
+    env.update(CLIP_API_KEY="k3y", LOADTEST_SEED="3")
+    out = subprocess.run([sys.executable, "-c", LOCUSTFILE_PROBE, str(folder)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_generated_payloads_are_jpegs_of_the_promised_sizes(locustfile_facts: dict) -> None:
+    photos = locustfile_facts["photos"]
+    assert {tuple(p["size"]) for p in photos} == set(PHOTO_SIZES.values())
+    for photo in photos:
+        assert photo["format"] == "JPEG"
+        assert photo["pixels"] == photo["size"][0] * photo["size"][1]
+        # Photo-like: neither a flat image (tiny) nor noise (larger than the pixels).
+        assert 0.05 < photo["bytes"] / photo["pixels"] < 1.0, photo
+    assert sum(locustfile_facts["weights"]) == pytest.approx(1.0)
+    assert all(not name.startswith("12MP") for name in locustfile_facts["small"])
+
+
+def test_every_user_class_has_a_task_tagged_with_its_scenario_and_route(locustfile_facts: dict) -> None:
+    users = locustfile_facts["users"]
+    assert len(users) == len(PUBLIC_ROUTES)
+    routes = set()
+    for name, user in users.items():
+        assert user["tasks"] >= 1, name
+        scenario = set(user["tags"]) & {"image", "text", "mixed"}
+        assert len(scenario) == 1, (name, user["tags"])
+        routes |= set(user["tags"]) & PUBLIC_ROUTES
+    assert routes == PUBLIC_ROUTES
+
+
+def test_an_image_folder_replaces_the_generated_photos_and_the_api_key_is_sent(locustfile_facts: dict) -> None:
+    assert [p["name"] for p in locustfile_facts["folder"]] == ["a.jpg"]
+    assert locustfile_facts["auth"] == {"Authorization": "Bearer k3y"}
+
+
+def test_photo_jpeg_is_seeded() -> None:
+    assert photo_jpeg(5, (64, 48)) == photo_jpeg(5, (64, 48)) != photo_jpeg(6, (64, 48))
+
+
+# ---- the transformers baseline ---------------------------------------------------------------
+
+def test_baseline_config_is_vit_b_32_by_default() -> None:
+    from bench.baseline_service import architecture, hf_clip_config
+
+    model_cfg, size = architecture(None)
+    cfg = hf_clip_config(model_cfg)
+    vision, text = cfg.vision_config, cfg.text_config
+    assert size == 224 and cfg.projection_dim == 512
+    assert (vision.patch_size, vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (
+        32, 768, 12, 12)
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (512, 12, 8)
+
+
+def test_baseline_model_has_exactly_the_open_clip_parameter_count() -> None:
+    from transformers import CLIPModel
+
+    from bench.baseline_service import hf_clip_config
+    from models.register import _from_local_dir
+
+    model_cfg = json.loads(TINY_CONFIG.read_text())
+    ours = _from_local_dir(model_cfg, {"size": model_cfg["vision_cfg"]["image_size"]}, None)
+    theirs = CLIPModel(hf_clip_config(model_cfg))
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+
+
+def test_baseline_processor_tokenizes_like_open_clip_and_crops_to_the_model_size() -> None:
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from bench.baseline_service import build_processor
+
+    processor = build_processor(64)
+    texts = ["a photo of a red leather handbag!", "Men's NAVY blue sneakers, size 42", "café"]
+    hf = processor.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    reference = open_clip.tokenize(texts)
+    mask = hf["attention_mask"].bool()
+    assert (hf["input_ids"][mask] == reference[mask]).all()  # padding differs: eot vs 0
+    image = Image.fromarray(np.zeros((480, 640, 3), dtype=np.uint8))
+    assert tuple(processor(images=[image, image], return_tensors="pt")["pixel_values"].shape) == (2, 3, 64, 64)
+
+
+# ---- bench.run arithmetic -----------------------------------------------------------------------
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50 and percentile(values, 0.95) == 95 and percentile(values, 0.99) == 99
+    assert percentile([3.0], 0.99) == 3.0 and percentile([], 0.5) is None
+
+
+def test_summarise_counts_only_successes_as_throughput_and_histograms_batch_sizes() -> None:
+    samples = [Sample(1.0, 0.1, 200, 4), Sample(1.1, 0.2, 200, 4), Sample(1.2, 0.3, 200, 1),
+               Sample(1.3, 0.0, 503, None)]
+    level = summarise(samples, window_s=2.0, concurrency=8)
+    assert level["images_per_s"] == 1.5 and level["ok"] == 3 and level["errors"] == 1
+    assert level["by_status"] == {"200": 3, "503": 1}
+    assert level["batch_sizes"] == {"1": 1, "4": 2} and level["mean_batch_size"] == 3.0
+    assert level["p50_ms"] == 200.0
+
+
+def test_a_request_budget_ends_the_window_at_its_last_request() -> None:
+    window = Window(start=10.0, stop=100.0, budget=2)
+    for end in (5.0, 11.0, 12.0, 13.0):  # the first finished during warm-up
+        window.record(Sample(end, 0.1, 200, 1))
+    assert window.stop == 12.0 and not window.contains(Sample(13.0, 0.1, 200, 1))
+
+
+def test_levels_option_is_parsed_sorted_and_positive() -> None:
+    import argparse
+
+    assert _levels("16,1,4,4") == (1, 4, 16)
+    with pytest.raises(argparse.ArgumentTypeError):
+        _levels("0,4")
+
+
+def _series(title: str, points: dict[int, float], p50: float = 40.0) -> dict:
+    return {"title": title, "peak_rss_mb": 900.0, "ready_s": 5.0,
+            "levels": [{"concurrency": c, "images_per_s": v, "p50_ms": p50, "p95_ms": p50, "p99_ms": p50, "ok": 10,
+                        "errors": 0, "mean_batch_size": 1.0, "batch_sizes": {"1": 10}} for c, v in points.items()]}
+
+
+def test_ratios_compare_at_saturation_at_16_and_against_the_model_latency() -> None:
+    report = {
+        "limit": {"best_images_per_s": 50.0, "best_batch_size": 32, "single_image_ms": 30.0},
+        "ours": _series("ours", {1: 20.0, 16: 40.0, 64: 45.0}),
+        "baseline": _series("baseline", {1: 20.0, 16: 20.0}),
+        "unbatched": {"title": "unbatched", "error": "did not start"},
+    }
+    out = ratios(report)
+    assert out["ours_vs_limit"]["ratio"] == 0.9 and out["ours_vs_limit"]["ours_concurrency"] == 64
+    assert out["ours_vs_baseline"]["concurrency"] == 16 and out["ours_vs_baseline"]["ratio"] == 2.0
+    assert out["ours_vs_baseline"]["per_concurrency"] == {"1": 1.0, "16": 2.0}
+    assert out["ours_vs_unbatched"] is None
+    assert out["overhead_at_c1"]["overhead_ms"] == 10.0
+    report["ratios"] = out
+    text = render(report)
+    assert "(b)/(c) at c=16: 2.00" in text and "not measured: did not start" in text
+
+
+def test_compare_level_falls_back_to_the_closest_common_level() -> None:
+    assert compare_level(_series("a", {1: 1, 4: 1, 32: 1}), _series("b", {1: 1, 32: 1}), 16) == 32
+    assert compare_level(_series("a", {1: 1}), _series("b", {2: 1}), 16) is None
+
+
+def test_plots_are_written_for_the_measured_sections(tmp_path: Path) -> None:
+    from bench.plots import write_plots
+
+    report = {
+        "environment": {"arch": "ViT-B-32", "device": "cpu", "cpus": 2},
+        "limit": {"best_images_per_s": 50.0, "best_batch_size": 32, "single_image_ms": 30.0},
+        "ours": _series("ours", {1: 20.0, 16: 40.0}),
+        "baseline": {"skipped": "--skip-baseline"},
+        "unbatched": _series("unbatched", {1: 20.0, 16: 22.0}),
+    }
+    paths = write_plots(report, tmp_path / "plots")
+    assert [p.name for p in paths] == ["throughput.png", "latency.png", "batch_sizes.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
