@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench build build-cuda soak loadtest bench clean
+.PHONY: venv serve test test-fast lint register-bench build build-cuda soak loadtest bench demo clean
 
 venv: $(STAMP)
 
@@ -64,6 +64,10 @@ loadtest: $(STAMP)
 # transformers baseline; bench_results/bench.json and plots in docs/bench/. BENCH_ARGS passes options.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Retrain the bundled demo model (models/demo/) from scratch on generated shapes: CPU, seeded.
+demo: $(STAMP)
+	$(BIN)/python -m models build-demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

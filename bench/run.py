@@ -609,6 +609,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"model {tag} on {opts.device}; levels {list(opts.levels)}; "
           f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level\n(a) in-process limit", flush=True)
     report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s)
+    from bench.decode import format_table, measure
+
+    report["decode"] = measure(tag, repeats=3 if args.quick else 7)
+    print(format_table(report["decode"]), flush=True)
     photos = bench_photos(opts.photos_per_size)
     log_dir = args.out.parent / "bench_logs"
     report["baseline"] = {"skipped": "--skip-baseline"} if opts.skip_baseline else None

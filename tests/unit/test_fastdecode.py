@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.decode import photo_jpeg
+from bench import photo_jpeg
 from clip_runner.images import decode_image
 from clip_runner.preprocess import PixelPipeline
 from tests.conftest import unit_rows
@@ -19,9 +19,18 @@ OPENAI_224 = {"size": 224, "mean": [0.48145466, 0.4578275, 0.40821073],
               "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest"}
 
 
+def rotated_jpeg(size: tuple[int, int], orientation: int) -> bytes:
+    """A photo-like JPEG whose EXIF says to rotate it for display."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo_jpeg(3, size))).save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def big_photo() -> bytes:
-    return photo_jpeg((4000, 3000))  # 12 MP
+    return photo_jpeg(0, (4000, 3000))  # 12 MP
 
 
 def test_draft_decodes_a_12mp_jpeg_at_a_fraction_of_its_size(big_photo: bytes) -> None:
@@ -57,7 +66,7 @@ def test_draft_embedding_matches_the_reference_transform(big_photo: bytes, refer
 
 
 def test_draft_respects_exif_orientation() -> None:
-    data = photo_jpeg((2400, 1600), exif_orientation=6)  # rotate 90° on display
+    data = rotated_jpeg((2400, 1600), 6)  # rotate 90° on display
     full = decode_image(data, **LIMITS)
     fast = decode_image(data, **LIMITS, draft_side=448)
     assert full.size == (1600, 2400)
@@ -65,7 +74,7 @@ def test_draft_respects_exif_orientation() -> None:
 
 
 def test_small_jpegs_and_other_formats_decode_at_full_size() -> None:
-    small = photo_jpeg((640, 480))
+    small = photo_jpeg(1, (640, 480))
     assert decode_image(small, **LIMITS, draft_side=448).size == (640, 480)  # 1/2 would drop below 448
     buf = io.BytesIO()
     Image.new("RGB", (3000, 2000), (10, 200, 30)).save(buf, "PNG")
