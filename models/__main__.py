@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.finetune import FinetuneError
@@ -117,7 +118,7 @@ def _build_demo(args: argparse.Namespace) -> None:
     from .demo import DEMO_DIR, DemoRecipe, build_demo
 
     recipe = DemoRecipe(train_images=args.train_images, epochs=args.epochs, seed=args.seed)
-    built = build_demo(args.out or DEMO_DIR, recipe)
+    built = build_demo(Path(args.out) if args.out else DEMO_DIR, recipe)
     ev = built.card["evaluation"]
     print(f"demo model {built.tag} written to {built.folder} in {built.seconds / 60:.1f} min: zero-shot top-1 "
           f"{ev['zero_shot_top1']:.2%}, mismatch F1 {ev['mismatch_f1']:.4f}")
