@@ -41,12 +41,13 @@ DEMO_STORE_NAME = "clip-demo"
 CARD_FILE = "demo.json"
 MAX_WEIGHTS_BYTES = 15_000_000
 
-# A convolutional image tower: from scratch, convolutions learn outlines from a few thousand
-# images, where a ViT of the same cost learns colour but not shape. 224 px input and OpenAI's
-# mean/std, exactly as ViT-B-32 is fed, so the serving path is the same.
+# A small convolutional image tower (timm's LCNet-0.5, random init): trained from scratch on
+# this data, ViTs and ConvNeXt of the same cost learned colour but stayed at chance on shape,
+# while LCNet learned shape fastest per CPU second. 224 px input and OpenAI's mean/std, exactly
+# as ViT-B-32 is fed, so the serving path is the same.
 DEMO_MODEL_CFG: dict[str, Any] = {
     "embed_dim": 64,
-    "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False,
+    "vision_cfg": {"timm_model_name": "lcnet_050", "timm_model_pretrained": False,
                    "timm_pool": "avg", "timm_proj": "", "image_size": 224},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2},
 }
@@ -60,10 +61,10 @@ DEMO_PREPROCESS_CFG: dict[str, Any] = {
 class DemoRecipe:
     """Everything that determines the demo model; ``build_demo`` is a function of it."""
 
-    train_images: int = 12_000
+    train_images: int = 16_000
     calibration_images: int = 1_000
     eval_images: int = 1_000
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 64
     learning_rate: float = 2e-3
     seed: int = 0
@@ -174,7 +175,9 @@ def _card(metadata: dict[str, Any], recipe: DemoRecipe, evaluation: dict[str, An
         "build_seconds": round(seconds, 1),
         "torch_version": torch.__version__,
         "metadata": {**{k: metadata[k] for k in kept if k in metadata},
-                     "training": {k: training[k] for k in ("history", "data", "seconds") if k in training},
+                     "training": {"history": training.get("history"), "seconds": training.get("seconds"),
+                                  # counts only: the data lived in a temporary folder
+                                  "data": {k: v for k, v in training.get("data", {}).items() if k != "csv"}},
                      "evaluation": evaluation},
     }
 

@@ -38,18 +38,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (125, 75, 35),
 }
 # Shape size as a fraction of the image side (the diameter of its bounding circle).
-SIZES: dict[str, float] = {"small": 0.24, "medium": 0.36, "large": 0.48}
+SIZES: dict[str, float] = {"small": 0.36, "medium": 0.5, "large": 0.64}
 # Centre of the shape as fractions of (width, height), with the caption phrase.
 POSITIONS: dict[str, tuple[float, float, str]] = {
-    "top left": (0.25, 0.25, "at the top left"),
-    "top": (0.5, 0.25, "at the top"),
-    "top right": (0.75, 0.25, "at the top right"),
-    "left": (0.25, 0.5, "on the left"),
+    "top left": (0.32, 0.32, "at the top left"),
+    "top": (0.5, 0.32, "at the top"),
+    "top right": (0.68, 0.32, "at the top right"),
+    "left": (0.32, 0.5, "on the left"),
     "center": (0.5, 0.5, "in the center"),
-    "right": (0.75, 0.5, "on the right"),
-    "bottom left": (0.25, 0.75, "at the bottom left"),
-    "bottom": (0.5, 0.75, "at the bottom"),
-    "bottom right": (0.75, 0.75, "at the bottom right"),
+    "right": (0.68, 0.5, "on the right"),
+    "bottom left": (0.32, 0.68, "at the bottom left"),
+    "bottom": (0.5, 0.68, "at the bottom"),
+    "bottom right": (0.68, 0.68, "at the bottom right"),
 }
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
@@ -65,7 +65,7 @@ CATEGORIES: tuple[str, ...] = tuple(f"{colour} {shape}" for shape in SHAPES for 
 IMAGE_SIZE = 224
 COLOUR_MENTION_RATE = 0.75
 _COLOUR_JITTER = 12  # per channel, so colour names cover a small range rather than one value
-_POSITION_JITTER = 0.03  # of the image side
+_POSITION_JITTER = 0.02  # of the image side
 _MAX_ROTATION_DEG = 10.0
 
 
