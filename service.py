@@ -32,7 +32,7 @@ from clip_runner.settings import get_settings
 logger = logging.getLogger("clip_service")
 settings = get_settings()
 # CLIP_BATCH_SIZE=1 turns adaptive batching off: each call is encoded on its own (benchmarks).
-BATCHING = settings.batch_size > 1
+BATCHING = settings.max_batch > 1
 
 
 def _show_our_logs() -> None:
@@ -92,7 +92,7 @@ class ClipEncoder:
         self.encoder.encode_pixels(np.zeros((1, h, w, 3), dtype=np.uint8))
         self.encoder.encode_texts(["warm up"])
 
-    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.batch_size),
+    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.max_batch),
                  max_latency_ms=settings.max_latency_ms)
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 preprocessed images → (N, D + 2): unit rows + batch trailer."""
@@ -102,7 +102,7 @@ class ClipEncoder:
             rows = self.encoder.encode_pixels(np.asarray(pixels, dtype=np.uint8))
         return with_trailer(rows, len(rows), elapsed[0])
 
-    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.batch_size),
+    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.max_batch),
                  max_latency_ms=settings.max_latency_ms)
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """N texts → (N, D + 2): unit rows + batch trailer."""
@@ -124,7 +124,7 @@ class ClipEncoder:
         from clip_runner.local import served_info
 
         return served_info(self.loaded, self.resolution, torch_threads=self.threads,
-                           batching={"max_batch_size": settings.batch_size,
+                           batching={"max_batch_size": settings.max_batch,
                                      "max_latency_ms": settings.max_latency_ms})
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from bench import PHOTO_SIZES, photo_jpeg
 from clip_runner.images import decode_image
 from clip_runner.preprocess import PixelPipeline, normalize
+from clip_runner.settings import ClipSettings
 
 LIMITS = {"max_bytes": 64 * 1024 * 1024, "max_pixels": 100_000_000}
 
@@ -59,7 +60,7 @@ def _measure(model_tag: str | None, repeats: int) -> dict[str, Any]:
     loaded = load_entry(model_tag or register_random("ViT-B-32"), torch.device("cpu"))
     _, _, reference_tf = open_clip.create_model_and_transforms(loaded.entry.local_dir_name, device="cpu")
     pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
-    draft = pipeline.draft_side()
+    draft = pipeline.draft_side(ClipSettings().fast_decode_factor)  # what the service uses
     results: dict[str, Any] = {"model": loaded.entry.tag, "draft_side": draft, "sizes": {}}
     for name, size in PHOTO_SIZES.items():
         data = photo_jpeg(0, size)

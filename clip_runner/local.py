@@ -57,7 +57,7 @@ class LocalBackend:
 
     def info_sync(self) -> dict[str, Any]:
         """Same shape as the encoder service's ``info`` API."""
-        return served_info(self.loaded, self.resolution, batching={"max_batch_size": self.settings.batch_size,
+        return served_info(self.loaded, self.resolution, batching={"max_batch_size": self.settings.max_batch,
                                                                    "max_latency_ms": 0})
 
     async def info(self) -> dict[str, Any]:

@@ -166,7 +166,7 @@ class ClipPipeline:
     async def embed_pixels(self, pixels: Sequence[np.ndarray], timings: Timings) -> np.ndarray:
         """Unit image embeddings (N, D), sent in chunks no larger than the max batch size."""
         chunks = []
-        step = self.settings.batch_size
+        step = self.settings.max_batch
         for i in range(0, len(pixels), step):
             start = time.perf_counter()
             raw = await self.backend.encode_pixels(np.stack(pixels[i : i + step]))
@@ -178,7 +178,7 @@ class ClipPipeline:
     async def embed_texts(self, texts: Sequence[str], timings: Timings | None = None) -> np.ndarray:
         """Unit text embeddings (N, D)."""
         chunks = []
-        step = self.settings.batch_size
+        step = self.settings.max_batch
         for i in range(0, len(texts), step):
             start = time.perf_counter()
             encoded = Encoded(*split_trailer(await self.backend.encode_texts(list(texts[i : i + step]))))

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL_NAME = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 DEFAULT_THRESHOLD = 0.25
+CPU_BATCH_SIZE = 8  # measured best for ViT-B-32 on CPU (docs/performance.md)
+CUDA_BATCH_SIZE = 64
 
 
 class ClipSettings(BaseSettings):
@@ -39,7 +41,10 @@ class ClipSettings(BaseSettings):
     default_top_k: int = Field(5, ge=1, le=100)
 
     # Batching and hardware.
-    batch_size: int = Field(32, ge=1, le=1024, description="Adaptive batching: max batch size (1 turns batching off).")
+    batch_size: int | None = Field(
+        None, ge=1, le=1024,
+        description="Adaptive batching: max batch size (1 turns batching off); default 8 on CPU, 64 on CUDA.",
+    )
     max_latency_ms: int = Field(
         10_000, ge=1, description="Adaptive batching: max time a request may wait in a batch."
     )
@@ -52,7 +57,7 @@ class ClipSettings(BaseSettings):
         True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."
     )
     fast_decode_factor: float = Field(
-        2.0, ge=1.0, le=8.0,
+        1.0, ge=1.0, le=8.0,
         description="Fast decode keeps the shorter side >= this many times the model's input side.",
     )
 
@@ -87,6 +92,24 @@ class ClipSettings(BaseSettings):
     def model_configured(self) -> bool:
         """Whether any model setting was given explicitly (else the hardware-aware default applies)."""
         return bool({"model_tag", "model_name", "pretrained", "model_path"} & self.model_fields_set)
+
+    @property
+    def max_batch(self) -> int:
+        """``CLIP_BATCH_SIZE``, or the measured best for the device.
+
+        On CPU, ViT-B-32 encodes most images per second in batches of 8 (larger batches fall
+        out of cache and get slower per image; see docs/performance.md); a GPU needs large
+        batches to fill it.
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.device == "cpu":
+            return CPU_BATCH_SIZE
+        if self.device.startswith("cuda"):
+            return CUDA_BATCH_SIZE
+        import torch  # only here: clients read these settings without needing torch
+
+        return CUDA_BATCH_SIZE if torch.cuda.is_available() else CPU_BATCH_SIZE
 
     @property
     def threshold_or_default(self) -> float:

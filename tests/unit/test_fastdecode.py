@@ -87,7 +87,7 @@ def test_pipeline_uses_fast_decode_unless_turned_off(monkeypatch: pytest.MonkeyP
 
     info = {"preprocess_cfg": OPENAI_224, "embedding_size": 4}
     on = ClipPipeline(None, ClipSettings(), info)  # type: ignore[arg-type]
-    assert on.draft_side == 448
+    assert on.draft_side == 224
     monkeypatch.setenv("CLIP_FAST_DECODE", "false")
     off = ClipPipeline(None, ClipSettings(), info)  # type: ignore[arg-type]
     assert off.draft_side is None
