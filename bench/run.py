@@ -457,9 +457,9 @@ def targets(tag: str, opts: Options) -> list[Target]:
     """(b) ours, (c) the baseline, (d) ours unbatched; all with the same model and limits."""
     from clip_runner.settings import get_settings
 
-    settings = get_settings()
+    settings = get_settings().model_copy(update={"device": opts.device})
     shared = {"CLIP_MODEL_TAG": tag, "CLIP_DEVICE": opts.device, "CLIP_STRICT_MODEL": "true",
-              "CLIP_BATCH_SIZE": str(settings.batch_size), "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
+              "CLIP_BATCH_SIZE": str(settings.max_batch),  # the service's default for the device "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
               # admission control must not refuse the benchmark's own load
               "CLIP_MAX_CONCURRENCY": str(max(settings.max_concurrency, *opts.levels))}
     ours = Target("ours", "ours (adaptive batching)", "service:ClipService", "/encode_image", "image", "/health",

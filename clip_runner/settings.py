@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL_NAME = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 DEFAULT_THRESHOLD = 0.25
-CPU_BATCH_SIZE = 8  # measured best for ViT-B-32 on CPU (docs/performance.md)
+CPU_BATCH_SIZE = 8  # measured for ViT-B-32 on CPU (docs/performance.md)
 CUDA_BATCH_SIZE = 64
 
 
@@ -97,9 +97,9 @@ class ClipSettings(BaseSettings):
     def max_batch(self) -> int:
         """``CLIP_BATCH_SIZE``, or the measured best for the device.
 
-        On CPU, ViT-B-32 encodes most images per second in batches of 8 (larger batches fall
-        out of cache and get slower per image; see docs/performance.md); a GPU needs large
-        batches to fill it.
+        On CPU, ViT-B-32 gains nothing per image beyond batches of 8 while every item of a
+        larger batch waits for all of it (docs/performance.md has the measurements); a GPU
+        needs large batches to fill it.
         """
         if self.batch_size is not None:
             return self.batch_size
