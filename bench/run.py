@@ -459,7 +459,8 @@ def targets(tag: str, opts: Options) -> list[Target]:
 
     settings = get_settings().model_copy(update={"device": opts.device})
     shared = {"CLIP_MODEL_TAG": tag, "CLIP_DEVICE": opts.device, "CLIP_STRICT_MODEL": "true",
-              "CLIP_BATCH_SIZE": str(settings.max_batch),  # the service's default for the device "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
+              # the service's default batch size for the device, unless CLIP_BATCH_SIZE is set
+              "CLIP_BATCH_SIZE": str(settings.max_batch), "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
               # admission control must not refuse the benchmark's own load
               "CLIP_MAX_CONCURRENCY": str(max(settings.max_concurrency, *opts.levels))}
     ours = Target("ours", "ours (adaptive batching)", "service:ClipService", "/encode_image", "image", "/health",
