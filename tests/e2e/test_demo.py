@@ -11,8 +11,7 @@ import pytest
 
 from models import demo_data
 from models.demo import DEMO_DIR, DEMO_STORE_NAME, WEIGHTS_FILE
-
-from .conftest import Server, start_server, stop_server
+from tests.e2e.conftest import Server, start_server, stop_server
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,7 +60,7 @@ def test_analyze_accepts_the_caption_and_flags_a_swapped_one(demo_server: Server
     accepted = flagged = 0
     with httpx.Client(base_url=demo_server.url, timeout=60) as client:
         for i, (scene, image) in enumerate(scenes):
-            other = next(s for s in scenes[i + 1:] + scenes[:i] if s.category != scene.category)
+            other = next(s for s, _ in scenes[i + 1:] + scenes[:i] if s.category != scene.category)
             data = _jpeg(image)
             ok = client.post("/analyze", files={"image": ("s.jpg", data)}, data={"text": scene.caption}).json()
             bad = client.post("/analyze", files={"image": ("s.jpg", data)}, data={"text": other.caption}).json()
