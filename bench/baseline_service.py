@@ -138,7 +138,7 @@ class ClipBaseline:
                 with torch.autocast(self.device.type, dtype=self.autocast):
                     yield
 
-    @bentoml.api(batchable=True, max_batch_size=settings.batch_size, max_latency_ms=settings.max_latency_ms)
+    @bentoml.api(batchable=True, max_batch_size=max(2, settings.max_batch), max_latency_ms=settings.max_latency_ms)
     def encode_image(self, images: list[Image]) -> np.ndarray:
         """Images → (N, D) float32 unit embeddings, preprocessed as one batch by the processor."""
         import torch.nn.functional as F

@@ -41,8 +41,17 @@ def test_excess_load_is_refused_fast_and_admitted_requests_succeed(tiny_tag, tmp
         assert refused.headers["Retry-After"] == "1" and "capacity" in refused.json()["error"]
         health = httpx.get(f"{server.url}/health", timeout=10)  # health is never refused
         assert health.status_code == 200
+        assert httpx.post(f"{server.url}/encode_text", json={"text": ["a", "b"]}, timeout=60).status_code == 200
+        # Metrics are read on this server because it is the newest: BentoML keeps them in files
+        # under BENTOML_HOME, which every `bentoml serve` of the shared test store resets.
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
         assert f'clip_refused_total{{reason="overload"}} {float(statuses.count(429))}' in metrics
+        # What Server-Timing reports per request, as Prometheus histograms.
+        assert f"clip_decode_ms_count {float(statuses.count(200))}" in metrics
+        for name in ("clip_queue_wait_ms_count", "clip_inference_ms_count"):
+            assert name in metrics, name
+        assert f'clip_request_batch_size_count{{kind="image"}} {float(statuses.count(200))}' in metrics
+        assert 'clip_request_batch_size_count{kind="text"} 1.0' in metrics
         assert server.proc.poll() is None and "Traceback" not in server.output()
     finally:
         stop_server(server)

@@ -68,12 +68,7 @@ def test_contract_over_real_http(server) -> None:
         for probe in ("/livez", "/readyz"):
             assert c.get(probe).status_code == 200
         metrics = c.get("/metrics").text
-        assert "bentoml_service_request" in metrics
-        # Our own: what Server-Timing reports, per request, aggregated across workers.
-        for name in ("clip_decode_ms_count", "clip_queue_wait_ms_count", "clip_inference_ms_count"):
-            assert name in metrics, name
-        assert 'clip_request_batch_size_count{kind="image"}' in metrics
-        assert 'clip_request_batch_size_count{kind="text"}' in metrics
+        assert "bentoml_service_request" in metrics  # ours are checked on a fresh server: test_overload
 
 
 async def _mixed(url: str) -> list[httpx.Response]:
