@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from .device import pick_device
 from .errors import InputError
 from .images import decode_image
-from .loading import load_entry
+from .loading import build_from_config, create_model, load_entry, plain_config
 from .preprocess import PixelPipeline, normalize
 from .settings import ClipSettings
 from .store import CONFIG_FILE, WEIGHTS_FILE, save_entry, sha256_file, store_name
@@ -312,21 +311,9 @@ class TrainableModel:
     inherited: dict[str, Any]
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(cfg)))
-
-
 def _from_dir(folder: Path) -> tuple[torch.nn.Module, Any]:
     name = f"local-dir:{folder}"
-    return open_clip.create_model(name, device="cpu"), open_clip.get_tokenizer(name)
-
-
-def _from_config(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-    # Through open_clip's local-dir loader, so a config JSON builds exactly as a store entry does.
-    with tempfile.TemporaryDirectory() as tmp:
-        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-        (Path(tmp) / CONFIG_FILE).write_text(json.dumps(config))
-        return _from_dir(Path(tmp))
+    return create_model(name), open_clip.get_tokenizer(name)
 
 
 def init_model(*, tag: str | None = None, arch: str | None = None, model_config: str | Path | None = None,
@@ -345,7 +332,7 @@ def init_model(*, tag: str | None = None, arch: str | None = None, model_config:
         model_cfg = open_clip.get_model_config(arch)
         if model_cfg is None:
             raise FinetuneError(f"unknown open_clip architecture {arch!r}")
-        model, tokenizer = _from_config(dict(model_cfg), {})
+        model, tokenizer = build_from_config(dict(model_cfg), {})
         origin = {"arch": arch, "init": "random", "seed": seed}
     else:
         path = Path(model_config)  # type: ignore[arg-type]
@@ -354,10 +341,10 @@ def init_model(*, tag: str | None = None, arch: str | None = None, model_config:
         except (OSError, ValueError) as exc:
             raise FinetuneError(f"cannot read model config {path}: {exc}") from exc
         model_cfg = raw.get("model_cfg", raw)
-        model, tokenizer = _from_config(model_cfg, raw.get("preprocess_cfg", {}))
+        model, tokenizer = build_from_config(model_cfg, raw.get("preprocess_cfg", {}))
         arch, origin = path.stem, {"model_config": str(path), "init": "random", "seed": seed}
-    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
-    return TrainableModel(model, tokenizer, _plain(model_cfg), preprocess_cfg, arch, origin, {})
+    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
+    return TrainableModel(model, tokenizer, plain_config(model_cfg), preprocess_cfg, arch, origin, {})
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

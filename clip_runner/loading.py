@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
 
 from .errors import ModelNotAvailable
-from .store import WEIGHTS_FILE, StoreEntry, open_entry, sha256_file
+from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,37 @@ def verify_weights(entry: StoreEntry) -> None:
             f"recorded {expected[:12]}… — the entry is corrupt or was modified. Delete it "
             f"(`bentoml models delete {entry.tag}`) and register the model again."
         )
+
+
+def plain_config(cfg: Any) -> dict[str, Any]:
+    """JSON-friendly copy of an open_clip config (tuples → lists), as store entries keep them."""
+    return json.loads(json.dumps(dict(cfg)))
+
+
+def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
+    """``open_clip.create_model`` on CPU; a failure is a :class:`ModelNotAvailable` naming the model."""
+    try:
+        return open_clip.create_model(name, device="cpu", **kwargs)
+    except (RuntimeError, ValueError, FileNotFoundError, KeyError) as exc:
+        raise ModelNotAvailable(f"could not build {name}: {exc}") from exc
+
+
+def build_from_config(
+    model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: Path | None = None
+) -> tuple[torch.nn.Module, Tokenizer]:
+    """(model, tokenizer) from configs (+ weights), through open_clip's local-dir loader.
+
+    The same loader reads store entries, so a model built here is built exactly as it will be
+    served. Without ``weights`` the model has open_clip's random initialisation.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        if weights is not None:
+            (folder / weights.name).symlink_to(weights.resolve())
+        name = f"local-dir:{folder}"
+        return create_model(name), open_clip.get_tokenizer(name)
 
 
 def load_entry(entry: StoreEntry | str, device: torch.device, *, verify: bool = True) -> LoadedModel:

@@ -28,7 +28,7 @@ import torch
 from clip_runner.calibration import calibrate, register_calibrated
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.finetune import TrainConfig, finetune
-from clip_runner.loading import load_entry
+from clip_runner.loading import build_from_config, load_entry
 from clip_runner.store import CONFIG_FILE, WEIGHTS_FILE, latest_tag, open_entry, save_entry, sha256_file
 
 from . import demo_data
@@ -96,10 +96,8 @@ def register_demo(folder: Path | None = None) -> str:
     digest = sha256_file(folder / WEIGHTS_FILE)
     if (tag := latest_tag(DEMO_STORE_NAME)) is not None and open_entry(tag).metadata.get("bundle_sha256") == digest:
         return tag
-    from .register import _from_local_dir  # the same local-dir loader every entry goes through
-
     config = json.loads((folder / CONFIG_FILE).read_text())
-    model = _from_local_dir(config["model_cfg"], config["preprocess_cfg"], folder / WEIGHTS_FILE)
+    model, _ = build_from_config(config["model_cfg"], config["preprocess_cfg"], folder / WEIGHTS_FILE)
     metadata = {**card.get("metadata", {}), "bundle_sha256": digest, "origin": "bundled demo model"}
     tag = save_entry(model.eval(), config["model_cfg"], config["preprocess_cfg"], name=DEMO_STORE_NAME,
                      arch=DEMO_STORE_NAME, pretrained="shapes", source="demo", extra_metadata=metadata)

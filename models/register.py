@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from open_clip.model import get_model_preprocess_cfg
 
 from clip_runner.errors import ModelNotAvailable
+from clip_runner.loading import build_from_config, create_model, plain_config
 from clip_runner.store import CONFIG_FILE, save_entry, sha256_file, store_name
 
 logger = logging.getLogger(__name__)
@@ -39,24 +39,6 @@ def model_config(arch: str) -> dict[str, Any]:
     return copy.deepcopy(cfg)
 
 
-def _create(name: str, **kwargs: Any) -> torch.nn.Module:
-    try:
-        return open_clip.create_model(name, device="cpu", **kwargs)
-    except (RuntimeError, ValueError, FileNotFoundError, KeyError) as exc:
-        raise ModelNotAvailable(f"could not build {name}: {exc}") from exc
-
-
-def _from_local_dir(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: Path | None) -> torch.nn.Module:
-    """Build through open_clip's local-dir loader, so store entries and checkpoints load alike."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-        (folder / CONFIG_FILE).write_text(json.dumps(config))
-        if weights is not None:
-            (folder / weights.name).symlink_to(weights.resolve())
-        return _create(f"local-dir:{folder}")
-
-
 def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
     """Download open_clip weights ``arch``/``pretrained`` and store them; returns the tag."""
     from .download import download_pretrained
@@ -67,13 +49,13 @@ def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
     quick_gelu = bool(cfg.get("quick_gelu", False))
     if quick_gelu:
         model_cfg["quick_gelu"] = True  # the weights were trained with QuickGELU
-    model = _create(arch, pretrained=str(files.weights_path), force_quick_gelu=quick_gelu)
+    model = create_model(arch, pretrained=str(files.weights_path), force_quick_gelu=quick_gelu)
     preprocess_cfg = dict(get_model_preprocess_cfg(model))
     for key in ("mean", "std", "interpolation", "resize_mode"):
         if cfg.get(key) is not None:
             preprocess_cfg[key] = cfg[key]
     return save_entry(
-        model, model_cfg, _plain(preprocess_cfg),
+        model, model_cfg, plain_config(preprocess_cfg),
         name=store_name(arch, pretrained), arch=arch, pretrained=pretrained, source="hub",
         extra_metadata={"origin": cfg.get("hf_hub") or cfg.get("url", "")},
     )
@@ -88,8 +70,8 @@ def register_hub_repo(repo_id: str, *, retries: int = 3) -> str:
         raise ModelNotAvailable(f"hub repo {repo_id} has no {CONFIG_FILE}; it is not an open_clip model")
     config = json.loads(Path(files.config_path).read_text())
     model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg", {})
-    model = _from_local_dir(model_cfg, preprocess_cfg, Path(files.weights_path))
-    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
+    model = build_from_config(model_cfg, preprocess_cfg, Path(files.weights_path))[0]
+    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
     name = store_name(f"hf-{repo_id.replace('/', '-')}", None)
     return save_entry(
         model, model_cfg, preprocess_cfg, name=name, arch=repo_id, pretrained="hf-hub",
@@ -104,18 +86,18 @@ def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None)
         config_path = path / CONFIG_FILE
         if not config_path.is_file():
             raise ModelNotAvailable(f"checkpoint directory {path} has no {CONFIG_FILE}")
-        model = _create(f"local-dir:{path}")
+        model = create_model(f"local-dir:{path}")
         config = json.loads(config_path.read_text())
         model_cfg = config["model_cfg"]
         digest = sha256_file(config_path)
     elif path.is_file():
         model_cfg = model_config(arch)
         # open_clip loads .safetensors without pickle and .pt/.bin with weights_only=True.
-        model = _create(arch, pretrained=str(path))
+        model = create_model(arch, pretrained=str(path))
         digest = sha256_file(path)
     else:
         raise ModelNotAvailable(f"checkpoint {path} does not exist")
-    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
+    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
     return save_entry(
         model, model_cfg, preprocess_cfg,
         name=name or checkpoint_store_name(arch, digest), arch=arch, pretrained="checkpoint",
@@ -139,20 +121,15 @@ def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = No
         model_cfg = json.loads(config_file.read_text())
         arch = config_file.stem
         preprocess_cfg = {"size": model_cfg["vision_cfg"]["image_size"]}
-        model = _from_local_dir(model_cfg, preprocess_cfg, None)
+        model = build_from_config(model_cfg, preprocess_cfg)[0]
     else:
         arch = arch_or_config
         model_cfg = model_config(arch)
-        model = _create(arch)
-    preprocess_cfg = _plain(get_model_preprocess_cfg(model))
+        model = create_model(arch)
+    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
     return save_entry(
         model, model_cfg, preprocess_cfg,
         name=name or store_name(arch, RANDOM_INIT), arch=arch, pretrained=RANDOM_INIT,
         source="random-init",
         extra_metadata={"seed": seed, "warning": "random weights: embeddings carry no meaning"},
     )
-
-
-def _plain(cfg: dict[str, Any]) -> dict[str, Any]:
-    """JSON-friendly copy of a preprocess config (tuples → lists)."""
-    return json.loads(json.dumps(dict(cfg)))
