@@ -147,10 +147,14 @@ class PairSet:
     """The usable pairs of a CSV, their preprocessed pixels when cached, and what was skipped."""
 
     rows: list[PairRow]
-    pipeline: PixelPipeline
+    decoder: RowDecoder
     pixels: list[np.ndarray] | None
     total_rows: int
     reasons: list[str]
+
+    @property
+    def pipeline(self) -> PixelPipeline:
+        return self.decoder.pipeline
 
     @property
     def skipped(self) -> int:
@@ -164,7 +168,7 @@ class PairSet:
         """(N, H, W, 3) uint8 pixels of the given rows."""
         if self.pixels is not None:
             return np.stack([self.pixels[i] for i in indices])
-        return np.stack([_decode_row(self.rows[i], self.pipeline) for i in indices])
+        return np.stack([self.decoder(self.rows[i]) for i in indices])
 
     def report(self) -> dict[str, Any]:
         """Counts and the first few reasons, for logs and store metadata."""
@@ -226,20 +230,38 @@ def _parse_record(record: dict[str, Any], line: int, root: Path, labelled: bool)
     return PairRow(line, path, text, label), ""
 
 
-def _decode_row(row: PairRow, pipeline: PixelPipeline) -> np.ndarray:
-    limits = ClipSettings()
-    image = decode_image(row.image_path.read_bytes(), max_bytes=limits.max_image_bytes,
-                         max_pixels=limits.max_image_pixels, field=str(row.image_path))
-    return pipeline(image)
+@dataclasses.dataclass(frozen=True)
+class RowDecoder:
+    """A CSV row's image file → model-input pixels, decoded as the service decodes uploads.
 
+    The limits and the fast-decode size come from the settings once, not once per image.
+    """
 
-def _try_decode(row: PairRow, pipeline: PixelPipeline) -> np.ndarray | str:
-    try:
-        return _decode_row(row, pipeline)
-    except InputError as exc:
-        return exc.message
-    except OSError as exc:
-        return f"cannot read {row.image_path}: {exc}"
+    pipeline: PixelPipeline
+    max_bytes: int
+    max_pixels: int
+    draft_side: int | None
+
+    @classmethod
+    def from_settings(cls, preprocess_cfg: dict[str, Any], settings: ClipSettings | None = None) -> RowDecoder:
+        settings = settings or ClipSettings()
+        pipeline = PixelPipeline(preprocess_cfg)
+        draft = pipeline.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
+        return cls(pipeline, settings.max_image_bytes, settings.max_image_pixels, draft)
+
+    def __call__(self, row: PairRow) -> np.ndarray:
+        image = decode_image(row.image_path.read_bytes(), max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                             field=str(row.image_path), draft_side=self.draft_side)
+        return self.pipeline(image)
+
+    def attempt(self, row: PairRow) -> np.ndarray | str:
+        """The pixels, or the reason the row cannot be used."""
+        try:
+            return self(row)
+        except InputError as exc:
+            return exc.message
+        except OSError as exc:
+            return f"cannot read {row.image_path}: {exc}"
 
 
 def load_pairs(
@@ -259,15 +281,16 @@ def load_pairs(
     than ``min_rows`` rows are usable.
     """
     rows, total, problems = read_pair_rows(csv_path, image_root, with_label=with_label)
-    pipeline = PixelPipeline(preprocess_cfg)
+    decoder = RowDecoder.from_settings(preprocess_cfg)
+    pipeline = decoder.pipeline
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        decoded = list(pool.map(lambda row: _try_decode(row, pipeline), rows))
+        decoded = list(pool.map(decoder.attempt, rows))
     good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
     problems += [(rows[i].line, item) for i, item in enumerate(decoded) if isinstance(item, str)]
     reasons = [f"line {line}: {reason}" for line, reason in sorted(problems)]
     per_image = pipeline.size[0] * pipeline.size[1] * 3
     cache = len(good) * per_image <= cache_limit_mb * 1024 * 1024
-    pairs = PairSet([rows[i] for i in good], pipeline, [decoded[i] for i in good] if cache else None,  # type: ignore[misc]
+    pairs = PairSet([rows[i] for i in good], decoder, [decoded[i] for i in good] if cache else None,  # type: ignore[misc]
                     total, reasons)
     _log_report(csv_path, pairs)
     if len(pairs.rows) < min_rows:
