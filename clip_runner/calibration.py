@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .encoder import BatchEncoder
+from .encoder import BatchEncoder, encode_in_chunks
 from .finetune import NoUsableRows, PairSet, load_pairs
 from .loading import LoadedModel, load_entry
 from .store import open_entry, save_entry
@@ -134,17 +134,14 @@ def build_pairs(
 
 def encode_images(encoder: BatchEncoder, pairs: PairSet, batch_size: int = 64) -> np.ndarray:
     """Unit image embeddings of every row, through the service's encoder."""
-    rows = range(len(pairs.rows))
-    chunks = [encoder.encode_pixels(pairs.batch_pixels(rows[i : i + batch_size]))
-              for i in range(0, len(rows), batch_size)]
-    return np.concatenate(chunks)
+    return encode_in_chunks(lambda rows: encoder.encode_pixels(pairs.batch_pixels(rows)),
+                            range(len(pairs.rows)), batch_size)
 
 
 def encode_texts(encoder: BatchEncoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Unit text embeddings, each distinct text encoded once."""
     distinct = sorted(set(texts))
-    rows = np.concatenate([encoder.encode_texts(distinct[i : i + batch_size])
-                           for i in range(0, len(distinct), batch_size)])
+    rows = encode_in_chunks(encoder.encode_texts, distinct, batch_size)
     index = {text: i for i, text in enumerate(distinct)}
     return rows[[index[text] for text in texts]]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,15 @@ class BatchEncoder:
         if rows.shape[0] != expected_rows:
             raise RuntimeError(f"encoder returned {rows.shape[0]} rows for {expected_rows} inputs")
         return rows.astype(np.float32, copy=False)
+
+
+def encode_in_chunks(encode: Callable[[Any], np.ndarray], items: Sequence[Any], size: int = 64) -> np.ndarray:
+    """``encode`` applied to ``items`` ``size`` at a time, rows concatenated in order.
+
+    For offline tools (calibration, evaluation) that encode whole datasets with bounded memory;
+    the service batches through BentoML instead.
+    """
+    return np.concatenate([encode(items[i : i + size]) for i in range(0, len(items), size)])
 
 
 def with_trailer(rows: np.ndarray, batch_size: int, seconds: float) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clip_runner.calibration import build_pairs, fit_threshold
-from clip_runner.encoder import BatchEncoder
+from clip_runner.calibration import build_pairs, encode_texts, fit_threshold
+from clip_runner.encoder import BatchEncoder, encode_in_chunks
 from clip_runner.loading import LoadedModel
 from clip_runner.preprocess import PixelPipeline
 from clip_runner.scoring import average_prompts, prompts_for
@@ -31,7 +31,6 @@ from clip_runner.settings import DEFAULT_THRESHOLD
 from . import demo_data
 
 EVAL_SEED = 1_000_003  # far from the training seeds, so no image is shared
-_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +53,6 @@ class Evaluation:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _encode_images(encoder: BatchEncoder, pixels: np.ndarray) -> np.ndarray:
-    return np.concatenate([encoder.encode_pixels(pixels[i : i + _BATCH]) for i in range(0, len(pixels), _BATCH)])
-
-
-def _encode_texts(encoder: BatchEncoder, texts: list[str]) -> np.ndarray:
-    return np.concatenate([encoder.encode_texts(texts[i : i + _BATCH]) for i in range(0, len(texts), _BATCH)])
-
-
 def _f1_at(similarities: np.ndarray, is_mismatch: np.ndarray, threshold: float) -> float:
     flagged = similarities < threshold
     tp = int(np.sum(flagged & is_mismatch))
@@ -79,10 +70,10 @@ def evaluate(loaded: LoadedModel, count: int = 1000, seed: int = EVAL_SEED) -> E
         scenes.append(scene)
         pixels.append(pipeline(image))
     encoder = BatchEncoder(loaded, precision="fp32")
-    images = _encode_images(encoder, np.stack(pixels))
+    images = encode_in_chunks(encoder.encode_pixels, np.stack(pixels))
     templates = list(loaded.entry.metadata.get("prompt_templates") or demo_data.PROMPT_TEMPLATES)
     labels = list(demo_data.CATEGORIES)
-    label_rows = average_prompts(_encode_texts(encoder, prompts_for(labels, templates)), len(labels))
+    label_rows = average_prompts(encode_texts(encoder, prompts_for(labels, templates)), len(labels))
     predicted = [labels[i] for i in (images @ label_rows.T).argmax(axis=1)]
     truth = [scene.category for scene in scenes]
     top1 = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
@@ -90,7 +81,7 @@ def evaluate(loaded: LoadedModel, count: int = 1000, seed: int = EVAL_SEED) -> E
     shape = float(np.mean([p.split()[1] == t.split()[1] for p, t in zip(predicted, truth, strict=True)]))
 
     image_rows, texts, is_mismatch = build_pairs([scene.caption for scene in scenes], None, seed)
-    sims = np.einsum("nd,nd->n", images[image_rows], _encode_texts(encoder, texts))
+    sims = np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts))
     calibrated = loaded.entry.metadata.get("calibrated_threshold")
     threshold = float(calibrated) if calibrated is not None else DEFAULT_THRESHOLD
     best = fit_threshold(sims, is_mismatch)
