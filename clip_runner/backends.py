@@ -134,30 +134,34 @@ class ClientSettings(BaseSettings):
         return httpx.Timeout(self.local_clip_timeout, connect=min(5.0, self.local_clip_timeout))
 
 
+def _service_settings(client: ClientSettings | None) -> ClientSettings | None:
+    """The caller-side settings when ``USE_LOCAL_CLIP`` points at a service, else None (in-process)."""
+    cfg = client or ClientSettings()
+    if cfg.use_local_clip:
+        logger.info("CLIP: using the service at %s (USE_LOCAL_CLIP=true)", cfg.local_clip_url)
+        return cfg
+    logger.info("CLIP: loading the model in-process (USE_LOCAL_CLIP is not true)")
+    return None
+
+
 def from_env(settings: ClipSettings | None = None, *, client: ClientSettings | None = None) -> ClipBackend:
     """A blocking backend chosen by ``USE_LOCAL_CLIP`` (see the module docstring).
 
     ``settings`` configures the in-process model (default: ``CLIP_*`` variables); ``client``
     overrides the caller-side variables.
     """
-    cfg = client or ClientSettings()
-    if cfg.use_local_clip:
-        logger.info("CLIP: using the service at %s (USE_LOCAL_CLIP=true)", cfg.local_clip_url)
+    if cfg := _service_settings(client):
         return ClipClient(cfg.local_clip_url, api_key=cfg.local_clip_api_key,
                           timeout=cfg.timeout(), retry=cfg.retry_policy())
-    logger.info("CLIP: loading the model in-process (USE_LOCAL_CLIP is not true)")
     return LocalClip(settings)
 
 
 def async_from_env(settings: ClipSettings | None = None, *,
                    client: ClientSettings | None = None) -> AsyncClipBackend:
     """The asyncio counterpart of :func:`from_env`, chosen the same way."""
-    cfg = client or ClientSettings()
-    if cfg.use_local_clip:
-        logger.info("CLIP: using the service at %s (USE_LOCAL_CLIP=true)", cfg.local_clip_url)
+    if cfg := _service_settings(client):
         return AsyncClipClient(cfg.local_clip_url, api_key=cfg.local_clip_api_key,
                                timeout=cfg.timeout(), retry=cfg.retry_policy())
-    logger.info("CLIP: loading the model in-process (USE_LOCAL_CLIP is not true)")
     return AsyncLocalClip(settings)
 
 
