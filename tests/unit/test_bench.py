@@ -109,10 +109,10 @@ def test_baseline_model_has_exactly_the_open_clip_parameter_count() -> None:
     from transformers import CLIPModel
 
     from bench.baseline_service import hf_clip_config
-    from models.register import _from_local_dir
+    from clip_runner.loading import build_from_config
 
     model_cfg = json.loads(TINY_CONFIG.read_text())
-    ours = _from_local_dir(model_cfg, {"size": model_cfg["vision_cfg"]["image_size"]}, None)
+    ours, _ = build_from_config(model_cfg, {"size": model_cfg["vision_cfg"]["image_size"]})
     theirs = CLIPModel(hf_clip_config(model_cfg))
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
 
