@@ -15,13 +15,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import time
 from collections import defaultdict
 
 import httpx
 
-from bench.soak import ROOT, _photo, _start_server, _wait_healthy
+from bench import photo_jpeg, server
+from bench.server import ROOT
+from bench.soak import start_server
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -33,7 +34,7 @@ def _pct(values: list[float], q: float) -> float:
 
 async def drive(url: str, clients: int, seconds: float) -> dict:
     """``clients`` closed-loop clients posting JPEGs for ``seconds``; latency by status."""
-    photos = [_photo(i, (1280, 960)) for i in range(8)]
+    photos = [photo_jpeg(i, (1280, 960)) for i in range(8)]
     latencies: dict[int, list[float]] = defaultdict(list)
     stop = time.monotonic() + seconds
 
@@ -65,16 +66,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3097)
     args = parser.parse_args()
     os.environ["CLIP_MAX_CONCURRENCY"] = str(args.admit)
-    proc = _start_server(args.port)
-    url = f"http://127.0.0.1:{args.port}"
+    srv = start_server(args.port)
     try:
-        _wait_healthy(url)
-        asyncio.run(drive(url, args.admit, 10))  # warm-up
-        baseline = asyncio.run(drive(url, args.admit, args.seconds))
-        overload = asyncio.run(drive(url, int(args.admit * args.factor), args.seconds))
+        asyncio.run(drive(srv.url, args.admit, 10))  # warm-up
+        baseline = asyncio.run(drive(srv.url, args.admit, args.seconds))
+        overload = asyncio.run(drive(srv.url, int(args.admit * args.factor), args.seconds))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        server.stop(srv)
     report = {"admit": args.admit, "factor": args.factor, "seconds": args.seconds,
               "at_capacity": baseline, "overloaded": overload}
     out = ROOT / "bench_results" / "overload.json"

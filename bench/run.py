@@ -35,11 +35,8 @@ import json
 import math
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -52,10 +49,10 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench import PHOTO_SIZES, photo_jpeg
+from bench import PHOTO_SIZES, photo_jpeg, server
+from bench.server import ROOT, ServerFailed
 from bench.soak import tree_rss_mb
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_LEVELS = (1, 4, 16, 64)
 QUICK_LEVELS = (1, 16)
@@ -65,10 +62,6 @@ PAYLOAD_SIZES = ("0.3MP", "2MP")  # alternated: a 50/50 mix
 BASELINE_CONCURRENCY = 16  # where (b)/(c) is compared
 SERVER_START_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0  # the services' own traffic timeout
-
-
-class ServerFailed(RuntimeError):
-    """A server under test did not start or did not become ready."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,12 +331,6 @@ async def run_level(url: str, target: Target, photos: Sequence[bytes], concurren
     return summarise(measured, window.stop - window.start, concurrency)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class RssSampler(threading.Thread):
     """Samples a process tree's RSS until stopped; keeps the peak."""
 
@@ -368,52 +355,26 @@ class RssSampler(threading.Thread):
 @contextmanager
 def serving(target: Target, photo: bytes, log: Path) -> Iterator[tuple[str, RssSampler, float]]:
     """Start ``bentoml serve`` for ``target``; yields (url, RSS sampler, seconds to ready)."""
-    port = _free_port()
-    bentoml = Path(sys.executable).with_name("bentoml")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([str(bentoml), "serve", target.app, "--port", str(port), "--host", "127.0.0.1"],
-                                cwd=ROOT, env={**os.environ, **target.env}, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    sampler = RssSampler(proc.pid)
+    srv = server.start(target.app, {**os.environ, **target.env}, log=log)
+    sampler = RssSampler(srv.proc.pid)
     sampler.start()
-    url = f"http://127.0.0.1:{port}"
+    files = {target.field: ("photo.jpg", photo, "image/jpeg")}
+
+    def ready(url: str) -> bool:
+        # The ready route, then one real request: the model is loaded and warm.
+        return (httpx.get(url + target.ready_path, timeout=5).status_code == 200
+                and httpx.post(url + target.route, files=files, timeout=120).status_code == 200)
+
     try:
         started = time.perf_counter()
-        _wait_ready(proc, url, target, photo, log)
-        yield url, sampler, round(time.perf_counter() - started, 1)
+        try:
+            server.wait_ready(srv, ready, SERVER_START_TIMEOUT_S)
+        except ServerFailed as exc:
+            raise ServerFailed(f"{target.title}: {str(exc).splitlines()[0]} (log: {log})") from exc
+        yield srv.url, sampler, round(time.perf_counter() - started, 1)
     finally:
         sampler.stop()
-        _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, target: Target, photo: bytes, log: Path) -> None:
-    """Until the ready route answers and one real request succeeds (the model is loaded)."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    files = {target.field: ("photo.jpg", photo, "image/jpeg")}
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise ServerFailed(f"{target.title}: server exited with {proc.returncode}: {tail[0]} (log: {log})")
-        try:
-            if (httpx.get(url + target.ready_path, timeout=5).status_code == 200
-                    and httpx.post(url + target.route, files=files, timeout=120).status_code == 200):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ServerFailed(f"{target.title}: not ready after {SERVER_START_TIMEOUT_S:.0f}s (log: {log})")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        server.stop(srv)
 
 
 def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_dir: Path) -> dict[str, Any]:

@@ -12,36 +12,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _photo(seed: int, size: tuple[int, int]) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=88)
-    return buf.getvalue()
+from bench import photo_jpeg, server
+from bench.server import ROOT
 
 
 def payloads() -> list[tuple[str, dict]]:
     """A realistic mix, including a few bad requests (they must stay 4xx)."""
-    photos = [_photo(i, s) for i, s in enumerate([(640, 480), (1600, 1200), (800, 800)] * 3)]
+    photos = [photo_jpeg(i, s) for i, s in enumerate([(640, 480), (1600, 1200), (800, 800)] * 3)]
     mix: list[tuple[str, dict]] = []
     for p in photos:
         mix.append(("/encode_image", {"files": {"image": ("p.jpg", p)}}))
@@ -119,26 +106,18 @@ def _report(samples: list[dict], sink: list[tuple[float, int, float]]) -> dict:
             "rss_growth_after_warmup_pct": growth, "samples": samples}
 
 
-def _start_server(port: int) -> subprocess.Popen:
+def start_server(port: int) -> server.Server:
+    """`bentoml serve` of CLIP_MODEL_TAG (else the demo model) on ``port``, once healthy."""
     env = dict(os.environ)
     if not env.get("CLIP_MODEL_TAG"):
         env.setdefault("CLIP_MODEL_NAME", "demo")
-    bentoml = Path(sys.executable).with_name("bentoml")
-    return subprocess.Popen([str(bentoml), "serve", "service:ClipService", "--port", str(port)],
-                            cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait_healthy(url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"server at {url} did not become healthy in {timeout_s:.0f}s")
+    srv = server.start(env=env, port=port)
+    try:
+        server.wait_ready(srv, timeout_s=300, poll_s=1)
+    except server.ServerFailed:
+        server.stop(srv)
+        raise
+    return srv
 
 
 def main() -> None:
@@ -151,18 +130,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3099)
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "soak.json"))
     args = parser.parse_args()
-    proc = None
+    srv = None
     url, pid = args.url, args.pid
     if not url:
-        proc = _start_server(args.port)
-        url, pid = f"http://127.0.0.1:{args.port}", proc.pid
+        srv = start_server(args.port)
+        url, pid = srv.url, srv.proc.pid
     try:
-        _wait_healthy(url)
         report = asyncio.run(soak(url, pid, args.minutes, args.concurrency, args.interval))
     finally:
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(60)
+        if srv is not None:
+            server.stop(srv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\nrequests {report['requests']}  by status {report['by_status']}  "

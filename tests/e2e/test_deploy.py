@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench import server
 from tests.conftest import make_jpeg
-from tests.e2e.conftest import ROOT, free_port, start_server, stop_server
+from tests.e2e.conftest import ROOT, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -48,27 +49,18 @@ def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
 
 
 def test_built_bento_serves_the_pinned_model(bento_tag: str, tiny_tag: str, tmp_path) -> None:
-    port = free_port()
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    log = (tmp_path / "bento.log").open("wb")
-    proc = subprocess.Popen([str(bentoml_cli), "serve", bento_tag, "--port", str(port)],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # From an empty folder, so what serves is the built bento, not the repo's service.py.
+    srv = server.start(bento_tag, log=tmp_path / "bento.log", cwd=tmp_path)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        server.wait_ready(srv, timeout_s=120)
+        url = srv.url
         health = httpx.get(f"{url}/health", timeout=10).json()
         assert health["model"] == tiny_tag and health["status"] == "healthy"
         resp = httpx.post(f"{url}/encode_image", files={"image": ("a.jpg", make_jpeg(1))}, timeout=60)
         assert resp.status_code == 200 and len(resp.json()) == 32
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        server.stop(srv)
 
 
 def test_cpu_dockerfile(bento_tag: str, tiny_tag: str) -> None:
