@@ -17,10 +17,8 @@ batching limits (``CLIP_BATCH_SIZE``, ``CLIP_MAX_LATENCY_MS``) and the same devi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +26,7 @@ import bentoml
 import numpy as np
 from PIL.Image import Image
 
-from clip_runner.device import autocast_dtype, configure_threads, pick_device
+from clip_runner.device import autocast_dtype, configure_threads, inference, pick_device
 from clip_runner.settings import get_settings
 
 if TYPE_CHECKING:
@@ -127,24 +125,13 @@ class ClipBaseline:
         self.encode_image([_blank(size)])  # pay lazy initialisation before taking traffic
         logger.info("baseline CLIP on %s, %d threads, autocast %s", self.device, self.threads, self.autocast)
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        import torch
-
-        with torch.inference_mode():
-            if self.autocast is None:
-                yield
-            else:
-                with torch.autocast(self.device.type, dtype=self.autocast):
-                    yield
-
     @bentoml.api(batchable=True, max_batch_size=max(2, settings.max_batch), max_latency_ms=settings.max_latency_ms)
     def encode_image(self, images: list[Image]) -> np.ndarray:
         """Images → (N, D) float32 unit embeddings, preprocessed as one batch by the processor."""
         import torch.nn.functional as F
 
         inputs = self.processor(images=images, return_tensors="pt").to(self.device)
-        with self._inference():
+        with inference(self.device, self.autocast):  # the same inference mode and dtype as ours
             features = image_features(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast_dtype
+from .device import autocast_dtype, inference
 from .loading import LoadedModel
 from .preprocess import normalize
 
@@ -38,14 +38,8 @@ class BatchEncoder:
         self.mean = tuple(pre.get("mean") or loaded.entry.metadata["mean"])
         self.std = tuple(pre.get("std") or loaded.entry.metadata["std"])
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        with torch.inference_mode():
-            if self._autocast is None:
-                yield
-            else:
-                with torch.autocast(self.device.type, dtype=self._autocast):
-                    yield
+    def _inference(self) -> contextlib.AbstractContextManager[None]:
+        return inference(self.device, self._autocast)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 → (N, D) float32, unit rows."""
