@@ -81,6 +81,7 @@ class ClipPipeline:
         metadata = info.get("metadata", {})
         self.pixels = PixelPipeline(info["preprocess_cfg"])
         self.draft_side = self.pixels.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
+        self.max_batch = settings.max_batch  # resolved once: it may probe the device
         self.logit_scale = float(metadata.get("logit_scale", 100.0))
         self.threshold = scoring.resolve_threshold(settings, metadata)
         self.categories: tuple[str, ...] = tuple(metadata.get("categories") or DEFAULT_CATEGORIES)
@@ -166,7 +167,7 @@ class ClipPipeline:
     async def embed_pixels(self, pixels: Sequence[np.ndarray], timings: Timings) -> np.ndarray:
         """Unit image embeddings (N, D), sent in chunks no larger than the max batch size."""
         chunks = []
-        step = self.settings.max_batch
+        step = self.max_batch
         for i in range(0, len(pixels), step):
             start = time.perf_counter()
             raw = await self.backend.encode_pixels(np.stack(pixels[i : i + step]))
@@ -178,7 +179,7 @@ class ClipPipeline:
     async def embed_texts(self, texts: Sequence[str], timings: Timings | None = None) -> np.ndarray:
         """Unit text embeddings (N, D)."""
         chunks = []
-        step = self.settings.max_batch
+        step = self.max_batch
         for i in range(0, len(texts), step):
             start = time.perf_counter()
             encoded = Encoded(*split_trailer(await self.backend.encode_texts(list(texts[i : i + step]))))
