@@ -124,6 +124,7 @@ class ClipEncoder:
         from clip_runner.local import served_info
 
         return served_info(self.loaded, self.resolution, torch_threads=self.threads,
+                           precision=self.encoder.precision.name,
                            batching={"max_batch_size": settings.max_batch,
                                      "max_latency_ms": settings.max_latency_ms})
 

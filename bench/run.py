@@ -240,7 +240,7 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     """Batched encode throughput through ``BatchEncoder`` on preprocessed uint8 pixels."""
     import torch
 
-    from clip_runner.device import autocast_dtype, configure_threads, pick_device
+    from clip_runner.device import configure_threads, pick_device
     from clip_runner.encoder import BatchEncoder
     from clip_runner.loading import load_entry
     from clip_runner.settings import get_settings
@@ -248,8 +248,8 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     settings = get_settings()
     threads = configure_threads(settings.num_threads)  # what the encoder worker does
     loaded = load_entry(tag, pick_device(device))
-    dtype = autocast_dtype(loaded.device, settings.precision)
     encoder = BatchEncoder(loaded, settings.precision)
+    precision = encoder.precision.name
     # The encoder service runs each batch in a worker thread (BentoML's sync API pool); do the
     # same: the main thread's OpenMP team can be much slower on a busy machine.
     with ThreadPoolExecutor(1) as pool:
@@ -263,7 +263,7 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     return {"per_batch_size": per_batch, "best_batch_size": int(best),
             "best_images_per_s": per_batch[best]["images_per_s"],
             "single_image_ms": per_batch["1"]["median_ms"], "torch_threads": threads,
-            "dtype": str(dtype).removeprefix("torch.") if dtype else "float32"}
+            "precision": precision}
 
 
 def _encode_throughput(encoder: Any, batch_sizes: Sequence[int], seconds: float) -> dict[str, dict[str, float]]:

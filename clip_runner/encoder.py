@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast_dtype, inference
+from .device import inference, resolve_precision
 from .loading import LoadedModel
 from .preprocess import normalize
 
@@ -31,9 +31,15 @@ class BatchEncoder:
     """Encodes batches with one loaded model. Thread-compatible: one batch at a time per worker."""
 
     def __init__(self, loaded: LoadedModel, precision: str = "auto") -> None:
+        """Wrap ``loaded``; a precision with non-fp32 weights (bf16 on CPU) casts the model in place."""
         self.loaded = loaded
         self.device = loaded.device
-        self._autocast = autocast_dtype(self.device, precision)
+        self.precision = resolve_precision(self.device, precision)
+        self._autocast = self.precision.autocast
+        # Always cast (a no-op when it already matches): a model another encoder cast to
+        # bf16 must not be served as fp32, nor the reverse.
+        loaded.model.to(self.precision.weights)
+        logger.info("encoder precision: %s", self.precision.name)
         pre = loaded.entry.preprocess_cfg
         self.mean = tuple(pre.get("mean") or loaded.entry.metadata["mean"])
         self.std = tuple(pre.get("std") or loaded.entry.metadata["std"])
@@ -46,7 +52,7 @@ class BatchEncoder:
         if pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) pixels, got shape {pixels.shape}")
         with self._inference():
-            batch = normalize(pixels, self.mean, self.std, self.device)
+            batch = normalize(pixels, self.mean, self.std, self.device).to(self.precision.weights)
             features = self.loaded.model.encode_image(batch)
         return self._finish(features, len(pixels))
 

@@ -57,8 +57,8 @@ class LocalBackend:
 
     def info_sync(self) -> dict[str, Any]:
         """Same shape as the encoder service's ``info`` API."""
-        return served_info(self.loaded, self.resolution, batching={"max_batch_size": self.settings.max_batch,
-                                                                   "max_latency_ms": 0})
+        return served_info(self.loaded, self.resolution, precision=self.encoder.precision.name,
+                           batching={"max_batch_size": self.settings.max_batch, "max_latency_ms": 0})
 
     async def info(self) -> dict[str, Any]:
         return self.info_sync()
