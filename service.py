@@ -52,7 +52,7 @@ def _baked_model_tag() -> str | None:
 
 
 MODEL_TAG = settings.model_tag or _baked_model_tag()
-ENCODER_CONFIG: dict[str, Any] = {"workers": 1, "traffic": {"timeout": 600}}
+ENCODER_CONFIG: dict[str, Any] = {"workers": settings.encoder_workers, "traffic": {"timeout": 600}}
 if settings.gpus:
     ENCODER_CONFIG["resources"] = {"gpu": settings.gpus}
 
@@ -71,7 +71,7 @@ class ClipEncoder:
         from clip_runner.resolve import resolve_model
 
         _show_our_logs()
-        self.threads = configure_threads(settings.num_threads)
+        self.threads = configure_threads(settings.num_threads, settings.encoder_workers)
         pinned = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
             update={"model_tag": MODEL_TAG})
         self.resolution = resolve_model(pinned)

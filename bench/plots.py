@@ -14,7 +14,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-SERIES = (("ours", "tab:blue", "o"), ("baseline", "tab:orange", "s"), ("unbatched", "tab:green", "^"))
+SERIES = (("ours", "tab:blue", "o"), ("baseline", "tab:orange", "s"), ("unbatched", "tab:green", "^"),
+          ("ours_fp32", "tab:purple", "D"))
 PLAIN = FuncFormatter(lambda value, _pos: f"{value:g}")  # 200 rather than 2×10²
 PERCENTILES = (("p50_ms", "p50", "-"), ("p95_ms", "p95", "--"), ("p99_ms", "p99", ":"))
 

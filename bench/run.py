@@ -10,7 +10,10 @@ It measures, in this order, each alone on the machine:
                  images/s per batch size, and the median single-image latency;
 (b) ours       — ``bentoml serve service:ClipService`` over HTTP, adaptive batching on;
 (c) baseline   — ``bench.baseline_service`` (transformers CLIP as in BentoML's example);
-(d) unbatched  — our service with ``CLIP_BATCH_SIZE=1``.
+(d) unbatched  — our service with ``CLIP_BATCH_SIZE=1``;
+(e) ours fp32  — our service with ``CLIP_PRECISION=fp32``, when (b) computes in another precision
+                 (bf16 on CPUs with native bf16): the like-for-like comparison with (c), which
+                 runs fp32 on CPU as BentoML's example does.
 
 (b)–(d) are driven by closed-loop clients (one request in flight each) at every concurrency
 level, posting one JPEG per request: a 50/50 mix of 640×480 (0.3 MP) and 1600×1200 (1.9 MP)
@@ -205,6 +208,8 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     }
     for key in ("baseline", "unbatched"):
         out[f"ours_vs_{key}"] = _compare(ours, report.get(key) or {})
+    if report.get("ours_fp32"):
+        out["ours_fp32_vs_baseline"] = _compare(report["ours_fp32"], report.get("baseline") or {})
     return out
 
 
@@ -414,8 +419,9 @@ def resolve_tag(requested: str | None) -> str:
     return register_random(DEFAULT_ARCH)
 
 
-def targets(tag: str, opts: Options) -> list[Target]:
-    """(b) ours, (c) the baseline, (d) ours unbatched; all with the same model and limits."""
+def targets(tag: str, opts: Options, precision: str = "fp32") -> list[Target]:
+    """(b) ours, (c) the baseline, (d) ours unbatched, and (e) ours at fp32 when ``precision``
+    (what (b) computes in) is not fp32; all with the same model and limits."""
     from clip_runner.settings import get_settings
 
     settings = get_settings().model_copy(update={"device": opts.device})
@@ -430,7 +436,10 @@ def targets(tag: str, opts: Options) -> list[Target]:
                       "/encode_image", "images", "/readyz", shared)
     unbatched = dataclasses.replace(ours, key="unbatched", title="ours, CLIP_BATCH_SIZE=1",
                                     env={**shared, "CLIP_BATCH_SIZE": "1"})
-    return [ours] + ([] if opts.skip_baseline else [baseline]) + [unbatched]
+    fp32 = dataclasses.replace(ours, key="ours_fp32", title="ours, CLIP_PRECISION=fp32",
+                               env={**shared, "CLIP_PRECISION": "fp32"})
+    return ([ours] + ([] if opts.skip_baseline else [baseline]) + [unbatched]
+            + ([fp32] if precision != "fp32" else []))
 
 
 def environment(tag: str, opts: Options) -> dict[str, Any]:
@@ -465,6 +474,7 @@ def _git_commit() -> str | None:
 
 # ---- output --------------------------------------------------------------------------------------------
 
+SECTIONS = (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) "), ("ours_fp32", "(e) "))
 HEADER = (f"{'setup':<28}{'conc':>5}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
           f"{'ok':>7}{'errors':>8}{'batch':>7}")
 
@@ -484,13 +494,14 @@ def render(report: dict[str, Any]) -> str:
     limit, ratio = report["limit"], report["ratios"]
     lines = [HEADER, "-" * len(HEADER),
              f"{'(a) in-process limit':<28}{'-':>5}{limit['best_images_per_s']:>10.2f}"
-             f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median)"]
-    for key, label in (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) ")):
+             f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median; "
+             f"{limit.get('precision', 'fp32')})"]
+    for key, label in SECTIONS:
         series = report.get(key) or {}
         for level in series.get("levels") or []:
             lines.append(_row(label + series["title"], level))
     lines += ["", _ratio_lines(ratio), "", "peak RSS of each server's process tree:"]
-    for key in ("ours", "baseline", "unbatched"):
+    for key, _label in SECTIONS:
         series = report.get(key) or {}
         if series.get("levels") is not None:
             lines.append(f"  {series['title']:<28}{series['peak_rss_mb']:>9.1f} MB  (ready in {series['ready_s']} s)")
@@ -506,8 +517,11 @@ def _ratio_lines(ratio: dict[str, Any]) -> str:
            f"at batch {sat['limit_batch_size']})",
            f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
            f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
-    for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)")):
-        cmp = ratio.get(key)
+    for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)"),
+                       ("ours_fp32_vs_baseline", "(e)/(c)")):
+        if key not in ratio:
+            continue
+        cmp = ratio[key]
         if cmp:
             per = ", ".join(f"c={c}: {_num(r, '.2f')}" for c, r in cmp["per_concurrency"].items())
             out.append(f"{label} at c={cmp['concurrency']}: {_num(cmp['ratio'], '.2f')}  "
@@ -539,7 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true", help="do not run (c)")
     parser.add_argument("--model-tag", help="model-store tag (default CLIP_MODEL_TAG, else random ViT-B-32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="cpu (fp32) or cuda (autocast dtype from CLIP_PRECISION, fp16 by default)")
+                        help="cpu (bf16 weights on CPUs with native bf16, else fp32) or cuda (fp16 autocast); "
+                        "CLIP_PRECISION overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench.json", help="JSON report")
     parser.add_argument("--plots-dir", type=Path, default=ROOT / "docs" / "bench", help="where the PNGs go")
     return parser.parse_args(argv)
@@ -578,7 +593,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     photos = bench_photos(opts.photos_per_size)
     log_dir = args.out.parent / "bench_logs"
     report["baseline"] = {"skipped": "--skip-baseline"} if opts.skip_baseline else None
-    for target in targets(tag, opts):
+    for target in targets(tag, opts, report["limit"]["precision"]):
         report[target.key] = measure_server(target, photos, opts, log_dir)
     report["ratios"] = ratios(report)
     from bench.plots import write_plots

@@ -51,7 +51,9 @@ class ClipSettings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     gpus: int = Field(0, ge=0, description="GPUs the encoder service requests (deployment resources).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per encoder worker.")
+    encoder_workers: int = Field(
+        1, ge=1, le=64, description="Encoder processes, each with its own model copy and batch queue.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads decoding uploads.")
     fast_decode: bool = Field(
         True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."

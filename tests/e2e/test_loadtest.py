@@ -62,3 +62,8 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     assert run.returncode == 0, run.stderr[-3000:]
     assert all(lv["ok"] > 0 and lv["batch_sizes"] == {"1": lv["ok"]} for lv in unbatched["levels"])
     assert report["ratios"]["ours_vs_unbatched"]["ratio"] is not None
+    if report["limit"]["precision"] != "fp32":  # bf16 on this CPU: the like-for-like fp32 run too
+        assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in report["ours_fp32"]["levels"])
+        assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] is not None
+    else:
+        assert "ours_fp32" not in report

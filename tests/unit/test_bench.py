@@ -189,6 +189,31 @@ def test_ratios_compare_at_saturation_at_16_and_against_the_model_latency() -> N
     report["ratios"] = out
     text = render(report)
     assert "(b)/(c) at c=16: 2.00" in text and "not measured: did not start" in text
+    assert "(e)/(c)" not in text  # no fp32 series was run
+
+
+def test_fp32_series_is_compared_with_the_baseline_like_for_like() -> None:
+    report = {
+        "limit": {"best_images_per_s": 50.0, "best_batch_size": 8, "single_image_ms": 30.0, "precision": "bf16"},
+        "ours": _series("ours", {1: 20.0, 16: 40.0}),
+        "baseline": _series("baseline", {1: 10.0, 16: 12.0}),
+        "unbatched": _series("unbatched", {1: 20.0, 16: 22.0}),
+        "ours_fp32": _series("ours fp32", {1: 10.0, 16: 15.0}),
+    }
+    report["ratios"] = ratios(report)
+    assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] == 1.25
+    text = render(report)
+    assert "(e)/(c) at c=16: 1.25" in text and "(e) ours fp32" in text and "bf16)" in text
+
+
+def test_fp32_series_runs_only_when_ours_is_not_fp32() -> None:
+    from bench.run import Options, targets
+
+    opts = Options(levels=(1, 16), duration_s=1, warmup_s=0, requests=None, limit_batch_sizes=(1,), limit_s=0.1,
+                   device="cpu", skip_baseline=True, photos_per_size=1)
+    assert [t.key for t in targets("m:1", opts, "fp32")] == ["ours", "unbatched"]
+    fp32 = targets("m:1", opts, "bf16")[-1]
+    assert fp32.key == "ours_fp32" and fp32.env["CLIP_PRECISION"] == "fp32"
 
 
 def test_compare_level_falls_back_to_the_closest_common_level() -> None:

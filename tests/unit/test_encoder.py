@@ -22,7 +22,7 @@ def loaded(tiny_tag: str):
 
 def test_image_embedding_matches_open_clip(loaded, reference) -> None:
     model, preprocess, _ = reference
-    encoder = BatchEncoder(loaded)
+    encoder = BatchEncoder(loaded, "fp32")
     pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
     for seed in range(3):
         data = make_jpeg(seed, size=(120 + seed * 17, 90))
@@ -36,7 +36,7 @@ def test_image_embedding_matches_open_clip(loaded, reference) -> None:
 def test_text_embedding_matches_open_clip(loaded, reference) -> None:
     model, _, tokenizer = reference
     texts = ["a red circle", "a blue square on a white background", "ünïcødé 🙂 text"]
-    ours = BatchEncoder(loaded).encode_texts(texts)
+    ours = BatchEncoder(loaded, "fp32").encode_texts(texts)
     with torch.no_grad():
         theirs = unit_rows(model.encode_text(tokenizer(texts)))
     assert ours.shape == (3, loaded.embedding_size)
@@ -66,3 +66,26 @@ def test_trailer_round_trip() -> None:
     emb, batch, ms = split_trailer(with_trailer(rows, 7, 0.0125))
     np.testing.assert_array_equal(emb, rows)
     assert batch == 7 and ms == pytest.approx(12.5)
+
+
+def _pixels(loaded, n: int) -> np.ndarray:
+    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
+    return np.stack([pipeline(Image.open(io.BytesIO(make_jpeg(s))).convert("RGB")) for s in range(n)])
+
+
+def test_bf16_weights_stay_close_to_fp32(loaded) -> None:
+    pixels, texts = _pixels(loaded, 4), ["a red circle", "a blue square on a white background"]
+    fp32 = BatchEncoder(loaded, "fp32")
+    images32, texts32 = fp32.encode_pixels(pixels), fp32.encode_texts(texts)
+    bf16 = BatchEncoder(loaded, "bf16")
+    assert bf16.precision.name == "bf16"
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    images16, texts16 = bf16.encode_pixels(pixels), bf16.encode_texts(texts)
+    assert images16.dtype == np.float32  # rows leave the encoder as fp32 whatever it computed in
+    np.testing.assert_allclose(np.linalg.norm(images16, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.sum(images16 * images32, axis=1) >= 0.999)
+    assert np.all(np.sum(texts16 * texts32, axis=1) >= 0.999)
+    # and back: an fp32 encoder over the same (now bf16) model casts it back to fp32 weights
+    again = BatchEncoder(loaded, "fp32").encode_pixels(pixels)
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    np.testing.assert_allclose(again, images32, atol=1e-3)
