@@ -26,7 +26,7 @@ import bentoml
 import numpy as np
 from PIL.Image import Image
 
-from clip_runner.device import autocast_dtype, configure_threads, inference, pick_device
+from clip_runner.device import configure_threads, inference, pick_device, resolve_precision
 from clip_runner.settings import get_settings
 
 if TYPE_CHECKING:
@@ -121,7 +121,8 @@ class ClipBaseline:
         torch.manual_seed(0)
         self.model = CLIPModel(hf_clip_config(model_cfg)).to(self.device).eval()
         self.processor = build_processor(size)
-        self.autocast = autocast_dtype(self.device, settings.precision)
+        # Autocast as ours on CUDA; on CPU fp32 weights, as BentoML's example runs.
+        self.autocast = resolve_precision(self.device, settings.precision).autocast
         self.encode_image([_blank(size)])  # pay lazy initialisation before taking traffic
         logger.info("baseline CLIP on %s, %d threads, autocast %s", self.device, self.threads, self.autocast)
 

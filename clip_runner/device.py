@@ -66,21 +66,18 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> Precisio
     if requested == "fp32":
         return Precision("fp32")
     if device.type == "cuda":
-        return Precision("bf16", autocast=torch.bfloat16) if requested == "bf16" else Precision(
-            "fp16", autocast=torch.float16)
+        if requested == "bf16":
+            return Precision("bf16", autocast=torch.bfloat16)
+        return Precision("fp16", autocast=torch.float16)
     if requested == "fp16":
         logger.warning("CLIP_PRECISION=fp16 is not supported on CPU; using fp32 (bf16 is the fast CPU choice)")
         return Precision("fp32")
-    if requested == "bf16" or cpu_has_native_bf16():
-        if requested == "bf16" and not cpu_has_native_bf16():
-            logger.warning("CLIP_PRECISION=bf16 on a CPU without native bf16: expect it to be slower than fp32")
-        return Precision("bf16", weights=torch.bfloat16)
-    return Precision("fp32")
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """Autocast dtype for inference: fp16 (or bf16) on CUDA, none on CPU."""
-    return resolve_precision(device, precision).autocast
+    native = cpu_has_native_bf16()
+    if requested == "auto" and not native:
+        return Precision("fp32")
+    if not native:
+        logger.warning("CLIP_PRECISION=bf16 on a CPU without native bf16: expect it to be slower than fp32")
+    return Precision("bf16", weights=torch.bfloat16)
 
 
 def available_cpus() -> int:

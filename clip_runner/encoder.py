@@ -52,7 +52,7 @@ class BatchEncoder:
         if pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) pixels, got shape {pixels.shape}")
         with self._inference():
-            batch = normalize(pixels, self.mean, self.std, self.device).to(self.precision.weights)
+            batch = normalize(pixels, self.mean, self.std, self.device, self.precision.weights)
             features = self.loaded.model.encode_image(batch)
         return self._finish(features, len(pixels))
 

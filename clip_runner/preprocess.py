@@ -65,8 +65,9 @@ def normalize(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """(N, H, W, 3) uint8 → (N, 3, H, W) float32 normalised, on ``device``.
+    """(N, H, W, 3) uint8 → (N, 3, H, W) normalised ``dtype`` (arithmetic in fp32), on ``device``.
 
     Same arithmetic as torchvision's ToTensor + Normalize, but once per batch and on the
     target device (the uint8 copy to a GPU is 4× smaller than a float one).
@@ -75,4 +76,4 @@ def normalize(
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return batch.sub_(mean_t).div_(std_t)
+    return batch.sub_(mean_t).div_(std_t).to(dtype)
