@@ -1,10 +1,15 @@
-"""HTTP layer: two BentoML services.
+"""HTTP layer: the public BentoML service, and the encoder service it may delegate to.
 
-* ``ClipEncoder`` owns the model. Its two batchable APIs (``encode_pixels``, ``encode_texts``)
-  are where BentoML's adaptive batching groups concurrent requests; it is an internal service.
 * ``ClipService`` is the public entry point: a FastAPI app (for exact control over multipart
   parsing, error bodies and headers) whose routes validate input and delegate to
-  ``clip_runner.pipeline``, which decodes images in parallel and calls the encoder.
+  ``clip_runner.pipeline``, which decodes images in parallel and calls the encoder backend.
+* The backend depends on ``CLIP_ENCODER_MODE``:
+
+  - ``inprocess`` (default): ``ClipService`` loads the model itself and micro-batches
+    concurrent requests onto it (``clip_runner.batcher``). No hop between processes: this is
+    the faster layout on every load level measured (docs/performance.md).
+  - ``service``: ``ClipEncoder``, an internal service with two batchable APIs
+    (``encode_pixels``, ``encode_texts``) where BentoML's adaptive batching groups requests.
 
 Configuration is read from ``CLIP_*`` environment variables (see ``clip_runner.settings``).
 """
@@ -15,7 +20,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
@@ -28,6 +33,9 @@ from clip_http.uploads import json_response, read_upload, read_uploads, split_ca
 from clip_runner.errors import InvalidInput
 from clip_runner.pipeline import ClipPipeline, Timings
 from clip_runner.settings import get_settings
+
+if TYPE_CHECKING:  # the model's modules load torch: only where the model is served
+    from clip_runner.local import LocalBackend
 
 logger = logging.getLogger("clip_service")
 settings = get_settings()
@@ -52,17 +60,20 @@ def _baked_model_tag() -> str | None:
 
 
 MODEL_TAG = settings.model_tag or _baked_model_tag()
-ENCODER_CONFIG: dict[str, Any] = {"workers": settings.encoder_workers, "traffic": {"timeout": 600}}
+# A bento's baked tag applies unless CLIP_MODEL_TAG names another.
+SERVED = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
+    update={"model_tag": MODEL_TAG})
+IN_PROCESS = settings.encoder_mode == "inprocess"
+MODEL_CONFIG: dict[str, Any] = {"workers": settings.encoder_workers, "traffic": {"timeout": 600}}
 if settings.gpus:
-    ENCODER_CONFIG["resources"] = {"gpu": settings.gpus}
+    MODEL_CONFIG["resources"] = {"gpu": settings.gpus}
+# The service that holds the model gets its workers and GPUs; the other layout's entry has one worker.
+ENTRY_CONFIG: dict[str, Any] = MODEL_CONFIG if IN_PROCESS else {"workers": 1, "traffic": {"timeout": 600}}
 
 
-@bentoml.service(name="clip_encoder", **ENCODER_CONFIG)
+@bentoml.service(name="clip_encoder", **MODEL_CONFIG)
 class ClipEncoder:
-    """Loads the model once per worker and encodes whole batches."""
-
-    if MODEL_TAG:  # pinned so that `bentoml build` packs it into the bento
-        model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    """``CLIP_ENCODER_MODE=service``: loads the model once per worker and encodes whole batches."""
 
     def __init__(self) -> None:
         from clip_runner.device import configure_threads, pick_device
@@ -72,25 +83,16 @@ class ClipEncoder:
 
         _show_our_logs()
         self.threads = configure_threads(settings.num_threads, settings.encoder_workers)
-        pinned = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
-            update={"model_tag": MODEL_TAG})
-        self.resolution = resolve_model(pinned)
+        self.resolution = resolve_model(SERVED)
         self.loaded = load_entry(self.resolution.tag, pick_device(settings.device))
         self.encoder = BatchEncoder(self.loaded, settings.precision)
-        self._warm_up()
+        self.encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
         from clip_runner.drain import DrainGuard
 
         self.drain = DrainGuard(max_s=settings.shutdown_drain_s)
         self.drain.install()
         logger.info("serving %s (%s) on %s", self.resolution.tag, self.resolution.reason,
                     self.loaded.device)
-
-    def _warm_up(self) -> None:
-        # The first call pays for lazy initialisation; do it before taking traffic.
-        size = self.encoder.loaded.entry.preprocess_cfg.get("size", 224)
-        h, w = (size, size) if isinstance(size, int) else size
-        self.encoder.encode_pixels(np.zeros((1, h, w, 3), dtype=np.uint8))
-        self.encoder.encode_texts(["warm up"])
 
     @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.max_batch),
                  max_latency_ms=settings.max_latency_ms)
@@ -125,7 +127,7 @@ class ClipEncoder:
 
         return served_info(self.loaded, self.resolution, torch_threads=self.threads,
                            precision=self.encoder.precision.name,
-                           batching={"max_batch_size": settings.max_batch,
+                           batching={"mode": "service", "max_batch_size": settings.max_batch,
                                      "max_latency_ms": settings.max_latency_ms})
 
 
@@ -154,26 +156,41 @@ async def _in_flight(request: Request, call_next: Any) -> Any:
         service.finished()
 
 
-@bentoml.service(name="clip_service", workers=1, traffic={"timeout": 600})
+def _load_in_process() -> LocalBackend:
+    """The model in this process, warmed up, behind the micro-batcher."""
+    from clip_runner.local import LocalBackend
+
+    backend = LocalBackend.from_settings(SERVED, workers=settings.encoder_workers)
+    backend.encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
+    logger.info("serving %s (%s) on %s, in process", backend.resolution.tag,
+                backend.resolution.reason, backend.loaded.device)
+    return backend
+
+
+@bentoml.service(name="clip_service", **ENTRY_CONFIG)
 @bentoml.asgi_app(app, path="/")
 class ClipService:
-    """Public routes; all model work goes through the batched ``ClipEncoder``."""
+    """Public routes; model work goes to the in-process batcher or the ``ClipEncoder`` service."""
 
-    encoder = bentoml.depends(ClipEncoder)
+    if MODEL_TAG:  # pinned so that `bentoml build` packs it into the bento
+        model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    if not IN_PROCESS:
+        encoder = bentoml.depends(ClipEncoder)
 
     def __init__(self) -> None:
         global _SERVICE
         _show_our_logs()
         _SERVICE = self
+        self._local = _load_in_process() if IN_PROCESS else None
         self._pipeline: ClipPipeline | None = None
         self._lock = asyncio.Lock()
         self._in_flight = 0
         self._heartbeat: asyncio.Task[None] | None = None
 
     def started(self) -> None:
-        """Count a request; while any is in flight, keep the encoder from draining away."""
+        """Count a request; while any is in flight, keep a separate encoder from draining away."""
         self._in_flight += 1
-        if self._heartbeat is None or self._heartbeat.done():
+        if self._local is None and (self._heartbeat is None or self._heartbeat.done()):
             self._heartbeat = asyncio.create_task(self._beat())
 
     def finished(self) -> None:
@@ -192,7 +209,7 @@ class ClipService:
         if self._pipeline is None:
             async with self._lock:
                 if self._pipeline is None:
-                    backend = RemoteEncoder(self.encoder)
+                    backend = self._local or RemoteEncoder(self.encoder)
                     self._pipeline = ClipPipeline(backend, settings, await backend.info())
         return self._pipeline
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from clip_runner.errors import InputError, Unauthorized
+from clip_runner.errors import InputError, Overloaded, Unauthorized
 from clip_runner.settings import ClipSettings
 
 from . import metrics
@@ -50,6 +50,13 @@ async def _encoder_error(_: Request, exc: bentoml.exceptions.BentoMLException) -
                         status_code=502)
 
 
+async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+    """The in-process model's queue is full or it is shutting down: 503 + Retry-After."""
+    metrics.refused("model_queue_full")
+    return JSONResponse({"error": str(exc), "status": 503}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
 def _auth_middleware(settings: Callable[[], ClipSettings]) -> Callable[..., Any]:
     async def auth(request: Request, call_next: Any) -> Any:
         key = settings().api_key
@@ -77,6 +84,7 @@ def install(app: FastAPI, settings: Callable[[], ClipSettings]) -> None:
     app.add_exception_handler(InputError, _input_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(bentoml.exceptions.BentoMLException, _encoder_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, max_bytes=lambda: settings().max_request_bytes)
     app.add_middleware(AdmissionLimit, max_in_flight=lambda: settings().max_concurrency)
     app.middleware("http")(_auth_middleware(settings))

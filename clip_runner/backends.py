@@ -42,7 +42,7 @@ from .client import (
     image_bytes,
     text_list,
 )
-from .errors import InputError, InvalidInput, PayloadTooLarge
+from .errors import InputError, InvalidInput, Overloaded, PayloadTooLarge
 from .pipeline import ClipPipeline, Timings
 from .settings import ClipSettings
 
@@ -200,6 +200,8 @@ async def _as_client_error(coro: Coroutine[Any, Any, T]) -> T:
         return await coro
     except InputError as exc:
         raise ClipServiceError(exc.message, status=exc.status, field=exc.field) from exc
+    except Overloaded as exc:
+        raise ClipServiceError(str(exc), status=exc.status) from exc
 
 
 class _LocalRoutes:

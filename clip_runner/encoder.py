@@ -44,6 +44,13 @@ class BatchEncoder:
         self.mean = tuple(pre.get("mean") or loaded.entry.metadata["mean"])
         self.std = tuple(pre.get("std") or loaded.entry.metadata["std"])
 
+    def warm_up(self) -> None:
+        """Run one image and one text: the first call pays for lazy initialisation."""
+        size = self.loaded.entry.preprocess_cfg.get("size", 224)
+        h, w = (size, size) if isinstance(size, int) else size
+        self.encode_pixels(np.zeros((1, h, w, 3), dtype=np.uint8))
+        self.encode_texts(["warm up"])
+
     def _inference(self) -> contextlib.AbstractContextManager[None]:
         return inference(self.device, self._autocast)
 

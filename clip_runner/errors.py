@@ -62,3 +62,9 @@ class ModelNotAvailable(RuntimeError):
 
     Raised at startup or by the CLI; the message says what was tried and how to fix it.
     """
+
+
+class Overloaded(RuntimeError):
+    """The model's queue is full or it is shutting down: answer 503 with ``Retry-After``."""
+
+    status = 503

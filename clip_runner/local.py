@@ -1,20 +1,20 @@
-"""In-process encoder backend: the same pipeline as the service, without HTTP or BentoML.
+"""In-process encoder backend: the service's pipeline over a model loaded in this process.
 
-Used by the in-process client (``USE_LOCAL_CLIP`` unset) and by tests. Encoding runs in a
-worker thread so async callers are not blocked; calls are serialised because one model
-instance should run one batch at a time.
+Serves the public service in its default mode (``CLIP_ENCODER_MODE=inprocess``: no hop to a
+separate encoder process), the in-process client (``USE_LOCAL_CLIP`` unset) and tests.
+Concurrent callers are micro-batched onto the model by :class:`~clip_runner.batcher.MicroBatcher`,
+which runs the model on its own thread so the event loop is never blocked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 import numpy as np
 
+from .batcher import MicroBatcher
 from .device import configure_threads, pick_device
-from .encoder import BatchEncoder, timed, with_trailer
+from .encoder import BatchEncoder
 from .loading import LoadedModel, load_entry, model_info
 from .pipeline import ClipPipeline
 from .resolve import Resolution, resolve_model
@@ -24,44 +24,46 @@ from .settings import ClipSettings
 class LocalBackend:
     """:class:`~clip_runner.pipeline.EncoderBackend` over a model loaded in this process."""
 
-    def __init__(self, loaded: LoadedModel, resolution: Resolution, settings: ClipSettings) -> None:
+    def __init__(self, loaded: LoadedModel, resolution: Resolution, settings: ClipSettings,
+                 *, threads: int | None = None) -> None:
         self.loaded = loaded
         self.resolution = resolution
         self.settings = settings
+        self.threads = threads
         self.encoder = BatchEncoder(loaded, settings.precision)
-        self._lock = threading.Lock()
+        self.batcher = MicroBatcher(self.encoder.encode_pixels, self.encoder.encode_texts,
+                                    settings.max_batch, name="clip-model")
 
     @classmethod
-    def from_settings(cls, settings: ClipSettings) -> LocalBackend:
-        """Resolve (registering if needed) and load the configured model."""
-        configure_threads(settings.num_threads)
+    def from_settings(cls, settings: ClipSettings, workers: int = 1) -> LocalBackend:
+        """Resolve (registering if needed) and load the configured model.
+
+        ``workers`` is how many processes share this machine's CPUs (torch threads are split).
+        """
+        threads = configure_threads(settings.num_threads, workers)
         resolution = resolve_model(settings)
         loaded = load_entry(resolution.tag, pick_device(settings.device))
-        return cls(loaded, resolution, settings)
-
-    def _pixels(self, pixels: np.ndarray) -> np.ndarray:
-        with self._lock, timed() as elapsed:
-            rows = self.encoder.encode_pixels(pixels)
-        return with_trailer(rows, len(rows), elapsed[0])
-
-    def _texts(self, texts: list[str]) -> np.ndarray:
-        with self._lock, timed() as elapsed:
-            rows = self.encoder.encode_texts(texts)
-        return with_trailer(rows, len(rows), elapsed[0])
+        return cls(loaded, resolution, settings, threads=threads)
 
     async def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return await asyncio.to_thread(self._pixels, pixels)
+        return await self.batcher.encode_pixels(pixels)
 
     async def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return await asyncio.to_thread(self._texts, texts)
+        return await self.batcher.encode_texts(texts)
 
     def info_sync(self) -> dict[str, Any]:
         """Same shape as the encoder service's ``info`` API."""
-        return served_info(self.loaded, self.resolution, precision=self.encoder.precision.name,
-                           batching={"max_batch_size": self.settings.max_batch, "max_latency_ms": 0})
+        return served_info(self.loaded, self.resolution, torch_threads=self.threads,
+                           precision=self.encoder.precision.name,
+                           batching={"mode": "inprocess", "max_batch_size": self.settings.max_batch,
+                                     "max_latency_ms": 0})
 
     async def info(self) -> dict[str, Any]:
         return self.info_sync()
+
+    def close(self) -> None:
+        """Finish queued work and stop the model thread."""
+        self.batcher.close()
 
 
 def served_info(loaded: LoadedModel, resolution: Resolution, **extra: Any) -> dict[str, Any]:

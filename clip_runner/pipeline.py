@@ -89,7 +89,11 @@ class ClipPipeline:
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
 
     def close(self) -> None:
+        """Stop the decode threads, and the backend's model thread when it has one."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
 
     # ---- validation -------------------------------------------------------------------------
 

@@ -52,8 +52,12 @@ class ClipSettings(BaseSettings):
     gpus: int = Field(0, ge=0, description="GPUs the encoder service requests (deployment resources).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per encoder worker.")
+    encoder_mode: Literal["inprocess", "service"] = Field(
+        "inprocess",
+        description="inprocess: the public service runs the model itself (greedy micro-batching, no "
+        "hop); service: a separate encoder service behind BentoML's adaptive batching.")
     encoder_workers: int = Field(
-        1, ge=1, le=64, description="Encoder processes, each with its own model copy and batch queue.")
+        1, ge=1, le=64, description="Processes holding a model copy and a batch queue each.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads decoding uploads.")
     fast_decode: bool = Field(
         True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -15,6 +16,7 @@ from clip_runner.encoder import BatchEncoder
 from clip_runner.loading import load_entry
 from clip_runner.preprocess import PixelPipeline
 from tests.conftest import make_jpeg, make_png
+from tests.e2e.conftest import Server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,19 @@ async def _concurrent_encodes(url: str, blobs: list[bytes]) -> list[httpx.Respon
         return await asyncio.gather(*calls)
 
 
-def test_concurrent_requests_are_batched_and_each_caller_gets_its_own(server, tiny_tag) -> None:
+@pytest.fixture(scope="module")
+def service_mode_server(tiny_tag: str, tmp_path_factory) -> Iterator[Server]:
+    """The other layout: a separate encoder service behind BentoML's adaptive batching."""
+    log = tmp_path_factory.mktemp("serve") / "service-mode.log"
+    srv = start_server({"CLIP_MODEL_TAG": tiny_tag, "CLIP_ENCODER_MODE": "service",
+                        "CLIP_BATCH_SIZE": "16", "CLIP_MAX_LATENCY_MS": "5000"}, log)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.mark.parametrize("layout", ["server", "service_mode_server"])
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_own(layout, tiny_tag, request) -> None:
+    server = request.getfixturevalue(layout)
     blobs = [make_jpeg(100 + i, size=(160, 120)) for i in range(16)]
     batch_sizes: list[int] = []
     for _ in range(3):  # adaptive batching needs a little history; a few rounds make it robust
@@ -47,6 +61,8 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own(server, ti
         assert float(ours @ _local_embedding(tiny_tag, data)) >= 0.9999
     others = [np.array(r.json()) for r in responses]
     assert len({tuple(np.round(o, 5)) for o in others}) == len(blobs)  # all distinct
+    mode = "service" if layout == "service_mode_server" else "inprocess"
+    assert httpx.get(f"{server.url}/health", timeout=10).json()["batching"]["mode"] == mode
 
 
 def test_contract_over_real_http(server) -> None:
@@ -65,6 +81,7 @@ def test_contract_over_real_http(server) -> None:
         assert len(c.get("/categories").json()["categories"]) >= 40
         health = c.get("/health").json()
         assert health["status"] == "healthy" and health["embedding_size"] == 32
+        assert health["batching"]["mode"] == "inprocess"  # the default layout
         for probe in ("/livez", "/readyz"):
             assert c.get(probe).status_code == 200
         metrics = c.get("/metrics").text

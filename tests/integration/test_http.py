@@ -184,3 +184,13 @@ def test_api_key(client, service_module, monkeypatch) -> None:
     ok = client.post("/encode_text", json={"text": "hi"}, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert client.get("/health").status_code == 200
+
+
+def test_a_full_model_queue_is_503_with_retry_after(client, service_module, monkeypatch) -> None:
+    batcher = service_module._SERVICE._local.batcher  # the default layout: the model in process
+    monkeypatch.setattr(batcher, "max_queued", 0)
+    resp = _post_image(client, "/encode_image", make_jpeg(3))
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert "queue is full" in resp.json()["error"]
+    monkeypatch.undo()
+    assert _post_image(client, "/encode_image", make_jpeg(3)).status_code == 200
