@@ -143,17 +143,28 @@ install_handlers(app, lambda: settings)
 _SERVICE: ClipService | None = None  # the instance serving in this worker (set in its __init__)
 
 
-@app.middleware("http")
-async def _in_flight(request: Request, call_next: Any) -> Any:
-    """Count requests in flight on the service instance (for graceful shutdown)."""
-    service = _SERVICE
-    if service is None:  # not constructed (e.g. the app is driven without BentoML's lifespan)
-        return await call_next(request)
-    service.started()
-    try:
-        return await call_next(request)
-    finally:
-        service.finished()
+class _InFlight:
+    """ASGI: count requests in flight on the serving instance (for graceful shutdown).
+
+    Plain ASGI: an ``@app.middleware("http")`` function would re-stream every request and
+    response through an extra task.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        service = _SERVICE
+        if scope["type"] != "http" or service is None:  # not constructed (app driven without BentoML)
+            return await self.app(scope, receive, send)
+        service.started()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            service.finished()
+
+
+app.add_middleware(_InFlight)
 
 
 def _load_in_process() -> LocalBackend:

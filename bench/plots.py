@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 SERIES = (("ours", "tab:blue", "o"), ("baseline", "tab:orange", "s"), ("unbatched", "tab:green", "^"),
-          ("ours_fp32", "tab:purple", "D"))
+          ("ours_fp32", "tab:purple", "D"), ("service_mode", "tab:red", "v"))
 PLAIN = FuncFormatter(lambda value, _pos: f"{value:g}")  # 200 rather than 2×10²
 PERCENTILES = (("p50_ms", "p50", "-"), ("p95_ms", "p95", "--"), ("p99_ms", "p99", ":"))
 

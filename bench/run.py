@@ -8,14 +8,17 @@ It measures, in this order, each alone on the machine:
 
 (a) limit      — in-process batched encode through ``clip_runner`` (no HTTP, no decoding):
                  images/s per batch size, and the median single-image latency;
-(b) ours       — ``bentoml serve service:ClipService`` over HTTP, adaptive batching on;
+(b) ours       — ``bentoml serve service:ClipService`` over HTTP, batching on;
 (c) baseline   — ``bench.baseline_service`` (transformers CLIP as in BentoML's example);
 (d) unbatched  — our service with ``CLIP_BATCH_SIZE=1``;
 (e) ours fp32  — our service with ``CLIP_PRECISION=fp32``, when (b) computes in another precision
                  (bf16 on CPUs with native bf16): the like-for-like comparison with (c), which
-                 runs fp32 on CPU as BentoML's example does.
+                 runs fp32 on CPU as BentoML's example does;
+(f) service    — our service with ``CLIP_ENCODER_MODE=service`` (the model in a separate encoder
+                 service behind BentoML's adaptive batching), when (b) runs it in process:
+                 what the hop between the two processes costs.
 
-(b)–(d) are driven by closed-loop clients (one request in flight each) at every concurrency
+(b)–(f) are driven by closed-loop clients (one request in flight each) at every concurrency
 level, posting one JPEG per request: a 50/50 mix of 640×480 (0.3 MP) and 1600×1200 (1.9 MP)
 photos. Each level runs ``--warmup`` seconds unmeasured, then ``--duration`` seconds (or
 ``--requests`` completions); requests still in flight at the end are awaited but not counted.
@@ -210,6 +213,8 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
         out[f"ours_vs_{key}"] = _compare(ours, report.get(key) or {})
     if report.get("ours_fp32"):
         out["ours_fp32_vs_baseline"] = _compare(report["ours_fp32"], report.get("baseline") or {})
+    if report.get("service_mode"):
+        out["ours_vs_service_mode"] = _compare(ours, report["service_mode"])
     return out
 
 
@@ -430,7 +435,7 @@ def targets(tag: str, opts: Options, precision: str = "fp32") -> list[Target]:
               "CLIP_BATCH_SIZE": str(settings.max_batch), "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
               # admission control must not refuse the benchmark's own load
               "CLIP_MAX_CONCURRENCY": str(max(settings.max_concurrency, *opts.levels))}
-    ours = Target("ours", "ours (adaptive batching)", "service:ClipService", "/encode_image", "image", "/health",
+    ours = Target("ours", "ours", "service:ClipService", "/encode_image", "image", "/health",
                   shared)
     baseline = Target("baseline", "transformers baseline", "bench.baseline_service:ClipBaseline",
                       "/encode_image", "images", "/readyz", shared)
@@ -438,8 +443,11 @@ def targets(tag: str, opts: Options, precision: str = "fp32") -> list[Target]:
                                     env={**shared, "CLIP_BATCH_SIZE": "1"})
     fp32 = dataclasses.replace(ours, key="ours_fp32", title="ours, CLIP_PRECISION=fp32",
                                env={**shared, "CLIP_PRECISION": "fp32"})
+    two_services = dataclasses.replace(ours, key="service_mode", title="ours, CLIP_ENCODER_MODE=service",
+                                       env={**shared, "CLIP_ENCODER_MODE": "service"})
     return ([ours] + ([] if opts.skip_baseline else [baseline]) + [unbatched]
-            + ([fp32] if precision != "fp32" else []))
+            + ([fp32] if precision != "fp32" else [])
+            + ([two_services] if settings.encoder_mode == "inprocess" else []))
 
 
 def environment(tag: str, opts: Options) -> dict[str, Any]:
@@ -474,7 +482,8 @@ def _git_commit() -> str | None:
 
 # ---- output --------------------------------------------------------------------------------------------
 
-SECTIONS = (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) "), ("ours_fp32", "(e) "))
+SECTIONS = (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) "), ("ours_fp32", "(e) "),
+            ("service_mode", "(f) "))
 HEADER = (f"{'setup':<28}{'conc':>5}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
           f"{'ok':>7}{'errors':>8}{'batch':>7}")
 
@@ -518,7 +527,7 @@ def _ratio_lines(ratio: dict[str, Any]) -> str:
            f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
            f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
     for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)"),
-                       ("ours_fp32_vs_baseline", "(e)/(c)")):
+                       ("ours_fp32_vs_baseline", "(e)/(c)"), ("ours_vs_service_mode", "(b)/(f)")):
         if key not in ratio:
             continue
         cmp = ratio[key]

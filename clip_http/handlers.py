@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import bentoml
 from fastapi import FastAPI, Request
@@ -21,7 +20,7 @@ from clip_runner.errors import InputError, Overloaded, Unauthorized
 from clip_runner.settings import ClipSettings
 
 from . import metrics
-from .guards import AdmissionLimit, BodyLimit
+from .guards import AdmissionLimit, ASGIApp, BodyLimit, Receive, Scope, Send, send_json
 
 logger = logging.getLogger("clip_service")
 OPEN_PATHS = frozenset({"/health", "/clip/health"})
@@ -57,23 +56,33 @@ async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
                         headers={"Retry-After": "1"})
 
 
-def _auth_middleware(settings: Callable[[], ClipSettings]) -> Callable[..., Any]:
-    async def auth(request: Request, call_next: Any) -> Any:
-        key = settings().api_key
-        if key and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("x-api-key") or ""
-            header = request.headers.get("authorization", "")
-            if header.lower().startswith("bearer "):
-                given = header[7:].strip()
-            # Constant-time comparison: response timing must not reveal how much of a key matched.
-            if not hmac.compare_digest(given.encode(), key.encode()):
-                err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
-                                   "or 'X-API-Key: <key>')")
-                metrics.refused("unauthorized")
-                return JSONResponse(err.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+class ApiKeyAuth:
+    """ASGI: when an API key is configured, every path but the open ones needs it (401 otherwise).
 
-    return auth
+    Plain ASGI rather than an ``@app.middleware("http")`` function: that wrapper re-streams
+    every request and response through an extra task, which costs CPU on every request.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Callable[[], ClipSettings]) -> None:
+        self.app = app
+        self._settings = settings  # read per request so configuration changes apply
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self._settings().api_key
+        if scope["type"] != "http" or not key or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        given = headers.get("x-api-key") or ""
+        authorization = headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        # Constant-time comparison: response timing must not reveal how much of a key matched.
+        if hmac.compare_digest(given.encode(), key.encode()):
+            return await self.app(scope, receive, send)
+        err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
+                           "or 'X-API-Key: <key>')")
+        metrics.refused("unauthorized")
+        await send_json(send, 401, err.to_dict(), [("WWW-Authenticate", "Bearer")])
 
 
 def install(app: FastAPI, settings: Callable[[], ClipSettings]) -> None:
@@ -87,4 +96,4 @@ def install(app: FastAPI, settings: Callable[[], ClipSettings]) -> None:
     app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, max_bytes=lambda: settings().max_request_bytes)
     app.add_middleware(AdmissionLimit, max_in_flight=lambda: settings().max_concurrency)
-    app.middleware("http")(_auth_middleware(settings))
+    app.add_middleware(ApiKeyAuth, settings=settings)

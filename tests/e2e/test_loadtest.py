@@ -67,3 +67,6 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
         assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] is not None
     else:
         assert "ours_fp32" not in report
+    # The two-service layout beside the default in-process one.
+    assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in report["service_mode"]["levels"])
+    assert report["ratios"]["ours_vs_service_mode"]["ratio"] is not None

@@ -199,11 +199,13 @@ def test_fp32_series_is_compared_with_the_baseline_like_for_like() -> None:
         "baseline": _series("baseline", {1: 10.0, 16: 12.0}),
         "unbatched": _series("unbatched", {1: 20.0, 16: 22.0}),
         "ours_fp32": _series("ours fp32", {1: 10.0, 16: 15.0}),
+        "service_mode": _series("ours service", {1: 20.0, 16: 32.0}),
     }
     report["ratios"] = ratios(report)
     assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] == 1.25
     text = render(report)
     assert "(e)/(c) at c=16: 1.25" in text and "(e) ours fp32" in text and "bf16)" in text
+    assert "(b)/(f) at c=16: 1.25" in text and "(f) ours service" in text
 
 
 def test_fp32_series_runs_only_when_ours_is_not_fp32() -> None:
@@ -211,9 +213,26 @@ def test_fp32_series_runs_only_when_ours_is_not_fp32() -> None:
 
     opts = Options(levels=(1, 16), duration_s=1, warmup_s=0, requests=None, limit_batch_sizes=(1,), limit_s=0.1,
                    device="cpu", skip_baseline=True, photos_per_size=1)
-    assert [t.key for t in targets("m:1", opts, "fp32")] == ["ours", "unbatched"]
-    fp32 = targets("m:1", opts, "bf16")[-1]
+    assert [t.key for t in targets("m:1", opts, "fp32")] == ["ours", "unbatched", "service_mode"]
+    fp32 = targets("m:1", opts, "bf16")[-2]
     assert fp32.key == "ours_fp32" and fp32.env["CLIP_PRECISION"] == "fp32"
+
+
+def test_service_layout_series_runs_only_when_ours_runs_the_model_in_process(monkeypatch) -> None:
+    from bench.run import Options, targets
+    from clip_runner.settings import get_settings
+
+    opts = Options(levels=(1,), duration_s=1, warmup_s=0, requests=None, limit_batch_sizes=(1,), limit_s=0.1,
+                   device="cpu", skip_baseline=True, photos_per_size=1)
+    service = targets("m:1", opts, "fp32")[-1]
+    assert service.key == "service_mode" and service.env["CLIP_ENCODER_MODE"] == "service"
+    monkeypatch.setenv("CLIP_ENCODER_MODE", "service")  # (b) itself is the two-service layout
+    get_settings.cache_clear()
+    try:
+        assert [t.key for t in targets("m:1", opts, "fp32")] == ["ours", "unbatched"]
+    finally:
+        monkeypatch.delenv("CLIP_ENCODER_MODE")
+        get_settings.cache_clear()
 
 
 def test_compare_level_falls_back_to_the_closest_common_level() -> None:
