@@ -484,7 +484,7 @@ def _git_commit() -> str | None:
 
 SECTIONS = (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) "), ("ours_fp32", "(e) "),
             ("service_mode", "(f) "))
-HEADER = (f"{'setup':<28}{'conc':>5}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
+HEADER = (f"{'setup':<38}{'conc':>5}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
           f"{'ok':>7}{'errors':>8}{'batch':>7}")
 
 
@@ -493,7 +493,7 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 
 def _row(title: str, level: dict[str, Any]) -> str:
-    return (f"{title:<28}{level['concurrency']:>5}{_num(level['images_per_s'], '.2f'):>10}"
+    return (f"{title:<38}{level['concurrency']:>5}{_num(level['images_per_s'], '.2f'):>10}"
             f"{_num(level['p50_ms']):>10}{_num(level['p95_ms']):>10}{_num(level['p99_ms']):>10}"
             f"{level['ok']:>7}{level['errors']:>8}{_num(level['mean_batch_size']):>7}")
 
@@ -502,7 +502,7 @@ def render(report: dict[str, Any]) -> str:
     """The human-readable summary: table, ratios and memory."""
     limit, ratio = report["limit"], report["ratios"]
     lines = [HEADER, "-" * len(HEADER),
-             f"{'(a) in-process limit':<28}{'-':>5}{limit['best_images_per_s']:>10.2f}"
+             f"{'(a) in-process limit':<38}{'-':>5}{limit['best_images_per_s']:>10.2f}"
              f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median; "
              f"{limit.get('precision', 'fp32')})"]
     for key, label in SECTIONS:
@@ -513,9 +513,9 @@ def render(report: dict[str, Any]) -> str:
     for key, _label in SECTIONS:
         series = report.get(key) or {}
         if series.get("levels") is not None:
-            lines.append(f"  {series['title']:<28}{series['peak_rss_mb']:>9.1f} MB  (ready in {series['ready_s']} s)")
+            lines.append(f"  {series['title']:<36}{series['peak_rss_mb']:>9.1f} MB  (ready in {series['ready_s']} s)")
         elif series.get("error"):
-            lines.append(f"  {series['title']:<28} not measured: {series['error']}")
+            lines.append(f"  {series['title']:<36} not measured: {series['error']}")
     return "\n".join(lines)
 
 
