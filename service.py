@@ -27,7 +27,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from clip_http.backend import RemoteEncoder
+from clip_http.backend import RemoteEncoder, service_configs
 from clip_http.handlers import install as install_handlers
 from clip_http.uploads import json_response, read_upload, read_uploads, split_categories
 from clip_runner.errors import InvalidInput
@@ -64,11 +64,7 @@ MODEL_TAG = settings.model_tag or _baked_model_tag()
 SERVED = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
     update={"model_tag": MODEL_TAG})
 IN_PROCESS = settings.encoder_mode == "inprocess"
-MODEL_CONFIG: dict[str, Any] = {"workers": settings.encoder_workers, "traffic": {"timeout": 600}}
-if settings.gpus:
-    MODEL_CONFIG["resources"] = {"gpu": settings.gpus}
-# The service that holds the model gets its workers and GPUs; the other layout's entry has one worker.
-ENTRY_CONFIG: dict[str, Any] = MODEL_CONFIG if IN_PROCESS else {"workers": 1, "traffic": {"timeout": 600}}
+MODEL_CONFIG, ENTRY_CONFIG = service_configs(settings)
 
 
 @bentoml.service(name="clip_encoder", **MODEL_CONFIG)

@@ -1,4 +1,4 @@
-"""The public service's view of the encoder service: retries and overload mapping."""
+"""The public service's view of the encoder service: layout, retries and overload mapping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,25 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from clip_runner.settings import ClipSettings
+
 logger = logging.getLogger("clip_service")
+
+TRAFFIC = {"timeout": 600}  # seconds: a 32-image request on a slow CPU must not be cut off
+
+
+def service_configs(settings: ClipSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """BentoML configs ``(encoder, entry)`` for the layout ``CLIP_ENCODER_MODE`` picks.
+
+    Whichever service holds the model gets ``CLIP_ENCODER_WORKERS`` workers (one model copy
+    each) and the GPUs; in the ``service`` layout the public entry is one async worker.
+    """
+    model: dict[str, Any] = {"workers": settings.encoder_workers, "traffic": dict(TRAFFIC)}
+    if settings.gpus:
+        model["resources"] = {"gpu": settings.gpus}
+    if settings.encoder_mode == "inprocess":
+        return model, dict(model)
+    return model, {"workers": 1, "traffic": dict(TRAFFIC)}
 
 
 class RemoteEncoder:

@@ -1,0 +1,31 @@
+"""Which BentoML service holds the model, with how many workers and GPUs, per CLIP_ENCODER_MODE."""
+
+from __future__ import annotations
+
+import pytest
+
+from clip_http.backend import service_configs
+from clip_runner.settings import ClipSettings
+
+
+def test_in_process_layout_gives_the_public_service_the_model_workers_and_gpus() -> None:
+    encoder, entry = service_configs(ClipSettings(encoder_workers=2, gpus=1))
+    assert entry == {"workers": 2, "resources": {"gpu": 1}, "traffic": {"timeout": 600}}
+    assert encoder == entry  # declared but unused: no service depends on it in this layout
+
+
+def test_service_layout_keeps_one_entry_worker_and_puts_gpus_on_the_encoder() -> None:
+    encoder, entry = service_configs(ClipSettings(encoder_mode="service", encoder_workers=3, gpus=2))
+    assert encoder == {"workers": 3, "resources": {"gpu": 2}, "traffic": {"timeout": 600}}
+    assert entry == {"workers": 1, "traffic": {"timeout": 600}}
+
+
+def test_no_gpus_declared_by_default() -> None:
+    encoder, entry = service_configs(ClipSettings())
+    assert "resources" not in encoder and "resources" not in entry
+    assert ClipSettings().encoder_mode == "inprocess"
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="encoder_mode"):
+        ClipSettings(encoder_mode="sidecar")
