@@ -1,7 +1,7 @@
 """Prometheus metrics for what ``Server-Timing`` reports per request, on BentoML's ``/metrics``.
 
-BentoML already exports request counts, durations and its own adaptive batch sizes per
-endpoint; these add the parts of a request it cannot see from outside: time decoding
+BentoML already exports request counts and durations per endpoint (and, in the two-service
+layout, its own adaptive batch sizes); these add the parts of a request it cannot see from outside: time decoding
 uploads, time waiting for a batch slot, model time, and the batch each request's items ran in.
 Defined once at import through ``bentoml.metrics`` so they land in BentoML's registry (its
 multiprocess collector merges every worker).
@@ -48,5 +48,5 @@ def observe(timings: Timings) -> None:
 
 
 def refused(reason: str) -> None:
-    """Count a request refused by a guard (``overload``, ``body_too_large``, ``unauthorized``)."""
+    """Count a refused request (``overload``, ``body_too_large``, ``unauthorized``, ``model_queue_full``)."""
     REFUSED.labels(reason=reason).inc()
