@@ -137,16 +137,30 @@ class MicroBatcher:
                 rows += request.rows
             return kind, taken
 
+    @property
+    def alive(self) -> bool:
+        """Whether the model thread is running (it stops only after :meth:`close`)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while (work := self._take()) is not None:
             kind, requests = work
-            if requests:
+            try:
                 self._serve(kind, requests)
+            except Exception as exc:  # a bug here must fail these callers, not stop the thread
+                logger.exception("serving a %s batch failed", kind)
+                for request in requests:
+                    _settle(request, error=exc)
 
     def _serve(self, kind: Kind, requests: list[_Request]) -> None:
+        if not requests:
+            return
         start = time.perf_counter()
         try:
             rows = self._encode[kind](_join(kind, [r.items for r in requests]))
+            expected = sum(r.rows for r in requests)
+            if len(rows) != expected:
+                raise RuntimeError(f"the model returned {len(rows)} rows for {expected} inputs")
         except Exception as exc:
             if len(requests) == 1:
                 _settle(requests[0], error=exc)

@@ -59,6 +59,9 @@ class LocalBackend:
                                      "max_latency_ms": 0})
 
     async def info(self) -> dict[str, Any]:
+        """The served facts; raises while the model thread is not running (``/health`` says 503)."""
+        if not self.batcher.alive:
+            raise RuntimeError("the model thread has stopped; restart the server")
         return self.info_sync()
 
     def close(self) -> None:

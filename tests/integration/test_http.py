@@ -194,3 +194,16 @@ def test_a_full_model_queue_is_503_with_retry_after(client, service_module, monk
     assert "queue is full" in resp.json()["error"]
     monkeypatch.undo()
     assert _post_image(client, "/encode_image", make_jpeg(3)).status_code == 200
+
+
+def test_health_is_503_when_the_model_thread_has_stopped(client, service_module, monkeypatch) -> None:
+    import threading
+
+    stopped = threading.Thread(target=lambda: None)
+    stopped.start()
+    stopped.join()
+    monkeypatch.setattr(service_module._SERVICE._local.batcher, "_thread", stopped)
+    resp = client.get("/health")
+    assert resp.status_code == 503 and "model thread has stopped" in resp.json()["error"]
+    monkeypatch.undo()
+    assert client.get("/health").status_code == 200

@@ -170,3 +170,17 @@ def test_close_finishes_queued_work_then_refuses(encoder: BatchEncoder) -> None:
 def test_max_batch_must_be_positive(encoder: BatchEncoder) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(encoder.encode_pixels, encoder.encode_texts, max_batch=0)
+
+
+def test_a_model_that_returns_the_wrong_number_of_rows_fails_its_callers_not_the_thread(
+        encoder: BatchEncoder) -> None:
+    def short(texts: list[str]) -> np.ndarray:
+        return encoder.encode_texts(texts)[:-1]  # one row missing
+
+    batcher = MicroBatcher(encoder.encode_pixels, short, max_batch=8)
+    with pytest.raises(RuntimeError, match="returned 1 rows for 2 inputs"):
+        asyncio.run(batcher.encode_texts(["a", "b"]))
+    assert batcher.alive
+    assert asyncio.run(batcher.encode_pixels(_pixels(encoder, 0))).shape[0] == 1  # still serving
+    batcher.close()
+    assert not batcher.alive
