@@ -27,7 +27,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from clip_http.backend import RemoteEncoder, service_configs
+from clip_http.backend import ENCODER_GRACE_S, RemoteEncoder, service_configs
 from clip_http.handlers import install as install_handlers
 from clip_http.uploads import json_response, read_upload, read_uploads, split_categories
 from clip_runner.errors import InvalidInput
@@ -203,10 +203,14 @@ class ClipService:
     def finished(self) -> None:
         self._in_flight -= 1
 
+    def _remote(self) -> RemoteEncoder:
+        """The encoder service, with a deadline past its own batch queue limit."""
+        return RemoteEncoder(self.encoder, timeout_s=settings.max_latency_ms / 1000 + ENCODER_GRACE_S)
+
     async def _beat(self) -> None:
         while self._in_flight > 0:
             try:
-                await RemoteEncoder(self.encoder).ping()
+                await self._remote().ping()
             except Exception as exc:  # the encoder may be gone already; requests will say so
                 logger.debug("encoder heartbeat failed: %s", exc)
             await asyncio.sleep(0.5)
@@ -216,7 +220,7 @@ class ClipService:
         if self._pipeline is None:
             async with self._lock:
                 if self._pipeline is None:
-                    backend = self._local or RemoteEncoder(self.encoder)
+                    backend = self._local or self._remote()
                     self._pipeline = ClipPipeline(backend, settings, await backend.info())
         return self._pipeline
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -13,6 +14,9 @@ from clip_runner.settings import ClipSettings
 logger = logging.getLogger("clip_service")
 
 TRAFFIC = {"timeout": 600}  # seconds: a 32-image request on a slow CPU must not be cut off
+# Beyond its batch queue limit (CLIP_MAX_LATENCY_MS), how long an encoder call may take before
+# the caller gets a 503: a lost call must not hold a client until the 600 s traffic timeout.
+ENCODER_GRACE_S = 60.0
 
 
 def service_configs(settings: ClipSettings) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -34,20 +38,25 @@ class RemoteEncoder:
 
     Calls are retried on connection-level failures: a pooled keep-alive connection that the
     encoder closes just as it is reused fails before the request is processed, so resending
-    is safe (encoding has no side effects).
+    is safe (encoding has no side effects). A call that gets no answer within ``timeout_s``
+    fails with 503 (not retried: the encoder may be overloaded).
     """
 
     ATTEMPTS = 3
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, timeout_s: float | None = None) -> None:
         self._encoder = encoder
+        self.timeout_s = timeout_s
 
     async def _call(self, name: str, *args: Any) -> Any:
         import aiohttp
 
         for attempt in range(1, self.ATTEMPTS + 1):
             try:
-                return await getattr(self._encoder.to_async, name)(*args)
+                return await asyncio.wait_for(getattr(self._encoder.to_async, name)(*args), self.timeout_s)
+            except TimeoutError:
+                raise EncoderUnavailable(f"the encoder did not answer {name} within "
+                                         f"{self.timeout_s:.0f}s") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt == self.ATTEMPTS:
                     raise EncoderUnavailable(f"encoder connection failed: {exc}") from exc

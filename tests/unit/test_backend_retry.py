@@ -1,6 +1,8 @@
-"""The public service's encoder adapter resends on stale pooled connections, and only then."""
+"""The public service's encoder adapter resends on stale pooled connections, and only then; it never waits forever."""
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 import numpy as np
@@ -41,3 +43,22 @@ async def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError):
         await RemoteEncoder(encoder).encode_texts(["a"])
     assert encoder.calls == 1
+
+
+class SilentEncoder:
+    """An encoder that accepts a call and never answers (a lost request)."""
+
+    def __init__(self) -> None:
+        self.to_async, self.calls = self, 0
+
+    async def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_call_without_answer_becomes_service_unavailable_at_the_deadline() -> None:
+    encoder = SilentEncoder()
+    with pytest.raises(EncoderUnavailable, match="did not answer encode_texts within 0s") as info:
+        await RemoteEncoder(encoder, timeout_s=0.05).encode_texts(["a"])
+    assert info.value.error_code == 503 and encoder.calls == 1  # not resent to a busy encoder
