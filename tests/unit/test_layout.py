@@ -29,3 +29,13 @@ def test_no_gpus_declared_by_default() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="encoder_mode"):
         ClipSettings(encoder_mode="sidecar")
+
+
+def test_decode_threads_default_to_twice_the_cpus_at_least_four(monkeypatch) -> None:
+    from clip_runner import pipeline
+
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 16)
+    assert pipeline.decode_threads(ClipSettings()) == 32  # a GPU box: cores free for decoding
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 1)
+    assert pipeline.decode_threads(ClipSettings()) == 4
+    assert pipeline.decode_threads(ClipSettings(decode_threads=3)) == 3  # CLIP_DECODE_THREADS wins
