@@ -17,6 +17,7 @@ Configuration is read from ``CLIP_*`` environment variables (see ``clip_runner.s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from pathlib import Path
@@ -34,8 +35,9 @@ from clip_runner.errors import InvalidInput
 from clip_runner.pipeline import ClipPipeline, Timings
 from clip_runner.settings import get_settings
 
-if TYPE_CHECKING:  # the model's modules load torch: only where the model is served
+if TYPE_CHECKING:
     from clip_runner.local import LocalBackend
+
 
 logger = logging.getLogger("clip_service")
 settings = get_settings()
@@ -72,23 +74,14 @@ class ClipEncoder:
     """``CLIP_ENCODER_MODE=service``: loads the model once per worker and encodes whole batches."""
 
     def __init__(self) -> None:
-        from clip_runner.device import configure_threads, pick_device
-        from clip_runner.encoder import BatchEncoder
-        from clip_runner.loading import load_entry
-        from clip_runner.resolve import resolve_model
+        from clip_runner.drain import DrainGuard
+        from clip_runner.local import ServedModel
 
         _show_our_logs()
-        self.threads = configure_threads(settings.num_threads, settings.encoder_workers)
-        self.resolution = resolve_model(SERVED)
-        self.loaded = load_entry(self.resolution.tag, pick_device(settings.device))
-        self.encoder = BatchEncoder(self.loaded, settings.precision)
-        self.encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
-        from clip_runner.drain import DrainGuard
-
+        self.served = ServedModel.load(SERVED, settings.encoder_workers)
+        self.encoder = self.served.encoder
         self.drain = DrainGuard(max_s=settings.shutdown_drain_s)
         self.drain.install()
-        logger.info("serving %s (%s) on %s", self.resolution.tag, self.resolution.reason,
-                    self.loaded.device)
 
     @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.max_batch),
                  max_latency_ms=settings.max_latency_ms)
@@ -119,12 +112,8 @@ class ClipEncoder:
     @bentoml.api
     def info(self) -> dict[str, Any]:
         """What is served, where, and why (for /health and the entry service's setup)."""
-        from clip_runner.local import served_info
-
-        return served_info(self.loaded, self.resolution, torch_threads=self.threads,
-                           precision=self.encoder.precision.name,
-                           batching={"mode": "service", "max_batch_size": settings.max_batch,
-                                     "max_latency_ms": settings.max_latency_ms})
+        return self.served.info({"mode": "service", "max_batch_size": settings.max_batch,
+                                 "max_latency_ms": settings.max_latency_ms})
 
 
 app = FastAPI(
@@ -163,17 +152,6 @@ class _InFlight:
 app.add_middleware(_InFlight)
 
 
-def _load_in_process() -> LocalBackend:
-    """The model in this process, warmed up, behind the micro-batcher."""
-    from clip_runner.local import LocalBackend
-
-    backend = LocalBackend.from_settings(SERVED, workers=settings.encoder_workers)
-    backend.encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
-    logger.info("serving %s (%s) on %s, in process", backend.resolution.tag,
-                backend.resolution.reason, backend.loaded.device)
-    return backend
-
-
 @bentoml.service(name="clip_service", **ENTRY_CONFIG)
 @bentoml.asgi_app(app, path="/")
 class ClipService:
@@ -188,7 +166,11 @@ class ClipService:
         global _SERVICE
         _show_our_logs()
         _SERVICE = self
-        self._local = _load_in_process() if IN_PROCESS else None
+        self._local: LocalBackend | None = None
+        if IN_PROCESS:  # the model's modules load torch: only where the model is served
+            from clip_runner.local import LocalBackend
+
+            self._local = LocalBackend.from_settings(SERVED, settings.encoder_workers)
         self._pipeline: ClipPipeline | None = None
         self._lock = asyncio.Lock()
         self._in_flight = 0
@@ -203,6 +185,7 @@ class ClipService:
     def finished(self) -> None:
         self._in_flight -= 1
 
+    @functools.cached_property
     def _remote(self) -> RemoteEncoder:
         """The encoder service, with a deadline past its own batch queue limit."""
         return RemoteEncoder(self.encoder, timeout_s=settings.max_latency_ms / 1000 + ENCODER_GRACE_S)
@@ -210,7 +193,7 @@ class ClipService:
     async def _beat(self) -> None:
         while self._in_flight > 0:
             try:
-                await self._remote().ping()
+                await self._remote.ping()
             except Exception as exc:  # the encoder may be gone already; requests will say so
                 logger.debug("encoder heartbeat failed: %s", exc)
             await asyncio.sleep(0.5)
@@ -220,7 +203,7 @@ class ClipService:
         if self._pipeline is None:
             async with self._lock:
                 if self._pipeline is None:
-                    backend = self._local or self._remote()
+                    backend = self._local or self._remote
                     self._pipeline = ClipPipeline(backend, settings, await backend.info())
         return self._pipeline
 

@@ -256,12 +256,13 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     from clip_runner.settings import get_settings
 
     settings = get_settings()
-    threads = configure_threads(settings.num_threads)  # what the encoder worker does
+    threads = configure_threads(settings.num_threads)  # what the process holding the model does
     loaded = load_entry(tag, pick_device(device))
     encoder = BatchEncoder(loaded, settings.precision)
     precision = encoder.precision.name
-    # The encoder service runs each batch in a worker thread (BentoML's sync API pool); do the
-    # same: the main thread's OpenMP team can be much slower on a busy machine.
+    # The service runs each batch on a model thread (the micro-batcher's, or BentoML's sync API
+    # pool in the two-service layout); do the same: the main thread's OpenMP team can be much
+    # slower on a busy machine.
     with ThreadPoolExecutor(1) as pool:
         per_batch = pool.submit(_encode_throughput, encoder, sorted(set(batch_sizes) | {1}), seconds).result()
     del encoder
@@ -425,8 +426,9 @@ def resolve_tag(requested: str | None) -> str:
 
 
 def targets(tag: str, opts: Options, precision: str = "fp32") -> list[Target]:
-    """(b) ours, (c) the baseline, (d) ours unbatched, and (e) ours at fp32 when ``precision``
-    (what (b) computes in) is not fp32; all with the same model and limits."""
+    """(b) ours, (c) the baseline, (d) ours unbatched, (e) ours at fp32 when ``precision`` (what
+    (b) computes in) is not fp32, and (f) ours in the two-service layout when (b) runs the model
+    in process; all with the same model and limits."""
     from clip_runner.settings import get_settings
 
     settings = get_settings().model_copy(update={"device": opts.device})

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .encoder import with_trailer
+from .encoder import timed, with_trailer
 from .errors import Overloaded
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ class MicroBatcher:
         self._queued = 0
         self._cond = threading.Condition()
         self._closed = False
-        self.batches = 0  # batches run (for tests and logs)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -155,9 +154,9 @@ class MicroBatcher:
     def _serve(self, kind: Kind, requests: list[_Request]) -> None:
         if not requests:
             return
-        start = time.perf_counter()
         try:
-            rows = self._encode[kind](_join(kind, [r.items for r in requests]))
+            with timed() as elapsed:
+                rows = self._encode[kind](_join(kind, [r.items for r in requests]))
             expected = sum(r.rows for r in requests)
             if len(rows) != expected:
                 raise RuntimeError(f"the model returned {len(rows)} rows for {expected} inputs")
@@ -170,8 +169,7 @@ class MicroBatcher:
             for request in requests:
                 self._serve(kind, [request])
             return
-        self.batches += 1
-        rows = with_trailer(rows, len(rows), time.perf_counter() - start)
+        rows = with_trailer(rows, len(rows), elapsed[0])
         offset = 0
         for request in requests:
             _settle(request, result=rows[offset : offset + request.rows])

@@ -8,6 +8,8 @@ which runs the model on its own thread so the event loop is never blocked.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,30 +22,56 @@ from .pipeline import ClipPipeline
 from .resolve import Resolution, resolve_model
 from .settings import ClipSettings
 
+logger = logging.getLogger(__name__)
 
-class LocalBackend:
-    """:class:`~clip_runner.pipeline.EncoderBackend` over a model loaded in this process."""
 
-    def __init__(self, loaded: LoadedModel, resolution: Resolution, settings: ClipSettings,
-                 *, threads: int | None = None) -> None:
-        self.loaded = loaded
-        self.resolution = resolution
-        self.settings = settings
-        self.threads = threads
-        self.encoder = BatchEncoder(loaded, settings.precision)
-        self.batcher = MicroBatcher(self.encoder.encode_pixels, self.encoder.encode_texts,
-                                    settings.max_batch, name="clip-model")
+@dataclasses.dataclass
+class ServedModel:
+    """The model one process serves: resolved, loaded on its device, wrapped for batches, warm.
+
+    Both layouts load it the same way: the public service in process, or each ``ClipEncoder``
+    worker in the two-service layout.
+    """
+
+    resolution: Resolution
+    loaded: LoadedModel
+    encoder: BatchEncoder
+    threads: int
 
     @classmethod
-    def from_settings(cls, settings: ClipSettings, workers: int = 1) -> LocalBackend:
-        """Resolve (registering if needed) and load the configured model.
+    def load(cls, settings: ClipSettings, workers: int = 1) -> ServedModel:
+        """Resolve (registering if needed), load and warm up the configured model.
 
         ``workers`` is how many processes share this machine's CPUs (torch threads are split).
         """
         threads = configure_threads(settings.num_threads, workers)
         resolution = resolve_model(settings)
         loaded = load_entry(resolution.tag, pick_device(settings.device))
-        return cls(loaded, resolution, settings, threads=threads)
+        encoder = BatchEncoder(loaded, settings.precision)
+        encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
+        logger.info("serving %s (%s) on %s", resolution.tag, resolution.reason, loaded.device)
+        return cls(resolution, loaded, encoder, threads)
+
+    def info(self, batching: dict[str, Any]) -> dict[str, Any]:
+        """What is served, where and why, with how requests are batched onto it."""
+        return served_info(self.loaded, self.resolution, torch_threads=self.threads,
+                           precision=self.encoder.precision.name, batching=batching)
+
+
+class LocalBackend:
+    """:class:`~clip_runner.pipeline.EncoderBackend` over a model loaded in this process."""
+
+    def __init__(self, served: ServedModel, settings: ClipSettings) -> None:
+        self.served = served
+        self.settings = settings
+        self.encoder = served.encoder
+        self.batcher = MicroBatcher(self.encoder.encode_pixels, self.encoder.encode_texts,
+                                    settings.max_batch, name="clip-model")
+
+    @classmethod
+    def from_settings(cls, settings: ClipSettings, workers: int = 1) -> LocalBackend:
+        """Resolve (registering if needed) and load the configured model (see :class:`ServedModel`)."""
+        return cls(ServedModel.load(settings, workers), settings)
 
     async def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return await self.batcher.encode_pixels(pixels)
@@ -53,10 +81,8 @@ class LocalBackend:
 
     def info_sync(self) -> dict[str, Any]:
         """Same shape as the encoder service's ``info`` API."""
-        return served_info(self.loaded, self.resolution, torch_threads=self.threads,
-                           precision=self.encoder.precision.name,
-                           batching={"mode": "inprocess", "max_batch_size": self.settings.max_batch,
-                                     "max_latency_ms": 0})
+        return self.served.info({"mode": "inprocess", "max_batch_size": self.settings.max_batch,
+                                 "max_latency_ms": 0})
 
     async def info(self) -> dict[str, Any]:
         """The served facts; raises while the model thread is not running (``/health`` says 503)."""
