@@ -129,7 +129,8 @@ _SERVICE: ClipService | None = None  # the instance serving in this worker (set 
 
 
 class _InFlight:
-    """ASGI: count requests in flight on the serving instance (for graceful shutdown).
+    """ASGI: count requests in flight on the serving instance, so that a separate encoder
+    does not drain away under them (two-service layout only: in process there is none).
 
     Plain ASGI: an ``@app.middleware("http")`` function would re-stream every request and
     response through an extra task.
@@ -149,7 +150,8 @@ class _InFlight:
             service.finished()
 
 
-app.add_middleware(_InFlight)
+if not IN_PROCESS:
+    app.add_middleware(_InFlight)
 
 
 @bentoml.service(name="clip_service", **ENTRY_CONFIG)
@@ -179,7 +181,7 @@ class ClipService:
     def started(self) -> None:
         """Count a request; while any is in flight, keep a separate encoder from draining away."""
         self._in_flight += 1
-        if self._local is None and (self._heartbeat is None or self._heartbeat.done()):
+        if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._beat())
 
     def finished(self) -> None:
