@@ -1,12 +1,13 @@
 """Fast decode benchmark: a 12 MP JPEG through our decode+preprocess vs open_clip's reference.
 
-    python -m bench.decode [--model-tag TAG] [--repeats 7]
+    python -m bench.decode [--model-tag TAG] [--repeats 9]
     python -m bench.decode --model-tag "$(python -c 'from models.demo import register_demo; print(register_demo())')"
 
 Reference: ``PIL.Image.open`` + full decode + open_clip's own eval transform (resize, crop,
 to-tensor, normalise). Ours: :func:`clip_runner.images.decode_image` with the draft size the
 service uses, then :class:`~clip_runner.preprocess.PixelPipeline` and
-:func:`~clip_runner.preprocess.normalize`. Prints the median time of each, the speed-up, and
+:func:`~clip_runner.preprocess.normalize`. The two run alternately, ``--repeats`` times each.
+Prints the median time of each (and its range), the speed-up of the medians, and
 the cosine between the two embeddings of the same photo under the served model (goal:
 ≥ 5× faster at cosine ≥ 0.99). Both paths run single-threaded here; the service runs many
 decodes in parallel.
@@ -33,16 +34,26 @@ from clip_runner.settings import ClipSettings
 LIMITS = {"max_bytes": 64 * 1024 * 1024, "max_pixels": 100_000_000}
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    out, times = None, []
+def _timed_ms(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - start) * 1000, out
+
+
+def _alternating_times(first: Callable[[], Any], second: Callable[[], Any],
+                    repeats: int) -> tuple[list[float], list[float], Any, Any]:
+    """Times of both functions, run alternately so that a change in the machine's state (other
+    load, memory pressure) falls on both alike; returns both time lists and the last outputs."""
+    times_a, times_b, out_a, out_b = [], [], None, None
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), out
+        ms, out_a = _timed_ms(first)
+        times_a.append(ms)
+        ms, out_b = _timed_ms(second)
+        times_b.append(ms)
+    return times_a, times_b, out_a, out_b
 
 
-def measure(model_tag: str | None = None, repeats: int = 7) -> dict[str, Any]:
+def measure(model_tag: str | None = None, repeats: int = 9) -> dict[str, Any]:
     """Times and cosine per photo size (one torch thread); the model is the given one or a random ViT-B-32."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -72,12 +83,14 @@ def _measure(model_tag: str | None, repeats: int) -> dict[str, Any]:
             pixels = pipeline(decode_image(data, **LIMITS, draft_side=draft))[None]
             return normalize(pixels, pipeline.mean, pipeline.std, torch.device("cpu"))
 
-        ref_ms, ref = _median_ms(reference, repeats)
-        ours_ms, ours = _median_ms(fast, repeats)
+        ref_times, ours_times, ref, ours = _alternating_times(reference, fast, repeats)
+        ref_ms, ours_ms = statistics.median(ref_times), statistics.median(ours_times)
         with torch.inference_mode():
             a, b, other = (torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1)
                            for x in (ref, ours, reference(photo_jpeg(1, size))))
         results["sizes"][name] = {"bytes": len(data), "reference_ms": round(ref_ms, 1), "ours_ms": round(ours_ms, 1),
+                                  "reference_range_ms": [round(min(ref_times), 1), round(max(ref_times), 1)],
+                                  "ours_range_ms": [round(min(ours_times), 1), round(max(ours_times), 1)],
                                   "speedup": round(ref_ms / ours_ms, 2), "cosine": round(float((a * b).sum()), 5),
                                   # the scale: how far apart the model puts two different photos
                                   "cosine_other_photo": round(float((a * other).sum()), 5)}
@@ -87,10 +100,13 @@ def _measure(model_tag: str | None, repeats: int) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """The decode comparison as a small text table."""
     lines = [f"decode+preprocess, one thread, model {results['model']} (draft side {results['draft_side']} px)",
-             f"{'photo':>6} {'KB':>7} {'reference ms':>13} {'ours ms':>8} {'speed-up':>9} {'cosine':>8} "
-             f"{'(another photo)':>16}"]
+             f"{'photo':>6} {'KB':>7} {'reference ms':>13} {'(range)':>13} {'ours ms':>8} {'(range)':>11} "
+             f"{'speed-up':>9} {'cosine':>8} {'(another photo)':>16}"]
     for name, row in results["sizes"].items():
-        lines.append(f"{name:>6} {row['bytes'] / 1024:7.0f} {row['reference_ms']:13.1f} {row['ours_ms']:8.1f} "
+        ref_lo, ref_hi = row["reference_range_ms"]
+        ours_lo, ours_hi = row["ours_range_ms"]
+        lines.append(f"{name:>6} {row['bytes'] / 1024:7.0f} {row['reference_ms']:13.1f} {ref_lo:6.1f}-{ref_hi:<6.1f} "
+                     f"{row['ours_ms']:8.1f} {ours_lo:5.1f}-{ours_hi:<5.1f} "
                      f"{row['speedup']:8.1f}x {row['cosine']:8.4f} {row['cosine_other_photo']:16.4f}")
     return "\n".join(lines)
 
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: print the table (and JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-tag", help="store tag (default: a random-init ViT-B-32)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = measure(args.model_tag, args.repeats)

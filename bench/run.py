@@ -218,6 +218,49 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _decode_12mp(report: dict[str, Any], key: str) -> float | None:
+    return ((report.get("decode") or {}).get("sizes", {}).get("12MP") or {}).get(key)
+
+
+def _best_images_per_s(report: dict[str, Any]) -> float | None:
+    best = _best_level(report.get("ours") or {})
+    return best and best["images_per_s"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """A performance goal the benchmark reports against (printed, never asserted in tests)."""
+
+    name: str
+    target: float
+    at_least: bool  # met when the value is >= target (else <=)
+    devices: tuple[str, ...]  # where it applies
+    value: Callable[[dict[str, Any]], float | None]  # from a report that has its ratios
+
+
+GOALS = (
+    Goal("(b)/(a) at saturation", 0.9, True, ("cpu",), lambda r: r["ratios"]["ours_vs_limit"]["ratio"]),
+    Goal("(b)/(c) at c=16", 1.3, True, ("cpu",), lambda r: (r["ratios"].get("ours_vs_baseline") or {}).get("ratio")),
+    Goal("p50 at c=1 minus model latency (ms)", 10.0, False, ("cpu",),
+         lambda r: r["ratios"]["overhead_at_c1"]["overhead_ms"]),
+    Goal("12 MP decode+preprocess speed-up", 5.0, True, ("cpu", "cuda"), lambda r: _decode_12mp(r, "speedup")),
+    Goal("12 MP embedding cosine vs reference", 0.99, True, ("cpu", "cuda"), lambda r: _decode_12mp(r, "cosine")),
+    Goal("(b) JPEG images/s end to end", 2000.0, True, ("cuda",), _best_images_per_s),
+)
+
+
+def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The goals for the report's device, each with its measured value and whether it is met."""
+    device = report.get("environment", {}).get("device", "cpu").split(":")[0]
+    out = []
+    for goal in (g for g in GOALS if device in g.devices):
+        value = goal.value(report)
+        met = None if value is None else (value >= goal.target if goal.at_least else value <= goal.target)
+        out.append({"goal": goal.name, "target": f"{'>=' if goal.at_least else '<='} {goal.target:g}",
+                    "value": value, "met": met})
+    return out
+
+
 def _compare(ours: dict[str, Any], other: dict[str, Any]) -> dict[str, Any] | None:
     at = compare_level(ours, other, BASELINE_CONCURRENCY)
     if at is None:
@@ -511,7 +554,11 @@ def render(report: dict[str, Any]) -> str:
         series = report.get(key) or {}
         for level in series.get("levels") or []:
             lines.append(_row(label + series["title"], level))
-    lines += ["", _ratio_lines(ratio), "", "peak RSS of each server's process tree:"]
+    lines += ["", _ratio_lines(ratio), "", "goals:"]
+    for goal in report.get("goals") or []:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
+        lines.append(f"  {goal['goal']:<40}{goal['target']:>9}{_num(goal['value'], 'g'):>9}  {verdict}")
+    lines += ["", "peak RSS of each server's process tree:"]
     for key, _label in SECTIONS:
         series = report.get(key) or {}
         if series.get("levels") is not None:
@@ -599,7 +646,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s)
     from bench.decode import format_table, measure
 
-    report["decode"] = measure(tag, repeats=3 if args.quick else 7)
+    report["decode"] = measure(tag, repeats=3 if args.quick else 9)
     print(format_table(report["decode"]), flush=True)
     photos = bench_photos(opts.photos_per_size)
     log_dir = args.out.parent / "bench_logs"
@@ -607,6 +654,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for target in targets(tag, opts, report["limit"]["precision"]):
         report[target.key] = measure_server(target, photos, opts, log_dir)
     report["ratios"] = ratios(report)
+    report["goals"] = goals(report)
     from bench.plots import write_plots
 
     report["plots"] = [str(p) for p in write_plots(report, args.plots_dir)]

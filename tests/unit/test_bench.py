@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import PHOTO_SIZES, photo_jpeg
-from bench.run import Sample, Window, _levels, compare_level, percentile, ratios, render, summarise
+from bench.run import Sample, Window, _levels, compare_level, goals, percentile, ratios, render, summarise
 from tests.conftest import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,6 +190,30 @@ def test_ratios_compare_at_saturation_at_16_and_against_the_model_latency() -> N
     text = render(report)
     assert "(b)/(c) at c=16: 2.00" in text and "not measured: did not start" in text
     assert "(e)/(c)" not in text  # no fp32 series was run
+
+
+def test_goals_are_judged_per_device_and_printed() -> None:
+    report = {
+        "environment": {"device": "cpu"},
+        "limit": {"best_images_per_s": 50.0, "best_batch_size": 32, "single_image_ms": 30.0},
+        "ours": _series("ours", {1: 20.0, 16: 40.0, 64: 44.0}, p50=38.0),
+        "baseline": _series("baseline", {1: 20.0, 16: 20.0}),
+        "decode": {"sizes": {"12MP": {"speedup": 4.5, "cosine": 0.995}}},
+    }
+    report["ratios"] = ratios(report)
+    report["goals"] = goals(report)
+    verdicts = {g["goal"]: g["met"] for g in report["goals"]}
+    assert verdicts == {"(b)/(a) at saturation": False, "(b)/(c) at c=16": True,
+                        "p50 at c=1 minus model latency (ms)": True, "12 MP decode+preprocess speed-up": False,
+                        "12 MP embedding cosine vs reference": True}
+    text = render(report)
+    assert "(b)/(a) at saturation" in text and "NOT met" in text and ">= 1.3" in text
+    # On a GPU the CPU ratios are not goals; end-to-end images/s is, and it is missing here.
+    report["environment"]["device"] = "cuda"
+    report["ours"] = {"title": "ours", "error": "did not start"}
+    cuda = {g["goal"]: g["met"] for g in goals(report)}
+    assert cuda == {"12 MP decode+preprocess speed-up": False, "12 MP embedding cosine vs reference": True,
+                    "(b) JPEG images/s end to end": None}
 
 
 def test_fp32_series_is_compared_with_the_baseline_like_for_like() -> None:
