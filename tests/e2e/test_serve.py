@@ -65,6 +65,17 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own(layout, ti
     assert httpx.get(f"{server.url}/health", timeout=10).json()["batching"]["mode"] == mode
 
 
+def test_service_layout_keeps_its_encoder_connection_under_sustained_load(service_mode_server) -> None:
+    # BentoML's dependency client would swap its session every 100 calls, failing the calls in
+    # flight ("Server disconnected"); 320 calls, 16 at a time, cross that point three times.
+    blobs = [make_jpeg(300 + i, size=(96, 72)) for i in range(16)]
+    for _ in range(20):
+        responses = asyncio.run(_concurrent_encodes(service_mode_server.url, blobs))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    log = service_mode_server.log.read_text(errors="replace")
+    assert "failed on a stale connection" not in log, log[-3000:]
+
+
 def test_contract_over_real_http(server) -> None:
     jpeg = make_jpeg(1)
     with httpx.Client(base_url=server.url, timeout=60) as c:

@@ -16,8 +16,11 @@ def test_in_process_layout_gives_the_public_service_the_model_workers_and_gpus()
 
 def test_service_layout_keeps_one_entry_worker_and_puts_gpus_on_the_encoder() -> None:
     encoder, entry = service_configs(ClipSettings(encoder_mode="service", encoder_workers=3, gpus=2))
+    runner_connection = encoder.pop("runner_connection")
     assert encoder == {"workers": 3, "resources": {"gpu": 2}, "traffic": {"timeout": 600}}
     assert entry == {"workers": 1, "traffic": {"timeout": 600}}
+    # The entry's client never recycles its session to the encoder (which fails calls in flight).
+    assert runner_connection["max_requests"] >= 2**31 - 1 and runner_connection["max_age"] >= 1e9
 
 
 def test_no_gpus_declared_by_default() -> None:
