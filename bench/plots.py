@@ -50,6 +50,9 @@ def throughput_plot(report: dict[str, Any]) -> Figure:
     limit = report["limit"]
     ax.axhline(limit["best_images_per_s"], color="black", linestyle="--",
                label=f"in-process limit (batch {limit['best_batch_size']})")
+    if limit.get("with_decode"):
+        ax.axhline(limit["with_decode"]["images_per_s"], color="grey", linestyle=":",
+                   label=f"in-process decode + encode (batch {limit['with_decode']['batch_size']})")
     _concurrency_axis(ax, sorted(levels))
     ax.set_ylabel("images / s")
     ax.set_ylim(bottom=0)

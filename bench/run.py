@@ -8,6 +8,8 @@ It measures, in this order, each alone on the machine:
 
 (a) limit      — in-process batched encode through ``clip_runner`` (no HTTP, no decoding):
                  images/s per batch size, and the median single-image latency;
+(a') + decode  — the same encoder fed by the service's decode threads with (b)'s JPEG mix, at
+                 the service's batch size (no HTTP): (a) minus what decoding costs;
 (b) ours       — ``bentoml serve service:ClipService`` over HTTP, batching on;
 (c) baseline   — ``bench.baseline_service`` (transformers CLIP as in BentoML's example);
 (d) unbatched  — our service with ``CLIP_BATCH_SIZE=1``;
@@ -203,6 +205,11 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             "limit_batch_size": limit["best_batch_size"],
         },
     }
+    with_decode = limit.get("with_decode") or {}
+    out["ours_vs_decode_limit"] = {
+        "ratio": _ratio(best and best["images_per_s"], with_decode.get("images_per_s")),
+        "decode_limit_images_per_s": with_decode.get("images_per_s"),
+    }
     c1 = _level(ours, 1)
     out["overhead_at_c1"] = {
         "p50_ms": c1 and c1["p50_ms"],
@@ -289,8 +296,10 @@ def _time_calls(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> 
     return times
 
 
-def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: float) -> dict[str, Any]:
-    """Batched encode throughput through ``BatchEncoder`` on preprocessed uint8 pixels."""
+def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: float,
+                  photos: Sequence[bytes] = ()) -> dict[str, Any]:
+    """Batched encode throughput through ``BatchEncoder`` on preprocessed uint8 pixels; with
+    ``photos``, also decode + encode of those JPEGs in process (see :func:`_pipeline_throughput`)."""
     import torch
 
     from clip_runner.device import configure_threads, pick_device
@@ -308,6 +317,8 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     # slower on a busy machine.
     with ThreadPoolExecutor(1) as pool:
         per_batch = pool.submit(_encode_throughput, encoder, sorted(set(batch_sizes) | {1}), seconds).result()
+        with_decode = (pool.submit(_pipeline_throughput, encoder, photos, settings, seconds).result()
+                       if photos else None)
     del encoder
     del loaded
     gc.collect()
@@ -317,7 +328,48 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     return {"per_batch_size": per_batch, "best_batch_size": int(best),
             "best_images_per_s": per_batch[best]["images_per_s"],
             "single_image_ms": per_batch["1"]["median_ms"], "torch_threads": threads,
-            "precision": precision}
+            "precision": precision, "with_decode": with_decode}
+
+
+def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: Any, seconds: float) -> dict[str, Any]:
+    """(a') decode + encode in process, no HTTP: the service's decode threads and batch size.
+
+    The photos of the next batch decode while the model encodes this one, as in the service
+    under load. What separates (b) from this is the HTTP layer and the queueing; what separates
+    this from (a) is the decoding, which shares the CPU with the model.
+    """
+    import numpy as np
+
+    from clip_runner.images import decode_image
+    from clip_runner.pipeline import decode_threads
+    from clip_runner.preprocess import PixelPipeline
+
+    pipeline = PixelPipeline(encoder.loaded.entry.preprocess_cfg)
+    draft = pipeline.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
+    batch, threads = settings.max_batch, decode_threads(settings)
+
+    def prepare(data: bytes) -> np.ndarray:
+        return pipeline(decode_image(data, max_bytes=settings.max_image_bytes,
+                                     max_pixels=settings.max_image_pixels, draft_side=draft))
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as decoders:
+        def submit(first: int) -> list[Any]:
+            return [decoders.submit(prepare, photos[(first + i) % len(photos)]) for i in range(batch)]
+
+        pending, images, calls = submit(0), 0, 0
+        started = time.perf_counter()
+        while calls < 3 or time.perf_counter() - started < seconds:
+            pixels = np.stack([future.result() for future in pending])
+            pending = submit(images + batch)  # decoded while this batch encodes
+            encoder.encode_pixels(pixels)
+            images, calls = images + batch, calls + 1
+        elapsed = time.perf_counter() - started
+        for future in pending:
+            future.cancel()
+    result = {"images_per_s": round(images / elapsed, 3), "batch_size": batch, "decode_threads": threads}
+    print(f"  decode + encode, batch {batch}: {result['images_per_s']:>9.2f} img/s "
+          f"({threads} decode threads, the service's JPEG mix)", flush=True)
+    return result
 
 
 def _encode_throughput(encoder: Any, batch_sizes: Sequence[int], seconds: float) -> dict[str, dict[str, float]]:
@@ -550,6 +602,11 @@ def render(report: dict[str, Any]) -> str:
              f"{'(a) in-process limit':<38}{'-':>5}{limit['best_images_per_s']:>10.2f}"
              f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median; "
              f"{limit.get('precision', 'fp32')})"]
+    if limit.get("with_decode"):
+        label = "(a') decode + encode in process"
+        lines.append(f"{label:<38}{'-':>5}"
+                     f"{limit['with_decode']['images_per_s']:>10.2f}{'-':>10}   "
+                     f"(batch {limit['with_decode']['batch_size']}, the JPEG mix of (b), no HTTP)")
     for key, label in SECTIONS:
         series = report.get(key) or {}
         for level in series.get("levels") or []:
@@ -573,6 +630,9 @@ def _ratio_lines(ratio: dict[str, Any]) -> str:
     out = [f"(b)/(a) at saturation: {_num(sat['ratio'], '.2f')}  ({_num(sat['ours_images_per_s'], '.2f')} img/s "
            f"at c={sat['ours_concurrency']} vs {sat['limit_images_per_s']:.2f} img/s "
            f"at batch {sat['limit_batch_size']})",
+           f"(b)/(a') at saturation: {_num(ratio['ours_vs_decode_limit']['ratio'], '.2f')}  "
+           f"(vs {_num(ratio['ours_vs_decode_limit']['decode_limit_images_per_s'], '.2f')} img/s decoding and "
+           "encoding in process: what HTTP and queueing cost)",
            f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
            f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
     for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)"),
@@ -643,12 +703,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"environment": environment(tag, opts)}
     print(f"model {tag} on {opts.device}; levels {list(opts.levels)}; "
           f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level\n(a) in-process limit", flush=True)
-    report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s)
+    photos = bench_photos(opts.photos_per_size)
+    report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s, photos)
     from bench.decode import format_table, measure
 
     report["decode"] = measure(tag, repeats=3 if args.quick else 9)
     print(format_table(report["decode"]), flush=True)
-    photos = bench_photos(opts.photos_per_size)
     log_dir = args.out.parent / "bench_logs"
     report["baseline"] = {"skipped": "--skip-baseline"} if opts.skip_baseline else None
     for target in targets(tag, opts, report["limit"]["precision"]):

@@ -47,6 +47,8 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     report = json.loads(out_file.read_text())
     assert {"environment", "limit", "ours", "baseline", "unbatched", "ratios", "plots"} <= set(report)
     assert report["limit"]["best_images_per_s"] > 0 and report["limit"]["single_image_ms"] > 0
+    assert report["limit"]["with_decode"]["images_per_s"] > 0  # (a'): decode + encode in process
+    assert report["ratios"]["ours_vs_decode_limit"]["ratio"] is not None
     for key in ("ours", "baseline"):
         levels = report[key]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 16]
