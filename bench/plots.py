@@ -40,7 +40,7 @@ def _title(report: dict[str, Any]) -> str:
 
 def throughput_plot(report: dict[str, Any]) -> Figure:
     """Images/s against concurrency for each server, with the in-process limit as a line."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.2))
     levels: set[int] = set()
     for _key, colour, marker, series in _measured(report):
         xs = [lv["concurrency"] for lv in series["levels"]]
@@ -57,7 +57,8 @@ def throughput_plot(report: dict[str, Any]) -> Figure:
     ax.set_ylabel("images / s")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Throughput — {_title(report)}")
-    ax.legend()
+    # Below the axes: inside, it would cover the limit lines at the top.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
