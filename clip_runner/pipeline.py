@@ -279,13 +279,15 @@ class ClipPipeline:
 
 
 def decode_threads(settings: ClipSettings) -> int:
-    """``CLIP_DECODE_THREADS``, else 2 × the CPUs (at least 4).
+    """``CLIP_DECODE_THREADS``, else 2 × this worker's share of the CPUs (at least 4).
 
     Decoding holds no lock (Pillow releases the GIL), so threads scale over cores; twice the
     cores keeps them busy while some threads wait on the event loop. On a GPU machine the
-    cores are free for decoding, which is what bounds end-to-end images/s there.
+    cores are free for decoding, which is what bounds end-to-end images/s there. With several
+    model workers (``CLIP_ENCODER_WORKERS``, each decoding its own requests) the CPUs are
+    shared among them, as torch's threads are.
     """
-    return settings.decode_threads or max(4, 2 * available_cpus())
+    return settings.decode_threads or max(4, 2 * available_cpus() // settings.encoder_workers)
 
 
 def parse_list_field(value: Any) -> list[Any]:

@@ -39,6 +39,8 @@ def test_decode_threads_default_to_twice_the_cpus_at_least_four(monkeypatch) -> 
 
     monkeypatch.setattr(pipeline, "available_cpus", lambda: 16)
     assert pipeline.decode_threads(ClipSettings()) == 32  # a GPU box: cores free for decoding
+    assert pipeline.decode_threads(ClipSettings(encoder_workers=8)) == 4  # 8 workers share them
+    assert pipeline.decode_threads(ClipSettings(encoder_workers=3)) == 10
     monkeypatch.setattr(pipeline, "available_cpus", lambda: 1)
     assert pipeline.decode_threads(ClipSettings()) == 4
     assert pipeline.decode_threads(ClipSettings(decode_threads=3)) == 3  # CLIP_DECODE_THREADS wins
