@@ -533,18 +533,29 @@ def targets(tag: str, opts: Options, precision: str = "fp32") -> list[Target]:
               # admission control must not refuse the benchmark's own load
               "CLIP_MAX_CONCURRENCY": str(max(settings.max_concurrency, *opts.levels))}
     ours = Target("ours", "ours", "service:ClipService", "/encode_image", "image", "/health",
-                  shared)
+                  {**shared, **gpu_workers(opts.device)})
     baseline = Target("baseline", "transformers baseline", "bench.baseline_service:ClipBaseline",
                       "/encode_image", "images", "/readyz", shared)
     unbatched = dataclasses.replace(ours, key="unbatched", title="ours, CLIP_BATCH_SIZE=1",
-                                    env={**shared, "CLIP_BATCH_SIZE": "1"})
+                                    env={**ours.env, "CLIP_BATCH_SIZE": "1"})
     fp32 = dataclasses.replace(ours, key="ours_fp32", title="ours, CLIP_PRECISION=fp32",
-                               env={**shared, "CLIP_PRECISION": "fp32"})
+                               env={**ours.env, "CLIP_PRECISION": "fp32"})
     two_services = dataclasses.replace(ours, key="service_mode", title="ours, CLIP_ENCODER_MODE=service",
-                                       env={**shared, "CLIP_ENCODER_MODE": "service"})
+                                       env={**ours.env, "CLIP_ENCODER_MODE": "service"})
     return ([ours] + ([] if opts.skip_baseline else [baseline]) + [unbatched]
             + ([fp32] if precision != "fp32" else [])
             + ([two_services] if settings.encoder_mode == "inprocess" else []))
+
+
+def gpu_workers(device: str) -> dict[str, str]:
+    """On CUDA, our service's worker count as docs/performance.md advises for a GPU machine
+    (one per 2 CPUs, at most 8), unless ``CLIP_ENCODER_WORKERS`` is set: one worker's event
+    loop and GIL cap it at a few hundred requests/s, far below what the GPU serves."""
+    from clip_runner.device import available_cpus
+
+    if not device.startswith("cuda") or os.environ.get("CLIP_ENCODER_WORKERS"):
+        return {}
+    return {"CLIP_ENCODER_WORKERS": str(max(1, min(8, available_cpus() // 2)))}
 
 
 def environment(tag: str, opts: Options) -> dict[str, Any]:

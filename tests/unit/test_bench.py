@@ -280,3 +280,17 @@ def test_plots_are_written_for_the_measured_sections(tmp_path: Path) -> None:
     paths = write_plots(report, tmp_path / "plots")
     assert [p.name for p in paths] == ["throughput.png", "latency.png", "batch_sizes.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_on_cuda_our_service_runs_the_workers_a_gpu_machine_needs(monkeypatch) -> None:
+    from bench import run
+    from clip_runner import device
+
+    monkeypatch.delenv("CLIP_ENCODER_WORKERS", raising=False)
+    monkeypatch.setattr(device, "available_cpus", lambda: 16)
+    assert run.gpu_workers("cuda") == {"CLIP_ENCODER_WORKERS": "8"}
+    assert run.gpu_workers("cpu") == {}  # on CPU, one worker holding every core measured best
+    monkeypatch.setattr(device, "available_cpus", lambda: 1)
+    assert run.gpu_workers("cuda") == {"CLIP_ENCODER_WORKERS": "1"}
+    monkeypatch.setenv("CLIP_ENCODER_WORKERS", "3")  # the operator's choice wins
+    assert run.gpu_workers("cuda") == {}
