@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -74,6 +75,25 @@ def test_service_layout_keeps_its_encoder_connection_under_sustained_load(servic
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     log = service_mode_server.log.read_text(errors="replace")
     assert "failed on a stale connection" not in log, log[-3000:]
+
+
+def test_several_in_process_workers_each_load_the_model_and_serve(tiny_tag, tmp_path) -> None:
+    # What a GPU machine runs (docs/performance.md): one event loop per worker, each with its own
+    # model copy and batcher, behind BentoML's shared socket.
+    srv = start_server({"CLIP_MODEL_TAG": tiny_tag, "CLIP_ENCODER_WORKERS": "2", "CLIP_BATCH_SIZE": "8"},
+                       tmp_path / "workers.log")
+    try:
+        blobs = [make_jpeg(500 + i, size=(96, 72)) for i in range(16)]
+        for _ in range(3):
+            responses = asyncio.run(_concurrent_encodes(srv.url, blobs))
+            assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        ours = np.array(responses[0].json(), dtype=np.float32)
+        assert float(ours @ _local_embedding(tiny_tag, blobs[0])) >= 0.9999
+        log = srv.log.read_text(errors="replace")
+        workers = set(re.findall(r"clip_service:(\d+)\] Service clip_service initialized", log))
+        assert workers == {"1", "2"}, log[-3000:]
+    finally:
+        stop_server(srv)
 
 
 def test_contract_over_real_http(server) -> None:
