@@ -4,13 +4,12 @@
     python -m bench.decode --model-tag "$(python -c 'from models.demo import register_demo; print(register_demo())')"
 
 Reference: ``PIL.Image.open`` + full decode + open_clip's own eval transform (resize, crop,
-to-tensor, normalise). Ours: :func:`clip_runner.images.decode_image` with the draft size the
-service uses, then :class:`~clip_runner.preprocess.PixelPipeline` and
-:func:`~clip_runner.preprocess.normalize`. The two run alternately, ``--repeats`` times each.
-Prints the median time of each (and its range), the speed-up of the medians, and
-the cosine between the two embeddings of the same photo under the served model (goal:
-≥ 5× faster at cosine ≥ 0.99). Both paths run single-threaded here; the service runs many
-decodes in parallel.
+to-tensor, normalise). Ours: :class:`~clip_runner.preprocess.UploadPreparer`, the service's
+own decode (at the draft size it uses) and resize, then :func:`~clip_runner.preprocess.normalize`.
+The two run alternately, ``--repeats`` times each. Prints the median time of each (and its
+range), the speed-up of the medians, and the cosine between the two embeddings of the same
+photo under the served model (goal: ≥ 5× faster at cosine ≥ 0.99). Both paths run
+single-threaded here; the service runs many decodes in parallel.
 """
 
 from __future__ import annotations
@@ -27,11 +26,8 @@ import torch
 from PIL import Image
 
 from bench import PHOTO_SIZES, photo_jpeg
-from clip_runner.images import decode_image
-from clip_runner.preprocess import PixelPipeline, normalize
+from clip_runner.preprocess import UploadPreparer, normalize
 from clip_runner.settings import ClipSettings
-
-LIMITS = {"max_bytes": 64 * 1024 * 1024, "max_pixels": 100_000_000}
 
 
 def _timed_ms(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -71,16 +67,16 @@ def _measure(model_tag: str | None, repeats: int) -> dict[str, Any]:
 
     loaded = load_entry(model_tag or register_random("ViT-B-32"), torch.device("cpu"))
     _, _, reference_tf = open_clip.create_model_and_transforms(loaded.entry.local_dir_name, device="cpu")
-    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
-    draft = pipeline.draft_side(ClipSettings().fast_decode_factor)  # what the service uses
-    results: dict[str, Any] = {"model": loaded.entry.tag, "draft_side": draft, "sizes": {}}
+    prepare = UploadPreparer.from_settings(loaded.entry.preprocess_cfg, ClipSettings())  # as the service
+    pipeline = prepare.pipeline
+    results: dict[str, Any] = {"model": loaded.entry.tag, "draft_side": prepare.draft_side, "sizes": {}}
     for name, size in PHOTO_SIZES.items():
         data = photo_jpeg(0, size)
         def reference(data: bytes = data) -> torch.Tensor:
             return reference_tf(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0)
 
         def fast(data: bytes = data) -> torch.Tensor:
-            pixels = pipeline(decode_image(data, **LIMITS, draft_side=draft))[None]
+            pixels = prepare(data)[None]
             return normalize(pixels, pipeline.mean, pipeline.std, torch.device("cpu"))
 
         ref_times, ours_times, ref, ours = _alternating_times(reference, fast, repeats)

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -60,6 +60,9 @@ import httpx
 from bench import PHOTO_SIZES, photo_jpeg, server
 from bench.server import ROOT, ServerFailed
 from bench.soak import tree_rss_mb
+
+if TYPE_CHECKING:
+    from clip_runner.settings import ClipSettings
 
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_LEVELS = (1, 4, 16, 64)
@@ -331,7 +334,8 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
             "precision": precision, "with_decode": with_decode}
 
 
-def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: Any, seconds: float) -> dict[str, Any]:
+def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: ClipSettings,
+                         seconds: float) -> dict[str, Any]:
     """(a') decode + encode in process, no HTTP: the service's decode threads and batch size.
 
     The photos of the next batch decode while the model encodes this one, as in the service
@@ -340,18 +344,11 @@ def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: Any, s
     """
     import numpy as np
 
-    from clip_runner.images import decode_image
     from clip_runner.pipeline import decode_threads
-    from clip_runner.preprocess import PixelPipeline
+    from clip_runner.preprocess import UploadPreparer
 
-    pipeline = PixelPipeline(encoder.loaded.entry.preprocess_cfg)
-    draft = pipeline.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
+    prepare = UploadPreparer.from_settings(encoder.loaded.entry.preprocess_cfg, settings)
     batch, threads = settings.max_batch, decode_threads(settings)
-
-    def prepare(data: bytes) -> np.ndarray:
-        return pipeline(decode_image(data, max_bytes=settings.max_image_bytes,
-                                     max_pixels=settings.max_image_pixels, draft_side=draft))
-
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as decoders:
         def submit(first: int) -> list[Any]:
             return [decoders.submit(prepare, photos[(first + i) % len(photos)]) for i in range(batch)]

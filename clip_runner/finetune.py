@@ -40,9 +40,8 @@ from tqdm.auto import tqdm
 
 from .device import pick_device
 from .errors import InputError
-from .images import decode_image
 from .loading import build_from_config, create_model, load_entry, plain_config
-from .preprocess import PixelPipeline, normalize
+from .preprocess import PixelPipeline, UploadPreparer, normalize
 from .settings import ClipSettings
 from .store import CONFIG_FILE, WEIGHTS_FILE, save_entry, sha256_file, store_name
 
@@ -232,27 +231,20 @@ def _parse_record(record: dict[str, Any], line: int, root: Path, labelled: bool)
 
 @dataclasses.dataclass(frozen=True)
 class RowDecoder:
-    """A CSV row's image file → model-input pixels, decoded as the service decodes uploads.
+    """A CSV row's image file → model-input pixels, decoded as the service decodes uploads."""
 
-    The limits and the fast-decode size come from the settings once, not once per image.
-    """
-
-    pipeline: PixelPipeline
-    max_bytes: int
-    max_pixels: int
-    draft_side: int | None
+    prepare: UploadPreparer
 
     @classmethod
     def from_settings(cls, preprocess_cfg: dict[str, Any], settings: ClipSettings | None = None) -> RowDecoder:
-        settings = settings or ClipSettings()
-        pipeline = PixelPipeline(preprocess_cfg)
-        draft = pipeline.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
-        return cls(pipeline, settings.max_image_bytes, settings.max_image_pixels, draft)
+        return cls(UploadPreparer.from_settings(preprocess_cfg, settings or ClipSettings()))
+
+    @property
+    def pipeline(self) -> PixelPipeline:
+        return self.prepare.pipeline
 
     def __call__(self, row: PairRow) -> np.ndarray:
-        image = decode_image(row.image_path.read_bytes(), max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                             field=str(row.image_path), draft_side=self.draft_side)
-        return self.pipeline(image)
+        return self.prepare(row.image_path.read_bytes(), field=str(row.image_path))
 
     def attempt(self, row: PairRow) -> np.ndarray | str:
         """The pixels, or the reason the row cannot be used."""

@@ -24,8 +24,7 @@ from .categories import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
 from .device import available_cpus
 from .encoder import split_trailer
 from .errors import InputError, InvalidInput
-from .images import decode_image
-from .preprocess import PixelPipeline
+from .preprocess import UploadPreparer
 from .settings import ClipSettings
 
 
@@ -80,8 +79,9 @@ class ClipPipeline:
         self.settings = settings
         self.info = info
         metadata = info.get("metadata", {})
-        self.pixels = PixelPipeline(info["preprocess_cfg"])
-        self.draft_side = self.pixels.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
+        self._prepare = UploadPreparer.from_settings(info["preprocess_cfg"], settings)
+        self.pixels = self._prepare.pipeline
+        self.draft_side = self._prepare.draft_side
         self.max_batch = settings.max_batch  # resolved once: it may probe the device
         self.logit_scale = float(metadata.get("logit_scale", 100.0))
         self.threshold = scoring.resolve_threshold(settings, metadata)
@@ -133,12 +133,6 @@ class ClipPipeline:
         return value
 
     # ---- images -----------------------------------------------------------------------------
-
-    def _prepare(self, data: bytes, field: str) -> np.ndarray:
-        image = decode_image(
-            data, max_bytes=self.settings.max_image_bytes,
-            max_pixels=self.settings.max_image_pixels, field=field, draft_side=self.draft_side)
-        return self.pixels(image)
 
     async def prepare(self, data: bytes, field: str, timings: Timings) -> np.ndarray:
         """Decode + preprocess one upload off the event loop; raises an InputError for bad bytes."""

@@ -12,14 +12,20 @@ direct open_clip encode.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image
 from torchvision import transforms as T
+
+from .images import decode_image
+
+if TYPE_CHECKING:
+    from .settings import ClipSettings
 
 _TENSOR_STEPS = ("ToTensor", "MaybeToTensor", "Normalize")
 
@@ -58,6 +64,33 @@ class PixelPipeline:
         if pixels.shape != (*self.size, 3):
             raise ValueError(f"preprocess produced {pixels.shape}, expected {(*self.size, 3)}")
         return pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadPreparer:
+    """Image bytes → model-input pixels, as the service prepares an upload: its size limits
+    and, unless ``CLIP_FAST_DECODE`` is off, a reduced-size JPEG decode.
+
+    The limits and the fast-decode size come from the settings once, not once per image.
+    """
+
+    pipeline: PixelPipeline
+    max_bytes: int
+    max_pixels: int
+    draft_side: int | None
+
+    @classmethod
+    def from_settings(cls, preprocess_cfg: dict[str, Any], settings: ClipSettings) -> UploadPreparer:
+        """For the model whose open_clip ``preprocess_cfg`` is given."""
+        pipeline = PixelPipeline(preprocess_cfg)
+        draft = pipeline.draft_side(settings.fast_decode_factor) if settings.fast_decode else None
+        return cls(pipeline, settings.max_image_bytes, settings.max_image_pixels, draft)
+
+    def __call__(self, data: bytes, field: str = "image") -> np.ndarray:
+        """(H, W, 3) uint8 pixels; raises an :class:`~clip_runner.errors.InputError` naming ``field``."""
+        image = decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, field=field,
+                             draft_side=self.draft_side)
+        return self.pipeline(image)
 
 
 def normalize(
