@@ -548,11 +548,11 @@ def gpu_workers(device: str) -> dict[str, str]:
     """On CUDA, our service's worker count as docs/performance.md advises for a GPU machine
     (one per 2 CPUs, at most 8), unless ``CLIP_ENCODER_WORKERS`` is set: one worker's event
     loop and GIL cap it at a few hundred requests/s, far below what the GPU serves."""
-    from clip_runner.device import available_cpus
+    from clip_runner.device import cpu_share
 
     if not device.startswith("cuda") or os.environ.get("CLIP_ENCODER_WORKERS"):
         return {}
-    return {"CLIP_ENCODER_WORKERS": str(max(1, min(8, available_cpus() // 2)))}
+    return {"CLIP_ENCODER_WORKERS": str(min(8, cpu_share(2)))}
 
 
 def environment(tag: str, opts: Options) -> dict[str, Any]:

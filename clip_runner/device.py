@@ -80,6 +80,11 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> Precisio
     return Precision("bf16", weights=torch.bfloat16)
 
 
+def cpu_share(workers: int) -> int:
+    """This process's share of the CPUs when ``workers`` processes split them (at least 1)."""
+    return max(1, available_cpus() // max(1, workers))
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (respects affinity masks and container cpusets)."""
     try:
@@ -94,7 +99,7 @@ def configure_threads(num_threads: int | None, workers: int = 1) -> int:
     Over-subscribing cores (torch's default of one thread per core in every worker) makes
     batched CPU inference slower, so each worker gets its share.
     """
-    threads = num_threads or max(1, available_cpus() // max(1, workers))
+    threads = num_threads or cpu_share(workers)
     torch.set_num_threads(threads)
     logger.info("torch intra-op threads: %d", threads)
     return threads

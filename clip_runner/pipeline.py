@@ -21,7 +21,7 @@ import numpy as np
 
 from . import scoring
 from .categories import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
-from .device import available_cpus
+from .device import cpu_share
 from .encoder import split_trailer
 from .errors import InputError, InvalidInput
 from .preprocess import UploadPreparer
@@ -278,10 +278,12 @@ def decode_threads(settings: ClipSettings) -> int:
     Decoding holds no lock (Pillow releases the GIL), so threads scale over cores; twice the
     cores keeps them busy while some threads wait on the event loop. On a GPU machine the
     cores are free for decoding, which is what bounds end-to-end images/s there. With several
-    model workers (``CLIP_ENCODER_WORKERS``, each decoding its own requests) the CPUs are
-    shared among them, as torch's threads are.
+    in-process workers (``CLIP_ENCODER_WORKERS``, each decoding its own requests) the CPUs are
+    shared among them, as torch's threads are; in the two-service layout the one public worker
+    decodes everything.
     """
-    return settings.decode_threads or max(4, 2 * available_cpus() // settings.encoder_workers)
+    decoding_workers = settings.encoder_workers if settings.encoder_mode == "inprocess" else 1
+    return settings.decode_threads or max(4, 2 * cpu_share(decoding_workers))
 
 
 def parse_list_field(value: Any) -> list[Any]:

@@ -60,7 +60,8 @@ class ClipSettings(BaseSettings):
     encoder_workers: int = Field(
         1, ge=1, le=64, description="Processes holding a model copy and a batch queue each.")
     decode_threads: int | None = Field(
-        None, ge=1, le=256, description="Threads decoding uploads, per worker; default 2 × CPUs ÷ workers, at least 4.")
+        None, ge=1, le=256,
+        description="Threads decoding uploads, per worker; default 2 × CPUs ÷ in-process workers, at least 4.")
     fast_decode: bool = Field(
         True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."
     )

@@ -35,12 +35,14 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_decode_threads_default_to_twice_the_cpus_at_least_four(monkeypatch) -> None:
-    from clip_runner import pipeline
+    from clip_runner import device, pipeline
 
-    monkeypatch.setattr(pipeline, "available_cpus", lambda: 16)
+    monkeypatch.setattr(device, "available_cpus", lambda: 16)
     assert pipeline.decode_threads(ClipSettings()) == 32  # a GPU box: cores free for decoding
     assert pipeline.decode_threads(ClipSettings(encoder_workers=8)) == 4  # 8 workers share them
     assert pipeline.decode_threads(ClipSettings(encoder_workers=3)) == 10
-    monkeypatch.setattr(pipeline, "available_cpus", lambda: 1)
+    # Two-service layout: the encoder's workers hold the model; the one public worker decodes.
+    assert pipeline.decode_threads(ClipSettings(encoder_mode="service", encoder_workers=8)) == 32
+    monkeypatch.setattr(device, "available_cpus", lambda: 1)
     assert pipeline.decode_threads(ClipSettings()) == 4
     assert pipeline.decode_threads(ClipSettings(decode_threads=3)) == 3  # CLIP_DECODE_THREADS wins
