@@ -80,7 +80,6 @@ class ClipPipeline:
         self.info = info
         metadata = info.get("metadata", {})
         self._prepare = UploadPreparer.from_settings(info["preprocess_cfg"], settings)
-        self.pixels = self._prepare.pipeline
         self.draft_side = self._prepare.draft_side
         self.max_batch = settings.max_batch  # resolved once: it may probe the device
         self.logit_scale = float(metadata.get("logit_scale", 100.0))
