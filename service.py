@@ -1,57 +1,39 @@
-"""HTTP layer: the public BentoML service, and the encoder service it may delegate to.
+"""The BentoML service: each worker loads the model and serves ``clip_http.app``'s routes.
 
-* ``ClipService`` is the public entry point: a FastAPI app (for exact control over multipart
-  parsing, error bodies and headers) whose routes validate input and delegate to
-  ``clip_runner.pipeline``, which decodes images in parallel and calls the encoder backend.
-* The backend depends on ``CLIP_ENCODER_MODE``:
+A request is a straight line: HTTP → the routes (``clip_http.app``, behind the guards of
+``clip_http.middleware``) → ``clip_runner.api`` (checks, decode in a thread pool) → the
+in-process micro-batcher (``clip_runner.batcher``) → the model (``clip_runner.encoder``) →
+scores → JSON.
 
-  - ``inprocess`` (default): ``ClipService`` loads the model itself and micro-batches
-    concurrent requests onto it (``clip_runner.batcher``). No hop between processes: this is
-    the faster layout on every load level measured (docs/performance.md).
-  - ``service``: ``ClipEncoder``, an internal service with two batchable APIs
-    (``encode_pixels``, ``encode_texts``) where BentoML's adaptive batching groups requests.
-
-Configuration is read from ``CLIP_*`` environment variables (see ``clip_runner.settings``).
+``bentoml serve`` imports this module in its supervisor process too, which only needs the
+service's configuration: nothing here loads torch, open_clip or the model code. The worker
+loads them in :class:`ClipService`'s constructor. A configuration that cannot serve (unknown
+model, missing entry, no GPU for ``CLIP_DEVICE=cuda``) stops the whole server with a non-zero
+exit and one error, instead of a worker restarting forever.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
+import atexit
 import json
 import logging
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bentoml
-import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse
 
-from clip_http.backend import ENCODER_GRACE_S, RemoteEncoder, service_configs
-from clip_http.handlers import install as install_handlers
-from clip_http.uploads import json_response, read_upload, read_uploads, split_categories
-from clip_runner.errors import InvalidInput
-from clip_runner.pipeline import ClipPipeline, Timings
-from clip_runner.settings import get_settings
-
-if TYPE_CHECKING:
-    from clip_runner.local import LocalBackend
-
+from clip_http.app import create_app
+from clip_runner.settings import ClipSettings, get_settings
 
 logger = logging.getLogger("clip_service")
 settings = get_settings()
-# CLIP_BATCH_SIZE=1 turns adaptive batching off: each call is encoded on its own (benchmarks).
-BATCHING = settings.max_batch > 1
-
-
-def _show_our_logs() -> None:
-    """BentoML leaves the root logger at WARNING; our startup facts and warnings are INFO."""
-    for name in ("clip_service", "clip_runner", "models"):
-        logging.getLogger(name).setLevel(settings.log_level)
-
-
 BAKED_MODEL_FILE = Path(__file__).with_name("bento_model.json")
+SUPERVISOR_ENV = "_CLIP_SERVICE_SUPERVISOR_PID"  # set by the process that imports us first
+FATAL_SIGNAL = signal.SIGUSR1  # a worker → its supervisor: "this configuration cannot serve"
 
 
 def _baked_model_tag() -> str | None:
@@ -61,302 +43,98 @@ def _baked_model_tag() -> str | None:
     return str(json.loads(BAKED_MODEL_FILE.read_text())["tag"])
 
 
-MODEL_TAG = settings.model_tag or _baked_model_tag()
-# A bento's baked tag applies unless CLIP_MODEL_TAG names another.
-SERVED = settings if settings.model_tag or not MODEL_TAG else settings.model_copy(
-    update={"model_tag": MODEL_TAG})
-IN_PROCESS = settings.encoder_mode == "inprocess"
-MODEL_CONFIG, ENTRY_CONFIG = service_configs(settings)
+def served_settings(base: ClipSettings) -> ClipSettings:
+    """``base``, with a bento's baked model tag unless ``CLIP_MODEL_TAG`` names another."""
+    baked = _baked_model_tag()
+    return base if base.model_tag or not baked else base.model_copy(update={"model_tag": baked})
 
 
-@bentoml.service(name="clip_encoder", **MODEL_CONFIG)
-class ClipEncoder:
-    """``CLIP_ENCODER_MODE=service``: loads the model once per worker and encodes whole batches."""
-
-    def __init__(self) -> None:
-        from clip_runner.drain import DrainGuard
-        from clip_runner.local import ServedModel
-
-        _show_our_logs()
-        self.served = ServedModel.load(SERVED, settings.encoder_workers)
-        self.encoder = self.served.encoder
-        self.drain = DrainGuard(max_s=settings.shutdown_drain_s)
-        self.drain.install()
-
-    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.max_batch),
-                 max_latency_ms=settings.max_latency_ms)
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 preprocessed images → (N, D + 2): unit rows + batch trailer."""
-        from clip_runner.encoder import timed, with_trailer
-
-        with self.drain.active(), timed() as elapsed:
-            rows = self.encoder.encode_pixels(np.asarray(pixels, dtype=np.uint8))
-        return with_trailer(rows, len(rows), elapsed[0])
-
-    @bentoml.api(batchable=BATCHING, max_batch_size=max(2, settings.max_batch),
-                 max_latency_ms=settings.max_latency_ms)
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """N texts → (N, D + 2): unit rows + batch trailer."""
-        from clip_runner.encoder import timed, with_trailer
-
-        with self.drain.active(), timed() as elapsed:
-            rows = self.encoder.encode_texts(texts)
-        return with_trailer(rows, len(rows), elapsed[0])
-
-    @bentoml.api
-    def ping(self) -> bool:
-        """Heartbeat from the public service while it has requests in flight (see DrainGuard)."""
-        self.drain.touch()
-        return True
-
-    @bentoml.api
-    def info(self) -> dict[str, Any]:
-        """What is served, where, and why (for /health and the entry service's setup)."""
-        return self.served.info({"mode": "service", "max_batch_size": settings.max_batch,
-                                 "max_latency_ms": settings.max_latency_ms})
+def service_config(base: ClipSettings) -> dict[str, Any]:
+    """BentoML's config: ``CLIP_WORKERS`` workers (one model copy each), ``CLIP_GPUS`` GPUs."""
+    # 600 s: a 32-image request on a slow CPU must not be cut off.
+    config: dict[str, Any] = {"workers": base.workers, "traffic": {"timeout": 600}}
+    if base.gpus:
+        config["resources"] = {"gpu": base.gpus}
+    return config
 
 
-app = FastAPI(
-    title="clip-service",
-    description="OpenCLIP image and text embeddings, similarity, mismatch detection and "
-    "zero-shot classification, with adaptive batching.",
-    version="0.1.0",
-)
-install_handlers(app, lambda: settings)
+def _stop_serving(signum: int, frame: object) -> None:
+    """Supervisor: a worker cannot serve this configuration; stop everything, exit non-zero."""
+    sys.stderr.write("clip-service: stopping: the model could not be loaded (the worker's error is "
+                     "above); fix the configuration and start again\n")
+    sys.stderr.flush()
+    atexit.register(os._exit, 3)  # after the graceful stop below, whatever the CLI returns
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
-_SERVICE: ClipService | None = None  # the instance serving in this worker (set in its __init__)
+def _watch_workers() -> None:
+    """In the first process that imports this module (``bentoml serve``'s supervisor)."""
+    if SUPERVISOR_ENV in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # inherited by the workers it starts
+    signal.signal(FATAL_SIGNAL, _stop_serving)
 
 
-class _InFlight:
-    """ASGI: count requests in flight on the serving instance, so that a separate encoder
-    does not drain away under them (two-service layout only: in process there is none).
-
-    Plain ASGI: an ``@app.middleware("http")`` function would re-stream every request and
-    response through an extra task.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        service = _SERVICE
-        if scope["type"] != "http" or service is None:  # not constructed (app driven without BentoML)
-            return await self.app(scope, receive, send)
-        service.started()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            service.finished()
+def _cannot_serve(exc: Exception) -> None:
+    """Worker: say why once, ask the supervisor to stop the server, wait for it (no restarts)."""
+    if isinstance(exc, (ValueError, RuntimeError)):  # configuration errors say all in one line
+        logger.error("cannot serve: %s", exc)
+    else:
+        logger.exception("cannot serve: the model failed to load")
+    if os.environ.get(SUPERVISOR_ENV) != str(os.getppid()):
+        raise exc  # not under `bentoml serve` (e.g. driven in process): the caller sees it
+    os.kill(os.getppid(), FATAL_SIGNAL)
+    signal.pause()  # returns when the supervisor's stop reaches this worker
+    os._exit(3)
 
 
-if not IN_PROCESS:
-    app.add_middleware(_InFlight)
+_watch_workers()
+app = create_app(settings)
+MODEL_TAG = served_settings(settings).model_tag
 
 
-@bentoml.service(name="clip_service", **ENTRY_CONFIG)
+@bentoml.service(name="clip_service", **service_config(settings))
 @bentoml.asgi_app(app, path="/")
 class ClipService:
-    """Public routes; model work goes to the in-process batcher or the ``ClipEncoder`` service."""
+    """The public service; the model lives in each worker, behind the micro-batcher."""
 
     if MODEL_TAG:  # pinned so that `bentoml build` packs it into the bento
         model_ref = bentoml.models.BentoModel(MODEL_TAG)
-    if not IN_PROCESS:
-        encoder = bentoml.depends(ClipEncoder)
 
     def __init__(self) -> None:
-        global _SERVICE
-        _show_our_logs()
-        _SERVICE = self
-        self._local: LocalBackend | None = None
-        if IN_PROCESS:  # the model's modules load torch: only where the model is served
-            from clip_runner.local import LocalBackend
+        for name in ("clip_service", "clip_runner", "models"):  # BentoML leaves the root at WARNING
+            logging.getLogger(name).setLevel(settings.log_level)
+        _limit_malloc_arenas()
+        from clip_runner.api import ClipAPI  # torch and open_clip: in the worker only
 
-            self._local = LocalBackend.from_settings(SERVED, settings.encoder_workers)
-        self._pipeline: ClipPipeline | None = None
-        self._lock = asyncio.Lock()
-        self._in_flight = 0
-        self._heartbeat: asyncio.Task[None] | None = None
-
-    def started(self) -> None:
-        """Count a request; while any is in flight, keep a separate encoder from draining away."""
-        self._in_flight += 1
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._beat())
-
-    def finished(self) -> None:
-        self._in_flight -= 1
-
-    @functools.cached_property
-    def _remote(self) -> RemoteEncoder:
-        """The encoder service, with a deadline past its own batch queue limit."""
-        return RemoteEncoder(self.encoder, timeout_s=settings.max_latency_ms / 1000 + ENCODER_GRACE_S)
-
-    async def _beat(self) -> None:
-        while self._in_flight > 0:
-            try:
-                await self._remote.ping()
-            except Exception as exc:  # the encoder may be gone already; requests will say so
-                logger.debug("encoder heartbeat failed: %s", exc)
-            await asyncio.sleep(0.5)
-
-    async def pipeline(self) -> ClipPipeline:
-        """Built on first use from the encoder's model facts (it starts alongside this service)."""
-        if self._pipeline is None:
-            async with self._lock:
-                if self._pipeline is None:
-                    backend = self._local or self._remote
-                    self._pipeline = ClipPipeline(backend, settings, await backend.info())
-        return self._pipeline
-
-    @app.post("/encode_image")
-    async def encode_image(self, image: UploadFile | None = File(None)) -> JSONResponse:
-        """One image → its L2-normalised embedding (a JSON array of D floats)."""
-        pipe, timings = await self.pipeline(), Timings()
-        row = await pipe.image_embedding(await read_upload(image, "image", settings), "image", timings)
-        return json_response(row.tolist(), timings)
-
-    @app.post("/encode_images")
-    async def encode_images(self, images: list[UploadFile] | None = File(None)) -> JSONResponse:
-        """Several images → ``{"embeddings": [...|null], "errors": [null|"why"]}``."""
-        pipe, timings = await self.pipeline(), Timings()
-        body = await pipe.encode_images(await read_uploads(images, "images", settings), timings)
-        return json_response(body, timings)
-
-    @app.post("/encode_text")
-    async def encode_text(self, request: Request) -> JSONResponse:
-        """``{"text": "..."}`` → one embedding; ``{"text": [...]}`` → one per text."""
-        pipe, timings = await self.pipeline(), Timings()
         try:
-            payload = await request.json()
-        except ValueError:
-            raise InvalidInput('body must be JSON like {"text": "..."} or {"text": [...]}') from None
-        if not isinstance(payload, dict) or "text" not in payload:
-            raise InvalidInput("field 'text' is required", field="text")
-        text = payload["text"]
-        if isinstance(text, list):
-            rows = await pipe.embed_texts(pipe.check_texts(text, "text"), timings)
-            return json_response(rows.tolist(), timings)
-        rows = await pipe.embed_texts([pipe.check_text(text, "text")], timings)
-        return json_response(rows[0].tolist(), timings)
+            app.state.api = ClipAPI.load(served_settings(settings))
+        except Exception as exc:
+            _cannot_serve(exc)
 
-    @app.post("/similarity")
-    async def similarity(self, image: UploadFile | None = File(None),
-                         texts: list[str] | None = Form(None)) -> JSONResponse:
-        """Cosine similarity of one image with 1..N texts, plus softmax probabilities."""
-        pipe, timings = await self.pipeline(), Timings()
-        checked = pipe.check_texts(texts, "texts")
-        body = await pipe.similarity(await read_upload(image, "image", settings), checked, timings)
-        return json_response(body, timings)
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Finish queued work and stop the model thread."""
+        api = getattr(app.state, "api", None)
+        if api is not None:
+            api.close()
 
-    async def _analyze(self, upload: UploadFile | None, field: str, text: str | None,
-                       threshold: str | None) -> JSONResponse:
-        pipe, timings = await self.pipeline(), Timings()
-        checked = pipe.check_text(text if text is not None else "", "text") if text else None
-        if checked is None:
-            raise InvalidInput("field 'text' is required", field="text")
-        body = await pipe.analyze(await read_upload(upload, field, settings), checked,
-                                  pipe.threshold_for(threshold), timings)
-        return json_response(body, timings)
 
-    @app.post("/analyze")
-    async def analyze(self, image: UploadFile | None = File(None), text: str | None = Form(None),
-                      threshold: str | None = Form(None)) -> JSONResponse:
-        """Image–text similarity and a mismatch verdict against the threshold."""
-        return await self._analyze(image, "image", text, threshold)
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before the decode threads start.
 
-    @app.post("/clip/analyze")
-    async def clip_analyze(self, file: UploadFile | None = File(None),
-                           text: str | None = Form(None),
-                           threshold: str | None = Form(None)) -> JSONResponse:
-        """Compatibility path for ``/analyze`` (image field ``file``)."""
-        return await self._analyze(file, "file", text, threshold)
+    glibc gives each thread that allocates its own arena (up to 8 per core), and each keeps the
+    memory it freed: with a pool of decode threads handling megabyte images, that is idle
+    resident memory per thread. Two arenas serve the threads as fast and keep RSS flat.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
 
-    async def _analyze_batch(self, uploads: list[UploadFile] | None, field: str,
-                             texts: list[str] | None, threshold: str | None) -> JSONResponse:
-        pipe, timings = await self.pipeline(), Timings()
-        blobs = await read_uploads(uploads, field, settings)
-        checked = pipe.check_texts(texts, "texts", limit=settings.max_images)
-        if len(checked) != len(blobs):
-            raise InvalidInput(f"got {len(blobs)} images and {len(checked)} texts; "
-                               "send one text per image, in the same order", field="texts")
-        results = await pipe.analyze_batch(blobs, checked, pipe.threshold_for(threshold), timings)
-        return json_response({"results": results}, timings)
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to cap
+        pass
 
-    @app.post("/analyze_batch")
-    async def analyze_batch(self, images: list[UploadFile] | None = File(None),
-                            texts: list[str] | None = Form(None),
-                            threshold: str | None = Form(None)) -> JSONResponse:
-        """Paired ``images`` and ``texts`` → one analyze result per pair."""
-        return await self._analyze_batch(images, "images", texts, threshold)
 
-    @app.post("/clip/analyze-batch")
-    async def clip_analyze_batch(self, request: Request) -> JSONResponse:
-        """Compatibility path for ``/analyze_batch``: repeated ``file``/``files`` and ``text``/``texts``."""
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise InvalidInput("send multipart/form-data with repeated 'file' and 'text' fields; "
-                               "image paths or URLs are never read by the server")
-        form = await request.form()
-        uploads = [u for u in form.getlist("file") + form.getlist("files") if not isinstance(u, str)]
-        if len(uploads) != len(form.getlist("file") + form.getlist("files")):
-            raise InvalidInput("field 'file' must hold file uploads, not text (paths and URLs are "
-                               "never read by the server)", field="file")
-        texts = [t for t in form.getlist("text") + form.getlist("texts") if isinstance(t, str)]
-        threshold = form.get("threshold")
-        return await self._analyze_batch(uploads, "file", texts, threshold if isinstance(threshold, str) else None)  # type: ignore[arg-type]
-
-    async def _classify(self, upload: UploadFile | None, field: str, categories: list[str] | None,
-                        top_k: str | None) -> JSONResponse:
-        pipe, timings = await self.pipeline(), Timings()
-        labels = None
-        if categories:
-            labels = pipe.check_texts(split_categories(categories), "categories",
-                                      limit=settings.max_categories)
-        k = pipe.check_top_k(top_k if top_k not in (None, "") else settings.default_top_k)
-        body = await pipe.classify(await read_upload(upload, field, settings), labels, k, timings)
-        return json_response(body, timings)
-
-    @app.post("/classify")
-    async def classify(self, image: UploadFile | None = File(None),
-                       categories: list[str] | None = Form(None),
-                       top_k: str | None = Form(None)) -> JSONResponse:
-        """Zero-shot classification over the default categories or the given ones."""
-        return await self._classify(image, "image", categories, top_k)
-
-    @app.post("/clip/classify")
-    async def clip_classify(self, file: UploadFile | None = File(None),
-                            categories: list[str] | None = Form(None),
-                            top_k: str | None = Form(None)) -> JSONResponse:
-        """Compatibility path for ``/classify`` (image field ``file``)."""
-        return await self._classify(file, "file", categories, top_k)
-
-    @app.get("/categories")
-    async def categories(self) -> dict[str, Any]:
-        """The default label set used by ``/classify``."""
-        pipe = await self.pipeline()
-        return {"categories": list(pipe.categories), "count": len(pipe.categories)}
-
-    @app.get("/clip/categories")
-    async def clip_categories(self) -> dict[str, Any]:
-        """Compatibility path for ``/categories``."""
-        return await self.categories()
-
-    @app.get("/health")
-    async def health(self) -> JSONResponse:
-        """Liveness plus what is served: model, device, embedding size, threshold, batching."""
-        try:
-            pipe = await self.pipeline()
-            info = await pipe.backend.info()
-        except Exception as exc:  # the encoder is still starting or has failed
-            logger.warning("health: encoder unavailable: %s", exc)
-            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
-        body = {k: v for k, v in info.items() if k not in ("preprocess_cfg", "metadata")}
-        body.update(status="healthy", threshold=pipe.threshold.value,
-                    threshold_source=pipe.threshold.source,
-                    image_size=info["metadata"].get("image_size"))
-        return JSONResponse(body)
-
-    @app.get("/clip/health")
-    async def clip_health(self) -> JSONResponse:
-        """Compatibility path for ``/health``."""
-        return await self.health()
+svc = ClipService  # `bentoml serve service:svc`, the command of the encoder service this replaces

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 
 import torch
 
@@ -103,14 +101,3 @@ def configure_threads(num_threads: int | None, workers: int = 1) -> int:
     torch.set_num_threads(threads)
     logger.info("torch intra-op threads: %d", threads)
     return threads
-
-
-@contextlib.contextmanager
-def inference(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """``torch.inference_mode()``, plus autocast to ``dtype`` when one is given (CUDA)."""
-    with torch.inference_mode():
-        if dtype is None:
-            yield
-        else:
-            with torch.autocast(device.type, dtype=dtype):
-                yield

@@ -1,4 +1,4 @@
-"""Untrusted upload bytes → a validated, fully loaded 8-bit RGB :class:`PIL.Image.Image`.
+"""Untrusted upload bytes → validated 8-bit RGB → the model's input pixels.
 
 :func:`decode_image` is the only way request bytes become pixels. It enforces the byte limit
 before touching the data, identifies the format from the bytes alone (URLs are never fetched
@@ -6,20 +6,34 @@ and paths never opened), checks the pixel count from the header before any pixel
 decodes eagerly so a lazy error cannot surface later, and normalises every mode Pillow can
 produce to plain RGB. Every failure is a typed :class:`~clip_runner.errors.InputError` whose
 message names the field and the rule; Pillow's own exceptions never escape.
+
+:class:`PixelPipeline` is the PIL half of open_clip's eval transform (resize, crop, mode),
+driven by the model's own preprocess config; it runs per request, in a thread, before
+batching, and gives a small ``uint8`` HWC array. The tensor half (scale, mean, std) runs once
+per batch on the inference device (:func:`clip_runner.encoder.normalize`). Together they
+compute exactly what open_clip's ``preprocess`` does. :class:`UploadPreparer` is the two in a
+row, with the service's limits: what every upload goes through.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import io
 import re
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image, ImageOps
+from torchvision import transforms as T
 
 from .errors import InvalidImage, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
-__all__ = ["SUPPORTED_FORMATS", "decode_image"]
+if TYPE_CHECKING:
+    from .settings import ClipSettings
+
+__all__ = ["SUPPORTED_FORMATS", "PixelPipeline", "UploadPreparer", "decode_image"]
 
 #: Pillow format names accepted. MPO is what Pillow calls a multi-picture JPEG (many phones).
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
@@ -296,3 +310,71 @@ def _value_range(mode: str, values: np.ndarray) -> tuple[float, float]:
     if mode == "F" and low >= 0 and high <= 1:
         return 0.0, 1.0
     return low, high
+
+
+# ---- model input ----------------------------------------------------------------------------
+
+_TENSOR_STEPS = ("ToTensor", "MaybeToTensor", "Normalize")
+
+
+class PixelPipeline:
+    """PIL image → ``uint8`` array of shape (H, W, 3) at the model's input size."""
+
+    def __init__(self, preprocess_cfg: dict[str, Any]) -> None:
+        cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), preprocess_cfg))
+        steps = list(image_transform_v2(cfg, is_train=False).transforms)
+        names = [type(step).__name__ for step in steps]
+        split = next(i for i, name in enumerate(names) if name in _TENSOR_STEPS)
+        if names[split:] not in (["ToTensor", "Normalize"], ["MaybeToTensor", "Normalize"]):
+            raise ValueError(f"unexpected open_clip transform layout: {names}")
+        self._pil_steps = T.Compose(steps[:split])
+        self.mean = tuple(float(m) for m in cfg.mean)
+        self.std = tuple(float(s) for s in cfg.std)
+        size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
+        self.size: tuple[int, int] = (int(size[0]), int(size[1]))
+
+    def draft_side(self, factor: float = 1.0) -> int:
+        """Shortest side a reduced-size JPEG decode must keep: ``factor`` × the model input side.
+
+        libjpeg's DCT scaling averages each 8×8 block (a box filter) and the resize to the
+        model input that follows is bicubic with antialiasing, so even the smallest scale
+        that keeps the input side (factor 1) stays within cosine 0.99 of the full-size
+        reference (``python -m bench.decode`` measures it).
+        """
+        return int(round(max(self.size) * factor))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        out = self._pil_steps(image)
+        if out.mode != "RGB":
+            out = out.convert("RGB")
+        pixels = np.array(out, dtype=np.uint8)  # a writable copy torch can wrap
+        if pixels.shape != (*self.size, 3):
+            raise ValueError(f"preprocess produced {pixels.shape}, expected {(*self.size, 3)}")
+        return pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadPreparer:
+    """Image bytes → model-input pixels, as the service prepares an upload: its size limits
+    and, unless ``CLIP_FAST_DECODE`` is off, a reduced-size JPEG decode.
+
+    The limits and the fast-decode size come from the settings once, not once per image.
+    """
+
+    pipeline: PixelPipeline
+    max_bytes: int
+    max_pixels: int
+    draft_side: int | None
+
+    @classmethod
+    def from_settings(cls, preprocess_cfg: dict[str, Any], settings: ClipSettings) -> UploadPreparer:
+        """For the model whose open_clip ``preprocess_cfg`` is given."""
+        pipeline = PixelPipeline(preprocess_cfg)
+        draft = pipeline.draft_side() if settings.fast_decode else None
+        return cls(pipeline, settings.max_image_bytes, settings.max_image_pixels, draft)
+
+    def __call__(self, data: bytes, field: str = "image") -> np.ndarray:
+        """(H, W, 3) uint8 pixels; raises an :class:`~clip_runner.errors.InputError` naming ``field``."""
+        image = decode_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, field=field,
+                             draft_side=self.draft_side)
+        return self.pipeline(image)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import open_clip
 import torch
+from safetensors import safe_open
 
 from .errors import ModelNotAvailable
 from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, sha256_file
+
+if TYPE_CHECKING:
+    from .encoder import BatchEncoder
+    from .resolve import Resolution
+    from .settings import ClipSettings
 
 logger = logging.getLogger(__name__)
 
@@ -83,25 +90,55 @@ def build_from_config(
         return create_model(name), open_clip.get_tokenizer(name)
 
 
-def load_entry(entry: StoreEntry | str, device: torch.device, *, verify: bool = True) -> LoadedModel:
-    """Load a store entry onto ``device`` in eval mode (fp32 weights; autocast is the encoder's job)."""
+def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype = torch.float32, *,
+               verify: bool = True) -> LoadedModel:
+    """Load a store entry onto ``device`` in eval mode, its weights straight in ``dtype``.
+
+    The model is built in ``dtype`` and the stored weights are copied in one tensor at a time,
+    so serving bf16 never holds an fp32 copy of the model (ViT-B-32: 0.3 GB instead of 1.2 GB
+    at peak).
+    """
     if isinstance(entry, str):
         entry = open_entry(entry)
     start = time.perf_counter()
     if verify:
         verify_weights(entry)
     try:
-        # local-dir: reads open_clip_config.json + the safetensors file (no pickle involved).
-        model = open_clip.create_model(entry.local_dir_name, device=device)
+        # local-dir: reads open_clip_config.json; the safetensors file is read below (no pickle).
+        with _default_dtype(dtype):
+            model = open_clip.create_model(entry.local_dir_name, load_weights=False, device="cpu")
+        _copy_weights(model, entry.path / WEIGHTS_FILE)
         tokenizer = open_clip.get_tokenizer(entry.local_dir_name)
     except Exception as exc:  # open_clip raises many types; the message is what matters here
         raise ModelNotAvailable(f"store entry {entry.tag} could not be loaded: {exc}") from exc
-    model.eval()
+    model.to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
     seconds = time.perf_counter() - start
-    logger.info("loaded %s on %s in %.2fs", entry.tag, device, seconds)
+    logger.info("loaded %s on %s as %s in %.2fs", entry.tag, device, str(dtype).removeprefix("torch."), seconds)
     return LoadedModel(entry, model, tokenizer, device, seconds)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _copy_weights(model: torch.nn.Module, weights: Path) -> None:
+    """Copy a safetensors file into ``model``'s tensors one at a time (cast on the way)."""
+    targets = model.state_dict()
+    with safe_open(str(weights), framework="pt") as stored:
+        keys = set(stored.keys())
+        if keys != set(targets):
+            missing, extra = sorted(set(targets) - keys)[:5], sorted(keys - set(targets))[:5]
+            raise ValueError(f"{weights.name} does not fit the model config (missing {missing}, unexpected {extra})")
+        for key in keys:
+            targets[key].copy_(stored.get_tensor(key))
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -117,3 +154,45 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "embedding_size": entry.embedding_size,
         "load_seconds": round(loaded.load_seconds, 3),
     }
+
+
+@dataclasses.dataclass
+class ServedModel:
+    """The model a worker serves: resolved, loaded on its device in its precision, warm."""
+
+    resolution: Resolution
+    encoder: BatchEncoder
+    threads: int
+
+    @classmethod
+    def load(cls, settings: ClipSettings) -> ServedModel:
+        """Resolve (registering if needed), load and warm up the configured model.
+
+        Torch threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
+        """
+        from .device import configure_threads, pick_device, resolve_precision
+        from .encoder import BatchEncoder
+        from .resolve import resolve_model
+
+        threads = configure_threads(settings.num_threads, settings.workers)
+        resolution = resolve_model(settings)
+        device = pick_device(settings.device)
+        precision = resolve_precision(device, settings.precision)
+        loaded = load_entry(resolution.tag, device, precision.weights)
+        encoder = BatchEncoder(loaded, precision)
+        encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
+        logger.info("serving %s (%s) on %s at %s", resolution.tag, resolution.reason, device, precision.name)
+        return cls(resolution, encoder, threads)
+
+    def info(self) -> dict[str, Any]:
+        """What is served, where, why and how: the body of ``/health`` (less the live fields)."""
+        loaded, resolution = self.encoder.loaded, self.resolution
+        return {
+            **model_info(loaded),
+            "reason": resolution.reason,
+            "fallback": resolution.fallback,
+            "hardware": resolution.hardware,
+            "precision": self.encoder.precision.name,
+            "torch_threads": self.threads,
+            "image_size": loaded.entry.metadata.get("image_size"),
+        }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "ViT-B-32"
@@ -16,9 +16,13 @@ CUDA_BATCH_SIZE = 64
 
 
 class ClipSettings(BaseSettings):
-    """All server-side settings. Frozen: read at startup, never mutated while serving."""
+    """All server-side settings. Frozen: read at startup, never mutated while serving.
 
-    model_config = SettingsConfigDict(env_prefix="CLIP_", frozen=True, extra="ignore")
+    An empty variable (``CLIP_MODEL_NAME=`` in a compose or ``.env`` file) means unset.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CLIP_", frozen=True, extra="ignore", env_ignore_empty=True,
+                                      populate_by_name=True)
 
     # Which model to serve. MODEL_TAG wins; otherwise MODEL_PATH, then MODEL_NAME + PRETRAINED.
     model_tag: str | None = Field(None, description="BentoML model-store tag to serve.")
@@ -38,41 +42,24 @@ class ClipSettings(BaseSettings):
     similarity_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="Mismatch threshold; default 0.25 or the model's own."
     )
-    default_top_k: int = Field(5, ge=1, le=100)
 
     # Batching and hardware.
     batch_size: int | None = Field(
         None, ge=1, le=1024,
         description="Max batch size (1 turns batching off); default 16 on CPU, 64 on CUDA.",
     )
-    max_latency_ms: int = Field(
-        10_000, ge=1,
-        description="service layout: BentoML adaptive batching's max time a request may wait in a batch."
-    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    gpus: int = Field(0, ge=0, description="GPUs the service holding the model requests (deployment resources).")
+    gpus: int = Field(0, ge=0, description="GPUs the service requests (deployment resources).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per process holding the model.")
-    encoder_mode: Literal["inprocess", "service"] = Field(
-        "inprocess",
-        description="inprocess: the public service runs the model itself (greedy micro-batching, no "
-        "hop); service: a separate encoder service behind BentoML's adaptive batching.")
-    encoder_workers: int = Field(
-        1, ge=1, le=64, description="Processes holding a model copy and a batch queue each.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
+    workers: int = Field(
+        1, ge=1, le=64, validation_alias=AliasChoices("CLIP_WORKERS", "CLIP_ENCODER_WORKERS"),
+        description="Worker processes, each with a model copy and a batch queue (CLIP_ENCODER_WORKERS "
+        "is the older name).")
     decode_threads: int | None = Field(
-        None, ge=1, le=256,
-        description="Threads decoding uploads, per worker; default 2 × CPUs ÷ in-process workers, at least 4.")
+        None, ge=1, le=256, description="Threads decoding uploads, per worker; default 2 × CPUs ÷ workers, at least 4.")
     fast_decode: bool = Field(
         True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."
-    )
-    fast_decode_factor: float = Field(
-        1.0, ge=1.0, le=8.0,
-        description="Fast decode keeps the shorter side >= this many times the model's input side.",
-    )
-
-    shutdown_drain_s: float = Field(
-        30.0, ge=0,
-        description="service layout: on SIGTERM, how long the encoder keeps serving in-flight work at most."
     )
 
     # Request limits.
