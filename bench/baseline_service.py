@@ -47,7 +47,7 @@ def architecture(tag: str | None) -> tuple[dict[str, Any], int]:
         entry = open_entry(tag)
         size = entry.preprocess_cfg.get("size") or entry.model_cfg["vision_cfg"]["image_size"]
         return entry.model_cfg, int(size if isinstance(size, int) else size[0])
-    from models.register import model_config
+    from clip_runner.registry import model_config
 
     cfg = model_config(DEFAULT_ARCH)
     return cfg, int(cfg["vision_cfg"]["image_size"])

@@ -1,7 +1,7 @@
 """Fast decode benchmark: a 12 MP JPEG through our decode+preprocess vs open_clip's reference.
 
     python -m bench.decode [--model-tag TAG] [--repeats 9]
-    python -m bench.decode --model-tag "$(python -c 'from models.demo import register_demo; print(register_demo())')"
+    python -m bench.decode --model-tag "$(python -c 'from clip_runner.demo import register_demo as r; print(r())')"
 
 Reference: ``PIL.Image.open`` + full decode + open_clip's own eval transform (resize, crop,
 to-tensor, normalise). Ours: :class:`~clip_runner.preprocess.UploadPreparer`, the service's
@@ -63,7 +63,7 @@ def _measure(model_tag: str | None, repeats: int) -> dict[str, Any]:
     import open_clip
 
     from clip_runner.loading import load_entry
-    from models.register import register_random
+    from clip_runner.registry import register_random
 
     loaded = load_entry(model_tag or register_random("ViT-B-32"), torch.device("cpu"))
     _, _, reference_tf = open_clip.create_model_and_transforms(loaded.entry.local_dir_name, device="cpu")

@@ -507,8 +507,8 @@ def resolve_tag(requested: str | None) -> str:
     tag = requested or os.environ.get("CLIP_MODEL_TAG")
     if tag:
         return tag
+    from clip_runner.registry import RANDOM_INIT, register_random
     from clip_runner.store import latest_tag, store_name
-    from models.register import RANDOM_INIT, register_random
 
     existing = latest_tag(store_name(DEFAULT_ARCH, RANDOM_INIT))
     if existing:

@@ -28,16 +28,16 @@ import numpy as np
 import torch
 
 from .encoder import BatchEncoder, encode_in_chunks
-from .finetune import NoUsableRows, PairSet, load_pairs
 from .loading import LoadedModel, load_entry
-from .store import open_entry, save_entry
+from .pairs import PairDataError, PairSet, load_pairs
+from .store import MetadataRecord, open_entry, save_entry
 
 # Store metadata that save_entry recomputes for the new version.
 _RECOMPUTED = ("weights_sha256", "weights_bytes")
 
 
 @dataclasses.dataclass(frozen=True)
-class Calibration:
+class Calibration(MetadataRecord):
     """The F1-optimal mismatch threshold and how it scores (mismatch = positive class)."""
 
     threshold: float
@@ -47,10 +47,6 @@ class Calibration:
     auc: float
     mismatches: int
     matches: int
-
-    def to_json(self) -> dict[str, Any]:
-        """Rounded figures for store metadata and reports."""
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -162,7 +158,7 @@ def calibrate(loaded: LoadedModel, csv_path: str | Path, image_root: str | Path 
     pairs = load_pairs(csv_path, loaded.entry.preprocess_cfg, image_root, with_label=True, min_rows=2)
     sims, is_mismatch = pair_similarities(loaded, pairs, seed)
     if is_mismatch.all() or not is_mismatch.any():
-        raise NoUsableRows(f"{csv_path}: calibration needs both matching and mismatching pairs")
+        raise PairDataError(f"{csv_path}: calibration needs both matching and mismatching pairs")
     return fit_threshold(sims, is_mismatch)
 
 

@@ -1,14 +1,9 @@
 """Contrastive fine-tuning of a CLIP model on image–caption pairs listed in a CSV.
 
-The CSV has a header with at least ``image_path`` and ``text`` columns; paths are relative to
-an image root (by default the CSV's folder). Images go through the service's own
-:func:`~clip_runner.images.decode_image` and the model's own preprocessing
-(:class:`~clip_runner.preprocess.PixelPipeline` + :func:`~clip_runner.preprocess.normalize`),
-so the model is trained on exactly the pixels it will be served. Rows that cannot be used (a
-missing file, an unreadable image, an empty text) are counted, reported and skipped.
-
-The model starts from a store entry, or from random weights of a named open_clip architecture
-or a model-config JSON. Training uses open_clip's ``ClipLoss``, AdamW and a cosine learning
+The pairs are read by :mod:`clip_runner.pairs` (the service's own decode and the model's own
+preprocessing, so the model is trained on exactly the pixels it will be served). The model
+starts from a store entry, or from random weights of a named open_clip architecture or a
+model-config JSON. Training uses open_clip's ``ClipLoss``, AdamW and a cosine learning
 rate schedule with linear warmup; after every epoch it measures image→text recall@1 and the
 contrastive loss on a held-out split and writes a checkpoint (safetensors weights in the
 open_clip ``local-dir`` layout, ``train_state.json`` and ``optimizer.pt``) that a later run can
@@ -17,15 +12,13 @@ resume from. The result is registered as a new store version with its metrics in
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +32,27 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .device import pick_device
-from .errors import InputError
 from .loading import build_from_config, create_model, load_entry, plain_config
-from .preprocess import PixelPipeline, UploadPreparer, normalize
-from .settings import ClipSettings
-from .store import CONFIG_FILE, WEIGHTS_FILE, save_entry, sha256_file, store_name
+from .pairs import PairSet, load_pairs
+from .preprocess import normalize
+from .registry import model_config as builtin_model_config
+from .store import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, cpu_state_dict, save_entry, store_name
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-MAX_REPORTED_REASONS = 5
 # Metadata a fine-tuned model inherits from its base: they describe its use, not its weights.
 INHERITED_METADATA = ("categories", "prompt_templates")
 
 
 class TrainSettings(BaseSettings):
-    """Training defaults, from ``CLIP_TRAIN_*`` and ``CLIP_CHECKPOINT_DIR``; CLI flags override them."""
+    """Training defaults, from ``CLIP_TRAIN_*`` and ``CLIP_CHECKPOINT_DIR``; CLI flags override them.
 
-    model_config = SettingsConfigDict(env_prefix="CLIP_", extra="ignore")
+    An empty variable means unset, as it does for the server settings.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CLIP_", extra="ignore", env_ignore_empty=True)
 
     train_batch_size: int = Field(16, ge=2, description="Pairs per contrastive batch.")
     train_learning_rate: float = Field(5e-6, gt=0, description="Peak AdamW learning rate.")
@@ -69,10 +64,6 @@ class FinetuneError(RuntimeError):
     """Fine-tuning cannot start or go on; the message says why and what to do."""
 
 
-class NoUsableRows(FinetuneError):
-    """The CSV holds too few usable image–caption pairs to train on."""
-
-
 # ---- configuration --------------------------------------------------------------------------
 
 
@@ -80,10 +71,10 @@ class NoUsableRows(FinetuneError):
 class TrainConfig:
     """Everything that defines a training run besides its data and starting model."""
 
-    batch_size: int = 16
-    learning_rate: float = 5e-6
-    epochs: int = 3
-    checkpoint_dir: Path = Path("./clip_checkpoints")
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    checkpoint_dir: Path
     val_fraction: float = 0.1
     warmup_fraction: float = 0.05
     weight_decay: float = 0.1
@@ -131,175 +122,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 # ---- data -----------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class PairRow:
-    """One usable-looking CSV row. ``line`` is the CSV line number (the header is line 1)."""
-
-    line: int
-    image_path: Path
-    text: str
-    label: int | None = None
-
-
-@dataclasses.dataclass
-class PairSet:
-    """The usable pairs of a CSV, their preprocessed pixels when cached, and what was skipped."""
-
-    rows: list[PairRow]
-    decoder: RowDecoder
-    pixels: list[np.ndarray] | None
-    total_rows: int
-    reasons: list[str]
-
-    @property
-    def pipeline(self) -> PixelPipeline:
-        return self.decoder.pipeline
-
-    @property
-    def skipped(self) -> int:
-        return self.total_rows - len(self.rows)
-
-    @property
-    def texts(self) -> list[str]:
-        return [row.text for row in self.rows]
-
-    def batch_pixels(self, indices: Sequence[int]) -> np.ndarray:
-        """(N, H, W, 3) uint8 pixels of the given rows."""
-        if self.pixels is not None:
-            return np.stack([self.pixels[i] for i in indices])
-        return np.stack([self.decoder(self.rows[i]) for i in indices])
-
-    def report(self) -> dict[str, Any]:
-        """Counts and the first few reasons, for logs and store metadata."""
-        return {"rows": self.total_rows, "used": len(self.rows), "skipped": self.skipped,
-                "skip_reasons": self.reasons[:MAX_REPORTED_REASONS]}
-
-
-def read_pair_rows(
-    csv_path: str | Path, image_root: str | Path | None = None, *, with_label: bool = False
-) -> tuple[list[PairRow], int, list[tuple[int, str]]]:
-    """Parse the CSV: (rows whose file exists and text is non-empty, data row count, problems).
-
-    Each problem is (CSV line, reason).
-    ``with_label`` also reads an optional ``label`` column (1 = the text matches the image,
-    0 = it does not); a row with another value is skipped.
-    """
-    csv_path = Path(csv_path)
-    root = Path(image_root) if image_root is not None else csv_path.parent
-    try:
-        handle = csv_path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise FinetuneError(f"cannot read {csv_path}: {exc}") from exc
-    rows: list[PairRow] = []
-    problems: list[tuple[int, str]] = []
-    total = 0
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = {"image_path", "text"} - set(reader.fieldnames or ())
-        if missing:
-            raise FinetuneError(
-                f"{csv_path} needs a header with image_path and text columns; missing: {', '.join(sorted(missing))}")
-        labelled = with_label and "label" in (reader.fieldnames or ())
-        for record in reader:
-            total += 1
-            row, reason = _parse_record(record, reader.line_num, root, labelled)
-            if row is None:
-                problems.append((reader.line_num, reason))
-            else:
-                rows.append(row)
-    return rows, total, problems
-
-
-def _parse_record(record: dict[str, Any], line: int, root: Path, labelled: bool) -> tuple[PairRow | None, str]:
-    path_text = (record.get("image_path") or "").strip()
-    text = (record.get("text") or "").strip()
-    if not path_text:
-        return None, "empty image_path"
-    if not text:
-        return None, f"empty text for {path_text}"
-    path = root / path_text
-    if not path.is_file():
-        return None, f"image not found: {path}"
-    label = None
-    if labelled:
-        raw = (record.get("label") or "").strip()
-        if raw not in ("0", "1"):
-            return None, f"label must be 1 (match) or 0 (mismatch), got {raw!r}"
-        label = int(raw)
-    return PairRow(line, path, text, label), ""
-
-
-@dataclasses.dataclass(frozen=True)
-class RowDecoder:
-    """A CSV row's image file → model-input pixels, decoded as the service decodes uploads."""
-
-    prepare: UploadPreparer
-
-    @classmethod
-    def from_settings(cls, preprocess_cfg: dict[str, Any], settings: ClipSettings | None = None) -> RowDecoder:
-        return cls(UploadPreparer.from_settings(preprocess_cfg, settings or ClipSettings()))
-
-    @property
-    def pipeline(self) -> PixelPipeline:
-        return self.prepare.pipeline
-
-    def __call__(self, row: PairRow) -> np.ndarray:
-        return self.prepare(row.image_path.read_bytes(), field=str(row.image_path))
-
-    def attempt(self, row: PairRow) -> np.ndarray | str:
-        """The pixels, or the reason the row cannot be used."""
-        try:
-            return self(row)
-        except InputError as exc:
-            return exc.message
-        except OSError as exc:
-            return f"cannot read {row.image_path}: {exc}"
-
-
-def load_pairs(
-    csv_path: str | Path,
-    preprocess_cfg: dict[str, Any],
-    image_root: str | Path | None = None,
-    *,
-    with_label: bool = False,
-    cache_limit_mb: int = 4096,
-    threads: int = 2,
-    min_rows: int = 1,
-) -> PairSet:
-    """Read the CSV and decode every image once, skipping (and reporting) rows that fail.
-
-    Preprocessed pixels stay in memory when they fit in ``cache_limit_mb``; otherwise images
-    are decoded again whenever a batch needs them. Raises :class:`NoUsableRows` when fewer
-    than ``min_rows`` rows are usable.
-    """
-    rows, total, problems = read_pair_rows(csv_path, image_root, with_label=with_label)
-    decoder = RowDecoder.from_settings(preprocess_cfg)
-    pipeline = decoder.pipeline
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        decoded = list(pool.map(decoder.attempt, rows))
-    good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
-    problems += [(rows[i].line, item) for i, item in enumerate(decoded) if isinstance(item, str)]
-    reasons = [f"line {line}: {reason}" for line, reason in sorted(problems)]
-    per_image = pipeline.size[0] * pipeline.size[1] * 3
-    cache = len(good) * per_image <= cache_limit_mb * 1024 * 1024
-    pairs = PairSet([rows[i] for i in good], decoder, [decoded[i] for i in good] if cache else None,  # type: ignore[misc]
-                    total, reasons)
-    _log_report(csv_path, pairs)
-    if len(pairs.rows) < min_rows:
-        first = "; ".join(reasons[:MAX_REPORTED_REASONS]) or "the CSV has no data rows"
-        raise NoUsableRows(
-            f"{csv_path}: {len(pairs.rows)} usable image–text rows of {total}; at least {min_rows} needed. "
-            f"First problems: {first}")
-    return pairs
-
-
-def _log_report(csv_path: str | Path, pairs: PairSet) -> None:
-    if pairs.skipped:
-        logger.warning("%s: skipped %d of %d rows; first reasons:\n  %s", csv_path, pairs.skipped,
-                       pairs.total_rows, "\n  ".join(pairs.reasons[:MAX_REPORTED_REASONS]))
-    logger.info("%s: %d usable image–text pairs", csv_path, len(pairs.rows))
-
-
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) split of ``range(count)``; at least 2 rows stay for training."""
     order = np.random.default_rng(seed).permutation(count)
@@ -344,10 +166,8 @@ def init_model(*, tag: str | None = None, arch: str | None = None, model_config:
         return TrainableModel(loaded.model, loaded.tokenizer, entry.model_cfg, entry.preprocess_cfg,
                               entry.labels.get("arch", entry.tag.split(":")[0]), {"base_tag": entry.tag}, inherited)
     if arch is not None:
-        model_cfg = open_clip.get_model_config(arch)
-        if model_cfg is None:
-            raise FinetuneError(f"unknown open_clip architecture {arch!r}")
-        model, tokenizer = build_from_config(dict(model_cfg), {})
+        model_cfg = builtin_model_config(arch)
+        model, tokenizer = build_from_config(model_cfg, {})
         origin = {"arch": arch, "init": "random", "seed": seed}
     else:
         path = Path(model_config)  # type: ignore[arg-type]
@@ -375,10 +195,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
-def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-
-
 def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> Path:
     """Write a resumable checkpoint folder (open_clip local-dir layout + state + optimizer)."""
@@ -387,7 +203,7 @@ def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.op
     tmp.mkdir(parents=True)
     config = {"model_cfg": trainable.model_cfg, "preprocess_cfg": trainable.preprocess_cfg}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    save_file(_state_dict(trainable.model), str(tmp / WEIGHTS_FILE))
+    save_file(cpu_state_dict(trainable.model), str(tmp / WEIGHTS_FILE))
     # Tensors and plain containers only, so torch.load(..., weights_only=True) reads it back.
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -423,7 +239,7 @@ def _prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 @dataclasses.dataclass
-class EpochMetrics:
+class EpochMetrics(MetadataRecord):
     """What one epoch did. Epoch 0 is the model before training (no train loss)."""
 
     epoch: int
@@ -432,11 +248,6 @@ class EpochMetrics:
     val_recall_at_1: float | None
     learning_rate: float
     seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        """Rounded, without empty fields (store metadata holds no nulls)."""
-        return {k: (round(v, 6) if isinstance(v, float) else v)
-                for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclasses.dataclass
@@ -605,8 +416,8 @@ def finetune(
     Start from exactly one of ``tag``, ``arch`` or ``model_config``, or continue the run saved
     in the checkpoint folder ``resume`` (its hyperparameters win; ``config.epochs`` says where
     it stops). ``metadata`` (e.g. ``categories``, ``prompt_templates``) is stored with the
-    result, as metadata inherited from a base model is. Raises :class:`NoUsableRows` when the
-    CSV has fewer than two usable pairs.
+    result, as metadata inherited from a base model is. Raises
+    :class:`~clip_runner.pairs.PairDataError` when the CSV has fewer than two usable pairs.
     """
     start = time.perf_counter()
     if resume is not None:
@@ -664,19 +475,3 @@ def register_run(run: _Run, data: dict[str, Any], seconds: float) -> str:
     logger.info("registered %s", tag)
     return tag
 
-
-def checkpoint_epochs(folder: str | Path) -> int:
-    """The total epochs configured for the run a checkpoint belongs to."""
-    return int(json.loads((Path(folder) / STATE_FILE).read_text())["config"]["epochs"])
-
-
-def iter_checkpoints(run_dir: str | Path) -> Iterator[Path]:
-    """A run folder's complete checkpoints, oldest first."""
-    for folder in sorted(Path(run_dir).glob("epoch-*")):
-        if (folder / STATE_FILE).is_file() and not folder.name.endswith(".partial"):
-            yield folder
-
-
-def weights_digest(folder: str | Path) -> str:
-    """sha256 of a checkpoint's weights file (to compare runs)."""
-    return sha256_file(Path(folder) / WEIGHTS_FILE)

@@ -46,7 +46,7 @@ class Resolution:
 
 def parse_model_name(name: str, pretrained: str | None) -> ModelRef:
     """Accept open_clip names, OpenAI ``ViT-B/32`` style, OpenAI/HF ids and ``hf-hub:org/repo``."""
-    from models.register import OPENAI_IDS
+    from .registry import OPENAI_IDS
 
     name = name.strip()
     if name.startswith(HF_HUB_PREFIX):
@@ -91,7 +91,7 @@ def _resolve_named(ref: ModelRef, why: str, settings: ClipSettings, register_mis
             f"{'' if ref.hub_repo else ' --pretrained ' + str(ref.pretrained)}` or set CLIP_MODEL_TAG."
         )
     logger.warning("%s not in the model store: downloading and registering it", ref.store_name)
-    from models.register import register_hub_repo, register_pretrained
+    from .registry import register_hub_repo, register_pretrained
 
     if ref.hub_repo:
         tag = register_hub_repo(ref.hub_repo)
@@ -109,7 +109,7 @@ def _resolve_default(settings: ClipSettings, register_missing: bool) -> Resoluti
     why = f"default for this hardware: {choice.rule}"
     try:
         if latest_tag(ref.store_name) is None and settings.allow_download:
-            from models.download import hub_unreachable_reason
+            from .download import hub_unreachable_reason
 
             if reason := hub_unreachable_reason():
                 raise ModelNotAvailable(f"{ref.store_name} is not in the store and the hub is unreachable: {reason}")
@@ -138,7 +138,7 @@ def _resolve_default(settings: ClipSettings, register_missing: bool) -> Resoluti
 
 
 def _register_demo() -> str:
-    from models.demo import register_demo
+    from .demo import register_demo
 
     return register_demo()
 
@@ -149,7 +149,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _resolve_checkpoint(path: Path, ref: ModelRef, register_missing: bool) -> Resolution:
-    from models.register import checkpoint_store_name, register_checkpoint
+    from .registry import checkpoint_store_name, register_checkpoint
 
     if not path.exists():
         raise ModelNotAvailable(f"CLIP_MODEL_PATH={path} does not exist")

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import bentoml
 import open_clip
@@ -53,6 +53,17 @@ class StoreEntry:
         return int(self.metadata["embedding_size"])
 
 
+class MetadataRecord:
+    """Base of the dataclasses of figures kept in store metadata (calibration, evaluation, epochs)."""
+
+    DIGITS: ClassVar[int] = 6
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, floats rounded to ``DIGITS`` places, empty ones left out (metadata holds no nulls)."""
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: (round(v, self.DIGITS) if isinstance(v, float) else v) for k, v in fields.items() if v is not None}
+
+
 def store_name(arch: str, pretrained: str | None) -> str:
     """Store name for an architecture + weights tag, e.g. ``clip-vit-b-32-openai``."""
     raw = f"clip-{arch}-{pretrained}" if pretrained else f"clip-{arch}"
@@ -69,7 +80,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors on CPU, each owning its storage, as safetensors needs them."""
     # safetensors refuses shared storage (e.g. tied weights); clone makes each tensor own its data.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
@@ -110,7 +122,7 @@ def save_entry(
     with bentoml.models.create(name, labels=labels, metadata=metadata) as ref:
         out = Path(ref.path)
         weights = out / WEIGHTS_FILE
-        save_file(_state_dict_for_saving(model), str(weights))
+        save_file(cpu_state_dict(model), str(weights))
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         # The hash lets a server refuse a tampered or half-copied entry at startup.

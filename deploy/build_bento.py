@@ -25,7 +25,7 @@ def model_tag() -> str:
         from clip_runner.store import open_entry
 
         return open_entry(tag).tag  # resolves ":latest" and fails clearly when absent
-    from models.demo import register_demo
+    from clip_runner.demo import register_demo
 
     return register_demo()
 

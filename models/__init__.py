@@ -1,1 +1,1 @@
-"""Model-store tooling: ``python -m models register|list|export``."""
+"""The model-store command line, ``python -m models``; the code it runs lives in ``clip_runner``."""

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.finetune import FinetuneError
+from clip_runner.pairs import PairDataError
 from clip_runner.resolve import parse_model_name
 from clip_runner.settings import DEFAULT_MODEL_NAME
 
 
-def _register(args: argparse.Namespace) -> str:
-    from . import register
+def _register(args: argparse.Namespace) -> None:
+    from clip_runner import registry
 
     if args.random_init:
         print(
@@ -36,13 +37,14 @@ def _register(args: argparse.Namespace) -> str:
             "tests only, its embeddings carry no meaning.",
             file=sys.stderr,
         )
-        return register.register_random(args.random_init, seed=args.seed, name=args.name)
-    if args.checkpoint:
-        return register.register_checkpoint(args.checkpoint, args.arch, name=args.name)
-    ref = parse_model_name(args.model or DEFAULT_MODEL_NAME, args.pretrained)
-    if ref.hub_repo:
-        return register.register_hub_repo(ref.hub_repo, retries=args.retries)
-    return register.register_pretrained(ref.arch, ref.pretrained or "openai", retries=args.retries)
+        tag = registry.register_random(args.random_init, seed=args.seed, name=args.name)
+    elif args.checkpoint:
+        tag = registry.register_checkpoint(args.checkpoint, args.arch, name=args.name)
+    elif (ref := parse_model_name(args.model or DEFAULT_MODEL_NAME, args.pretrained)).hub_repo:
+        tag = registry.register_hub_repo(ref.hub_repo, retries=args.retries)
+    else:
+        tag = registry.register_pretrained(ref.arch, ref.pretrained or "openai", retries=args.retries)
+    print(tag)
 
 
 def _list(_: argparse.Namespace) -> None:
@@ -68,7 +70,7 @@ def _export(args: argparse.Namespace) -> None:
     print(path)
 
 
-def _finetune(args: argparse.Namespace) -> str | None:
+def _finetune(args: argparse.Namespace) -> None:
     from clip_runner.finetune import TrainConfig, finetune
 
     config = TrainConfig.from_settings(
@@ -84,10 +86,11 @@ def _finetune(args: argparse.Namespace) -> str | None:
         print(json.dumps(row))
     print(f"used {result.data['used']} of {result.data['rows']} rows ({result.data['skipped']} skipped); "
           f"{result.seconds:.0f}s; last checkpoint: {result.checkpoint}", file=sys.stderr)
-    return result.tag
+    if result.tag is not None:
+        print(result.tag)
 
 
-def _calibrate(args: argparse.Namespace) -> str:
+def _calibrate(args: argparse.Namespace) -> None:
     import torch
 
     from clip_runner.calibration import calibrate, register_calibrated
@@ -98,14 +101,11 @@ def _calibrate(args: argparse.Namespace) -> str:
     print(f"threshold {result.threshold:.4f}: precision {result.precision:.4f}, recall {result.recall:.4f}, "
           f"F1 {result.f1:.4f}, AUC {result.auc:.4f} ({result.mismatches} mismatching, {result.matches} "
           "matching pairs; mismatch is the positive class)", file=sys.stderr)
-    if args.dry_run:
-        return loaded.entry.tag
-    return register_calibrated(loaded.entry.tag, result, {"csv": str(args.csv)})
+    print(loaded.entry.tag if args.dry_run else register_calibrated(loaded.entry.tag, result, {"csv": str(args.csv)}))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .demo import register_demo
-    from .evaluate import evaluate_tag, format_report
+    from clip_runner.demo import evaluate_tag, format_report, register_demo
 
     tag = args.tag or register_demo()
     result = evaluate_tag(tag, args.count, args.seed)
@@ -115,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _build_demo(args: argparse.Namespace) -> None:
-    from .demo import DEMO_DIR, DemoRecipe, build_demo
+    from clip_runner.demo import DEMO_DIR, DemoRecipe, build_demo
 
     recipe = DemoRecipe(train_images=args.train_images, epochs=args.epochs, seed=args.seed)
     built = build_demo(Path(args.out) if args.out else DEMO_DIR, recipe)
@@ -125,10 +125,10 @@ def _build_demo(args: argparse.Namespace) -> None:
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    from .demo import DemoRecipe
-    from .evaluate import EVAL_SEED
+    from clip_runner.demo import EVAL_SEED, DemoRecipe
 
     ft = sub.add_parser("finetune", help="contrastive fine-tuning on an image_path,text CSV; prints the new tag")
+    ft.set_defaults(run=_finetune)
     ft.add_argument("csv", help="CSV with a header holding image_path and text columns")
     ft.add_argument("--image-root", help="folder the image paths are relative to (default: the CSV's folder)")
     ft.add_argument("--tag", help="start from this store entry")
@@ -145,17 +145,20 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--name", help="store name of the result (default: <base>-finetune)")
     ft.add_argument("--no-register", action="store_true", help="keep checkpoints only")
     cal = sub.add_parser("calibrate", help="fit the mismatch threshold on a CSV; prints the new tag")
+    cal.set_defaults(run=_calibrate)
     cal.add_argument("tag")
     cal.add_argument("csv", help="image_path,text CSV of matching pairs (or with a 0/1 label column)")
     cal.add_argument("--image-root")
     cal.add_argument("--seed", type=int, default=0, help="seed of the caption shuffle")
     cal.add_argument("--dry-run", action="store_true", help="report only; store nothing")
     ev = sub.add_parser("evaluate", help="zero-shot accuracy and mismatch F1 on generated shapes")
+    ev.set_defaults(run=_evaluate)
     ev.add_argument("tag", nargs="?", help="store tag (default: the bundled demo model)")
     ev.add_argument("--count", type=int, default=1000)
     ev.add_argument("--seed", type=int, default=EVAL_SEED)
     ev.add_argument("--json", action="store_true", help="also print the figures as JSON")
     demo = sub.add_parser("build-demo", help="regenerate the bundled demo model (CPU, deterministic)")
+    demo.set_defaults(run=_build_demo)
     defaults = DemoRecipe()
     demo.add_argument("--train-images", type=int, default=defaults.train_images)
     demo.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -168,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     reg = sub.add_parser("register", help="add a model to the store and print its tag")
+    reg.set_defaults(run=_register)
     reg.add_argument("model", nargs="?", help="open_clip name, OpenAI/HF id or hf-hub:org/repo")
     reg.add_argument("--pretrained", help="open_clip pretrained tag (default: openai)")
     reg.add_argument("--checkpoint", metavar="PATH", help="local checkpoint file or directory")
@@ -177,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     reg.add_argument("--name", help="store name (default derived from the model)")
     reg.add_argument("--retries", type=int, default=3, help="download attempts per file")
-    sub.add_parser("list", help="list CLIP models in the store")
+    sub.add_parser("list", help="list CLIP models in the store").set_defaults(run=_list)
     exp = sub.add_parser("export", help="export a store entry to a file")
+    exp.set_defaults(run=_export)
     exp.add_argument("tag")
     exp.add_argument("path")
     _add_training_commands(sub)
@@ -190,22 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "register":
-            print(_register(args))
-        elif args.command == "list":
-            _list(args)
-        elif args.command == "export":
-            _export(args)
-        elif args.command == "finetune":
-            if (tag := _finetune(args)) is not None:
-                print(tag)
-        elif args.command == "calibrate":
-            print(_calibrate(args))
-        elif args.command == "evaluate":
-            _evaluate(args)
-        elif args.command == "build-demo":
-            _build_demo(args)
-    except (ModelNotAvailable, FinetuneError) as exc:
+        args.run(args)
+    except (ModelNotAvailable, FinetuneError, PairDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -36,7 +36,7 @@ def bentoml_home() -> str:
 @pytest.fixture(scope="session")
 def tiny_tag() -> str:
     """A tiny random open_clip model registered in the test store (real code path, ~14 MB)."""
-    from models.register import register_random
+    from clip_runner.registry import register_random
 
     return register_random(str(TINY_CONFIG), seed=0)
 

@@ -16,8 +16,8 @@ It answers the requests that ``huggingface_hub.hf_hub_download`` makes, the way 
 * ``GET {endpoint}/api/agent-harnesses``: an empty registry (huggingface_hub 2.x fetches it,
   at most once a day per ``HF_HOME``, when it builds its User-Agent header).
 
-* ``HEAD|GET {cdn}/lfs/{sha256}`` and files registered with :meth:`FakeHub.serve_url`: plain
-  HTTP with ``Range`` support (206 with ``Content-Range``; 416 when unsatisfiable).
+* ``HEAD|GET {cdn}/lfs/{sha256}``: plain HTTP with ``Range`` support (206 with
+  ``Content-Range``; 416 when unsatisfiable), as a client resuming a partial download asks.
 
 No response ever carries ``X-Xet-Hash`` or a ``xet-auth`` link, so clients always take the plain
 HTTP download path, even where ``hf_xet`` is installed.
@@ -27,7 +27,7 @@ error status; :meth:`FakeHub.cut_next` closes the connection after K body bytes 
 matching response (the client sees a truncated body, as on a dropped connection). Every request
 is recorded in :attr:`FakeHub.log`.
 
-Use :func:`running_fake_hub` (a context manager) or the :func:`fake_hub` fixture.
+Use :func:`running_fake_hub` (a context manager).
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
-
-import pytest
 
 LFS_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth")
 MAIN = "main"
@@ -108,7 +106,6 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
-        self.raw: dict[str, bytes] = {}  # plain URL path on the CDN server -> bytes
         self.faults: list[Fault] = []
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
@@ -124,13 +121,6 @@ class FakeHub:
     def remove(self, repo_id: str, filename: str) -> None:
         with self._lock:
             self.files.pop((repo_id, filename), None)
-
-    def serve_url(self, path: str, data: bytes) -> str:
-        """Serve ``data`` as a plain file (no hub semantics) and return its full URL."""
-        path = "/" + path.lstrip("/")
-        with self._lock:
-            self.raw[path] = data
-        return self.cdn_url + quote(path)
 
     def fail_next(self, n: int, status: int = 503, **match: str | None) -> None:
         """Answer the next ``n`` requests matching ``method``/``path_contains``/``server``
@@ -148,7 +138,6 @@ class FakeHub:
         """Forget content, faults and the log (the servers keep running)."""
         with self._lock:
             self.files.clear()
-            self.raw.clear()
             self.faults.clear()
             self.log.clear()
 
@@ -274,11 +263,8 @@ class FakeHub:
         }, data)
 
     def cdn(self, path: str) -> _Reply:
-        """Plain file server: LFS blobs by sha256, and files added with :meth:`serve_url`."""
-        with self._lock:
-            data = self.raw.get(path)
-        if data is None and path.startswith("/lfs/"):
-            data = self._lfs_blob(path[len("/lfs/"):])
+        """Plain file server: LFS blobs by sha256."""
+        data = self._lfs_blob(path[len("/lfs/"):]) if path.startswith("/lfs/") else None
         if data is None:
             return _Reply(404, {"Content-Type": "text/plain"}, b"no such object")
         return _Reply(200, {
@@ -380,11 +366,4 @@ def _make_handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
 def running_fake_hub() -> Iterator[FakeHub]:
     """A started :class:`FakeHub`, stopped on exit."""
     with FakeHub() as hub:
-        yield hub
-
-
-@pytest.fixture
-def fake_hub() -> Iterator[FakeHub]:
-    """A fresh fake hub per test (import this fixture into a test module or conftest)."""
-    with running_fake_hub() as hub:
         yield hub

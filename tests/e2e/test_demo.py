@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from models import demo_data
-from models.demo import DEMO_DIR, DEMO_STORE_NAME, WEIGHTS_FILE
+from clip_runner import demo_data
+from clip_runner.demo import DEMO_DIR, DEMO_STORE_NAME, WEIGHTS_FILE
 from tests.e2e.conftest import Server, start_server, stop_server
 
 pytestmark = [

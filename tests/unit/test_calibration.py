@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from clip_runner import calibration as cal
+from clip_runner import demo_data
 from clip_runner.loading import load_entry
 from clip_runner.scoring import resolve_threshold
 from clip_runner.settings import ClipSettings
 from clip_runner.store import open_entry
-from models import demo_data
 
 
 def _f1(sims: np.ndarray, positive: np.ndarray, threshold: float) -> float:

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 
-from models import demo_data
+from clip_runner import demo_data
 
 
 def test_label_set_and_prompts() -> None:

@@ -1,9 +1,9 @@
-"""Weight downloads against a local fake hub: file choice, retries, resume, hashes, errors.
+"""Weight downloads against a local fake hub: file choice, retries, resume, errors.
 
 huggingface_hub reads ``HF_ENDPOINT`` and ``HF_HOME`` once, at import. Hub downloads therefore
 run in a child Python process started with those variables pointing at the fake hub (exactly
 what a user's shell does), which serves many calls over a JSON-lines pipe so that torch and
-open_clip are imported once. Plain-URL downloads use httpx directly and run in this process.
+open_clip are imported once.
 """
 
 from __future__ import annotations
@@ -15,21 +15,14 @@ import queue
 import subprocess
 import sys
 import threading
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import pytest
 
-from models.download import (
-    DownloadError,
-    download_pretrained,
-    download_url,
-    expected_sha256_from_url,
-    safetensors_alternatives,
-    split_hf_hub,
-)
+from clip_runner.download import is_transient, safetensors_alternatives, should_retry, split_hf_hub
 from tests.fakehub import FakeHub, running_fake_hub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,12 +35,12 @@ FAST = {"backoff_s": 0.01}
 _WORKER = r"""
 import dataclasses, json, logging, sys
 channel, sys.stdout = sys.stdout, sys.stderr  # keep the reply channel free of stray prints
-from models import download
+from clip_runner import download
 
 messages = []
 handler = logging.Handler()
 handler.emit = lambda record: messages.append(record.getMessage())
-log = logging.getLogger("clip_runner.download")
+log = logging.getLogger(download.__name__)
 log.addHandler(handler)
 log.setLevel(logging.INFO)
 
@@ -56,7 +49,7 @@ for line in sys.stdin:
     messages.clear()
     try:
         result = getattr(download, call["fn"])(*call["args"], **call["kwargs"])
-        reply = {"result": dataclasses.asdict(result)}
+        reply = {"result": dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result}
     except Exception as exc:
         reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
     reply["logs"] = list(messages)
@@ -66,7 +59,7 @@ for line in sys.stdin:
 
 
 class HubWorker:
-    """A child process that runs ``models.download`` functions with the hub env it was given."""
+    """A child process that runs ``clip_runner.download`` functions with the hub env it was given."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
@@ -103,10 +96,9 @@ def _hub() -> Iterator[FakeHub]:
 
 
 @pytest.fixture
-def hub(_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+def hub(_hub: FakeHub) -> FakeHub:
     """The module's fake hub, emptied for each test."""
     _hub.reset()
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # in-process httpx must not use a proxy
     return _hub
 
 
@@ -134,7 +126,7 @@ def payload(size: int, seed: int = 0) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def weights_ok(reply: dict[str, Any]) -> dict[str, Any]:
+def weights_ok(reply: dict[str, Any]) -> Any:
     assert "error" not in reply, reply
     return reply["result"]
 
@@ -175,17 +167,16 @@ def test_pretrained_uses_open_clip_repo_and_prefers_safetensors(
     hub.add(OPENAI_REPO, SAFE, safe)
     hub.add(OPENAI_REPO, BIN, pickle)
 
-    files = weights_ok(worker.call("download_pretrained", "ViT-B-32", "openai",
-                                   cache_dir=str(tmp_path / "a"), **FAST))
-    assert Path(files["weights_path"]).read_bytes() == safe
-    assert files["config_path"] is None  # this fake repo has no open_clip_config.json
+    weights = Path(weights_ok(worker.call("download_pretrained", "ViT-B-32", "openai",
+                                          cache_dir=str(tmp_path / "a"), **FAST)))
+    assert weights.read_bytes() == safe
     assert resolve_requests(hub, SAFE, "HEAD") == [302]
+    assert resolve_requests(hub, CONFIG) == []  # only the weights are fetched
 
     hub.remove(OPENAI_REPO, SAFE)
-    files = weights_ok(worker.call("download_pretrained", "ViT-B-32", "openai",
-                                   cache_dir=str(tmp_path / "b"), **FAST))
-    assert Path(files["weights_path"]).name == BIN
-    assert Path(files["weights_path"]).read_bytes() == pickle
+    weights = Path(weights_ok(worker.call("download_pretrained", "ViT-B-32", "openai",
+                                          cache_dir=str(tmp_path / "b"), **FAST)))
+    assert weights.name == BIN and weights.read_bytes() == pickle
 
 
 def test_transient_503s_are_retried(hub: FakeHub, worker: HubWorker, tmp_path: Path) -> None:
@@ -274,80 +265,7 @@ def test_unknown_pretrained_tag_lists_the_known_ones(hub: FakeHub, worker: HubWo
     assert "no pretrained weights for architecture 'No-Such-Arch'" in reply["error"]["message"]
 
 
-# ---- plain URLs (in process: httpx reads no hub settings) ------------------------------------
-
-
-@pytest.fixture
-def url_only_cfg(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Make ``download_pretrained`` see a pretrained entry that has only a ``url``.
-
-    open_clip has no such entry today; a stand-in module also spares importing torch here.
-    """
-    cfg: dict[str, str] = {}
-    stub = types.ModuleType("open_clip")
-    stub.get_pretrained_cfg = lambda arch, tag: dict(cfg)  # type: ignore[attr-defined]
-    stub.list_pretrained_tags_by_model = lambda arch: []  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "open_clip", stub)
-    return cfg
-
-
-def test_url_download_resumes_with_range_and_checks_sha256(
-    hub: FakeHub, url_only_cfg: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    data = payload(300_000, seed=5)
-    url = hub.serve_url(f"clip/models/{hashlib.sha256(data).hexdigest()}/ViT-B-32.pt", data)
-    url_only_cfg["url"] = url
-    hub.cut_next(100_000, method="GET")
-
-    with caplog.at_level("WARNING", logger="clip_runner.download"):
-        files = download_pretrained("ViT-B-32", "test", cache_dir=str(tmp_path), **FAST)
-
-    assert files.config_path is None
-    assert files.weights_path == tmp_path / "ViT-B-32.pt"
-    assert files.weights_path.read_bytes() == data
-    assert [r.range for r in hub.requests("GET")] == [None, "bytes=100000-"]
-    assert [r.status for r in hub.requests("GET")] == [200, 206]
-    assert "attempt 1/3" in caplog.text
-    assert not list(tmp_path.glob("*.part"))
-
-    # A verified file is reused without touching the network.
-    assert download_pretrained("ViT-B-32", "test", cache_dir=str(tmp_path)) == files
-    assert len(hub.requests("GET")) == 2
-
-
-def test_url_download_with_wrong_sha256_fails_and_keeps_nothing(
-    hub: FakeHub, tmp_path: Path
-) -> None:
-    wrong = hashlib.sha256(b"other bytes").hexdigest()
-    url = hub.serve_url(f"clip/models/{wrong}/ViT-B-32.pt", payload(10_000))
-
-    with pytest.raises(DownloadError, match="sha256") as excinfo:
-        download_url(url, tmp_path, expected_sha256=expected_sha256_from_url(url), **FAST)
-
-    assert wrong in str(excinfo.value) and "Troubleshooting" in str(excinfo.value)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_url_not_found_fails_at_once(hub: FakeHub, tmp_path: Path) -> None:
-    with pytest.raises(DownloadError, match="404"):
-        download_url(hub.cdn_url + "/missing/model.pt", tmp_path, retries=5, **FAST)
-    assert len(hub.requests("GET")) == 1
-
-
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("url", "expected"), [
-    ("https://openaipublic.azureedge.net/clip/models/"
-     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
-    ("https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
-     "vit_b_32-quickgelu-laion400m_e31-d867053b.pt", "d867053b"),
-    ("https://example.com/weights/model-20240101.pt", None),
-    ("https://example.com/model.pt", None),
-])
-def test_expected_sha256_from_url(url: str, expected: str | None) -> None:
-    assert expected_sha256_from_url(url) == expected
 
 
 def _hub_error(status: int, error_type: type[Exception] | None = None) -> Exception:
@@ -365,7 +283,6 @@ def _caused(error: Exception, cause: BaseException) -> Exception:
 
 def _retry_cases() -> list[tuple[str, Exception, bool, bool]]:
     """(name, error, is_transient, should_retry)."""
-    import httpx
     import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -379,7 +296,7 @@ def _retry_cases() -> list[tuple[str, Exception, bool, bool]]:
     return [
         ("hub connect error", connect, True, True),
         ("hub read timeout", httpx2.ReadTimeout("slow"), True, True),
-        ("httpx cut body", httpx.RemoteProtocolError("peer closed"), True, True),
+        ("hub cut body", httpx2.RemoteProtocolError("peer closed"), True, True),
         ("503", _hub_error(503), True, True),
         ("429", _hub_error(429), True, True),
         ("404 repo", _hub_error(404, RepositoryNotFoundError), False, False),
@@ -393,10 +310,15 @@ def _retry_cases() -> list[tuple[str, Exception, bool, bool]]:
 
 
 def test_retry_classification() -> None:
-    from models.download import is_transient, should_retry
-
     for name, error, transient, retry in _retry_cases():
         assert (is_transient(error), should_retry(error)) == (transient, retry), name
+
+
+def test_every_open_clip_pretrained_entry_names_a_hub_repo() -> None:
+    """Why downloads only speak the hub protocol: no entry is reachable by URL alone."""
+    entries = open_clip.list_pretrained()
+    assert entries
+    assert [e for e in entries if not open_clip.get_pretrained_cfg(*e).get("hf_hub")] == []
 
 
 def test_hub_file_names() -> None:

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from models.demo import DEMO_DIR, WEIGHTS_FILE, register_demo
-from models.evaluate import evaluate_tag
+from clip_runner.demo import DEMO_DIR, WEIGHTS_FILE, evaluate_tag, register_demo
 
 pytestmark = pytest.mark.skipif(not (DEMO_DIR / WEIGHTS_FILE).is_file(), reason="demo model not built (make demo)")
 

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from clip_runner import resolve
+from clip_runner import demo, resolve
 from clip_runner.errors import ModelNotAvailable
+from clip_runner.registry import register_random
 from clip_runner.settings import ClipSettings
 from clip_runner.store import CONFIG_FILE, WEIGHTS_FILE, open_entry
-from models import demo
-from models.register import register_random
 from tests.conftest import TINY_CONFIG
 
 
 def _bundle(folder: Path, seed: int) -> Path:
-    """A demo bundle laid out as models/demo/ is, made from a tiny random model."""
+    """A demo bundle laid out as the shipped one (models/demo/), made from a tiny random model."""
     entry = open_entry(register_random(str(TINY_CONFIG), seed=seed, name=f"bundle-src-{seed}"))
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -39,9 +38,9 @@ def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No default model in the store and the hub unreachable."""
-    import models.download
+    from clip_runner import download
 
-    monkeypatch.setattr(models.download, "hub_unreachable_reason", lambda *a, **k: "connection refused (test)")
+    monkeypatch.setattr(download, "hub_unreachable_reason", lambda *a, **k: "connection refused (test)")
     monkeypatch.setattr(resolve, "latest_tag", lambda name: None if not name.startswith("clip-demo")
                         else demo.latest_tag(name))
 

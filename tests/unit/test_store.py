@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,10 @@ import torch
 
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.loading import load_entry
+from clip_runner.registry import register_random
 from clip_runner.resolve import parse_model_name, resolve_model
 from clip_runner.settings import ClipSettings
 from clip_runner.store import CONFIG_FILE, WEIGHTS_FILE, list_entries, open_entry, store_name
-from models.register import register_random
 from tests.conftest import TINY_CONFIG
 
 
@@ -107,3 +108,12 @@ def test_cli_register_and_list(bentoml_home: str) -> None:
     missing = subprocess.run([sys.executable, "-m", "models", "register", "--checkpoint", "/nonexistent.pt"],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_the_library_never_imports_the_command_line() -> None:
+    """`models/` is the command line only; the library reads its demo folder by path, never imports it."""
+    root = Path(__file__).resolve().parents[2]
+    library = [root / "service.py", *(p for folder in ("clip_runner", "clip_http", "deploy")
+                                      for p in (root / folder).rglob("*.py"))]
+    importing = [p.name for p in library if re.search(r"^\s*(from|import) models\b", p.read_text(), re.MULTILINE)]
+    assert importing == []

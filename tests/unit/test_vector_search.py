@@ -153,8 +153,8 @@ def test_cli(folder: Path, tmp_path: Path, tiny_tag: str, monkeypatch: pytest.Mo
                     reason="demo model not built (make demo)")
 async def test_caption_finds_its_image_with_the_demo_model(tmp_path: Path) -> None:
     """With a model that means something, a caption's own image comes back first."""
-    from models import demo_data
-    from models.demo import register_demo
+    from clip_runner import demo_data
+    from clip_runner.demo import register_demo
 
     root = tmp_path / "shapes"
     root.mkdir()

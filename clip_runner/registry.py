@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,9 @@ import open_clip
 import torch
 from open_clip.model import get_model_preprocess_cfg
 
-from clip_runner.errors import ModelNotAvailable
-from clip_runner.loading import build_from_config, create_model, plain_config
-from clip_runner.store import CONFIG_FILE, save_entry, sha256_file, store_name
-
-logger = logging.getLogger(__name__)
+from .errors import ModelNotAvailable
+from .loading import build_from_config, create_model, plain_config
+from .store import CONFIG_FILE, save_entry, sha256_file, store_name
 
 # OpenAI / Hugging Face transformers ids that existing deployments use, mapped to open_clip.
 OPENAI_IDS: dict[str, tuple[str, str]] = {
@@ -45,11 +42,11 @@ def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
 
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     model_cfg = model_config(arch)
-    files = download_pretrained(arch, pretrained, retries=retries)
+    weights = download_pretrained(arch, pretrained, retries=retries)
     quick_gelu = bool(cfg.get("quick_gelu", False))
     if quick_gelu:
         model_cfg["quick_gelu"] = True  # the weights were trained with QuickGELU
-    model = create_model(arch, pretrained=str(files.weights_path), force_quick_gelu=quick_gelu)
+    model = create_model(arch, pretrained=str(weights), force_quick_gelu=quick_gelu)
     preprocess_cfg = dict(get_model_preprocess_cfg(model))
     for key in ("mean", "std", "interpolation", "resize_mode"):
         if cfg.get(key) is not None:
@@ -57,7 +54,7 @@ def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
     return save_entry(
         model, model_cfg, plain_config(preprocess_cfg),
         name=store_name(arch, pretrained), arch=arch, pretrained=pretrained, source="hub",
-        extra_metadata={"origin": cfg.get("hf_hub") or cfg.get("url", "")},
+        extra_metadata={"origin": cfg.get("hf_hub", "")},
     )
 
 

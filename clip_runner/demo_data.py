@@ -9,13 +9,10 @@ distribution.
 
 Everything is a pure function of the seed and the image index (each image has its own random
 stream), so a set regenerates identically and a larger set starts with the smaller one.
-
-    python -m models.demo_data OUT_DIR --count 200 --seed 7
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import math
@@ -215,17 +212,3 @@ def write_dataset(out_dir: str | Path, count: int, seed: int, *, image_format: s
             writer.writerow([relative, scene.caption, scene.category])
     return csv_path
 
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: write a generated set to a folder and print the CSV path."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir")
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=("png", "jpeg"), default="png")
-    args = parser.parse_args(argv)
-    print(write_dataset(args.out_dir, args.count, args.seed, image_format=args.format))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,8 @@
-"""Fetch pretrained OpenCLIP weight files for registration into the model store.
+"""Fetch pretrained OpenCLIP weight files from the Hugging Face Hub for the model store.
 
-Two sources, as in open_clip's pretrained table:
-
-* a Hugging Face Hub repo (``hf_hub``), fetched with ``huggingface_hub.hf_hub_download`` so that
-  ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and its cache all behave as users expect;
-* a plain URL (``url``), streamed with httpx to a ``.part`` file that later attempts resume with
-  an HTTP ``Range`` request, then checked against the sha256 embedded in the URL.
+Every pretrained entry of open_clip names a hub repo (``hf_hub``); files are fetched with
+``huggingface_hub.hf_hub_download``, so ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and its
+cache all behave as users expect, and interrupted downloads resume.
 
 Every file is fetched with retries and exponential backoff, but only for failures that a retry
 can fix (connection problems, timeouts, HTTP 5xx/408/429). A missing repo or file, a gated repo
@@ -18,17 +15,13 @@ Only files are fetched here; nothing is deserialised.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-import httpx
 import httpx2  # huggingface_hub's HTTP client (a separate package from httpx)
 import tenacity
 from huggingface_hub import constants as hf_constants
@@ -38,11 +31,10 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RemoteEntryNotFoundError,
 )
-from tqdm.auto import tqdm
 
-from clip_runner.errors import ModelNotAvailable
+from .errors import ModelNotAvailable
 
-logger = logging.getLogger("clip_runner.download")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -51,31 +43,22 @@ HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 HF_CONFIG_NAME = "open_clip_config.json"
 
-# open_clip's own default location for URL downloads, so both share one copy.
-DEFAULT_URL_CACHE = Path("~/.cache/clip")
-
 _RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx
 _MAX_WAIT_S = 60.0
-_URL_TIMEOUT_S = 30.0
-_FULL_SHA256 = re.compile(r"[0-9a-f]{64}")
-_SHA256_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
 class DownloadError(ModelNotAvailable):
     """Weights could not be fetched. The message ends with a troubleshooting section."""
 
     def __init__(self, message: str, hints: Iterable[str] = ()) -> None:
-        self.summary = message
-        self.hints = list(hints)
-        text = message
-        if self.hints:
-            text += "\nTroubleshooting:\n" + "\n".join(f"  - {hint}" for hint in self.hints)
-        super().__init__(text)
+        if lines := list(hints):
+            message += "\nTroubleshooting:\n" + "\n".join(f"  - {hint}" for hint in lines)
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
 class HubFiles:
-    """Local paths of downloaded files (inside the hub cache or the URL download folder)."""
+    """Local paths of a hub repo's downloaded files (inside the hub cache)."""
 
     config_path: Path | None  # open_clip_config.json if the repo has one
     weights_path: Path
@@ -91,30 +74,19 @@ def download_pretrained(
     cache_dir: str | None = None,
     retries: int = 3,
     backoff_s: float = 2.0,
-) -> HubFiles:
-    """Fetch the weights open_clip knows as ``arch``/``pretrained`` (e.g. "ViT-B-32", "openai").
+) -> Path:
+    """Fetch the weights file open_clip knows as ``arch``/``pretrained`` (e.g. "ViT-B-32", "openai").
 
-    The hub source is preferred when open_clip lists one (as open_clip itself does), and within
-    it a ``.safetensors`` alternative of the named file. ``cache_dir`` overrides the hub cache
-    (``$HF_HOME/hub``) or, for URL sources, open_clip's ``~/.cache/clip``.
+    From the entry's hub repo, preferring a ``.safetensors`` alternative of the named file (as
+    open_clip itself does). ``cache_dir`` overrides the hub cache (``$HF_HOME/hub``).
     """
     cfg = _pretrained_cfg(arch, pretrained)
     label = f"{arch}/{pretrained}"
-    if cfg.get("hf_hub"):
-        repo_id, filename = split_hf_hub(cfg["hf_hub"])
-        hub = _HubRepo(repo_id, label=label, arch=arch, cache_dir=cache_dir,
-                       retries=retries, backoff_s=backoff_s)
-        config = hub.fetch_optional(HF_CONFIG_NAME)
-        weights = hub.fetch_first([*safetensors_alternatives(filename), filename])
-        return HubFiles(config_path=config, weights_path=weights)
-    if cfg.get("url"):
-        url = cfg["url"]
-        dest = Path(cache_dir) if cache_dir else DEFAULT_URL_CACHE
-        weights = download_url(url, dest, expected_sha256=expected_sha256_from_url(url),
-                               retries=retries, backoff_s=backoff_s, label=label, arch=arch)
-        return HubFiles(config_path=None, weights_path=weights)
-    raise DownloadError(f"open_clip lists no download source for {label}",
-                        _local_hints(arch))
+    if not cfg.get("hf_hub"):  # every entry of open_clip 3.3 has one
+        raise DownloadError(f"open_clip lists no hub repo for {label}", _local_hints(arch))
+    repo_id, filename = split_hf_hub(cfg["hf_hub"])
+    hub = _HubRepo(repo_id, label=label, arch=arch, cache_dir=cache_dir, retries=retries, backoff_s=backoff_s)
+    return hub.fetch_first([*safetensors_alternatives(filename), filename])
 
 
 def download_hub_repo(
@@ -135,54 +107,6 @@ def download_hub_repo(
     config = hub.fetch_optional(HF_CONFIG_NAME)
     weights = hub.fetch_first([HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME])
     return HubFiles(config_path=config, weights_path=weights)
-
-
-def download_url(
-    url: str,
-    dest_dir: str | Path,
-    *,
-    expected_sha256: str | None = None,
-    retries: int = 3,
-    backoff_s: float = 2.0,
-    label: str | None = None,
-    arch: str | None = None,
-) -> Path:
-    """Download ``url`` into ``dest_dir`` (file name from the URL) and return its path.
-
-    Bytes go to ``<name>.part`` first; a later attempt (or a later call) continues it with a
-    ``Range`` request, so a dropped connection costs only the missing bytes. The finished file
-    must have a sha256 starting with ``expected_sha256`` when given (open_clip's URLs embed a
-    full hash or a prefix); a mismatch deletes the download and raises :class:`DownloadError`.
-    An existing file that passes the check is returned without any network access.
-    """
-    dest_dir = Path(dest_dir).expanduser()
-    target = dest_dir / _filename_from_url(url)
-    what = f"{label + ' from ' if label else ''}{url}"
-    if target.is_file():
-        if _sha256_matches(target, expected_sha256):
-            return target
-        logger.warning("%s does not match sha256 %s; downloading it again", target,
-                       expected_sha256)
-    part = target.with_name(target.name + ".part")
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        with_retries(lambda: _stream_to_part(url, part), what=url, attempts=retries,
-                     backoff_s=backoff_s)
-    except Exception as exc:
-        raise DownloadError(
-            f"could not download {what} to {dest_dir}\nlast error: {describe_error(exc)}",
-            _url_hints(url, dest_dir, arch),
-        ) from exc
-    if not _sha256_matches(part, expected_sha256):
-        actual = sha256_file(part)
-        part.unlink()  # a corrupt file must not be resumed next time
-        raise DownloadError(
-            f"downloaded {what} but its sha256 {actual} does not start with the expected "
-            f"{expected_sha256}; the file was deleted",
-            _url_hints(url, dest_dir, arch),
-        )
-    os.replace(part, target)
-    return target
 
 
 # ---- open_clip metadata -----------------------------------------------------------------------
@@ -225,24 +149,6 @@ def safetensors_alternatives(filename: str) -> list[str]:
     if filename.endswith((".bin", ".pth")):
         return [filename[: -len(Path(filename).suffix)] + ".safetensors"]
     return []
-
-
-def expected_sha256_from_url(url: str) -> str | None:
-    """The sha256 (or prefix) embedded in an open_clip weights URL, if any.
-
-    open_clip's conventions: OpenAI URLs put the full hash in the parent folder
-    (``.../<sha256>/ViT-B-32.pt``); mlfoundations release files end in ``-<prefix>.pt``. The
-    second form is only trusted on those URLs, since elsewhere a ``-<hex>`` suffix may be a date
-    or a version.
-    """
-    parts = [unquote(p) for p in urlparse(url).path.split("/") if p]
-    if len(parts) >= 2 and _FULL_SHA256.fullmatch(parts[-2]):
-        return parts[-2]
-    if parts and "mlfoundations" in url:
-        suffix = Path(parts[-1]).stem.rsplit("-", 1)[-1]
-        if _SHA256_PREFIX.fullmatch(suffix):
-            return suffix
-    return None
 
 
 # ---- hub downloads ------------------------------------------------------------------------------
@@ -295,14 +201,14 @@ class _HubRepo:
         where = "the local cache (offline mode)" if offline else f"hub repo {self.repo_id}"
         raise DownloadError(
             f"could not download {self.label}: none of {', '.join(filenames)} is in {where} "
-            f"(repo {self.repo_id}, endpoint {_endpoint()})",
+            f"(repo {self.repo_id}, endpoint {hf_constants.ENDPOINT})",
             _hub_hints(self.repo_id, self.arch, self.cache_dir),
         )
 
     def error(self, filename: str, exc: BaseException) -> DownloadError:
         return DownloadError(
             f"could not download {self.label}: file {filename} from hub repo {self.repo_id} "
-            f"(endpoint {_endpoint()})\nlast error: {describe_error(exc)}",
+            f"(endpoint {hf_constants.ENDPOINT})\nlast error: {describe_error(exc)}",
             _hub_hints(self.repo_id, self.arch, self.cache_dir),
         )
 
@@ -328,16 +234,15 @@ def _is_offline_error(exc: BaseException | None) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying may help: network and timeout errors, HTTP 5xx, 408 and 429.
 
-    huggingface_hub talks HTTP through ``httpx2`` (a package of its own, not httpx), so both
-    libraries' errors are recognised. Missing/gated repos, missing files and 401/403 are not
-    transient, and neither is offline mode.
+    huggingface_hub talks HTTP through ``httpx2`` (a package of its own, not httpx). Missing or
+    gated repos, missing files and 401/403 are not transient, and neither is offline mode.
     """
     if isinstance(exc, LocalEntryNotFoundError):
         # hf_hub_download reports a failed metadata request this way; the cause says why.
         return exc.__cause__ is not None and is_transient(exc.__cause__)
     if _is_offline_error(exc):
         return False
-    if isinstance(exc, (httpx.TransportError, httpx2.TransportError)):
+    if isinstance(exc, httpx2.TransportError):
         return True
     status = _http_status(exc)
     return status is not None and (status >= 500 or status in _RETRY_STATUSES)
@@ -357,7 +262,7 @@ def _retried_by_hub(exc: BaseException) -> bool:
 
 
 def _http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)  # HfHubHTTPError and both HTTPStatusErrors
+    response = getattr(exc, "response", None)  # HfHubHTTPError and httpx2.HTTPStatusError
     status = getattr(response, "status_code", None)
     return status if isinstance(status, int) else None
 
@@ -400,82 +305,7 @@ def describe_error(exc: BaseException | None, *, lines: int = 4) -> str:
     return described
 
 
-# ---- URL downloads ------------------------------------------------------------------------------
-
-
-def _filename_from_url(url: str) -> str:
-    name = unquote(urlparse(url).path.rsplit("/", 1)[-1])
-    if not name or name in (".", ".."):
-        raise DownloadError(f"cannot derive a file name from URL {url}")
-    return name
-
-
-def _stream_to_part(url: str, part: Path) -> None:
-    """One attempt: continue ``part`` from its current size (or start it) until complete."""
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with httpx.stream("GET", url, headers=headers, follow_redirects=True,
-                      timeout=_URL_TIMEOUT_S) as response:
-        if response.status_code == 416 and offset:
-            # Nothing left to send: the partial file is already whole, or is not a prefix of
-            # this resource (it changed); in the second case start over.
-            if _content_range_total(response) == offset:
-                return
-            part.unlink()
-            return _stream_to_part(url, part)
-        response.raise_for_status()
-        if response.status_code == 206 and _content_range_start(response) != offset:
-            part.unlink()  # not the range we asked for: do not splice it in, start over
-            return _stream_to_part(url, part)
-        if response.status_code != 206:
-            offset = 0  # the server ignored our Range and sends the whole file
-        total = _content_range_total(response) or _int_header(response, "Content-Length")
-        with part.open("ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name.removesuffix(".part"), disable=None,
-        ) as bar:
-            for chunk in response.iter_bytes():
-                out.write(chunk)
-                bar.update(len(chunk))
-    # httpx raises when a body ends before its Content-Length; this catches servers that
-    # send no length at all and still come up short of the advertised total.
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise httpx.RemoteProtocolError(f"incomplete download of {url}: {size} of {total} bytes")
-
-
-def _content_range_start(response: httpx.Response) -> int | None:
-    match = re.match(r"bytes (\d+)-\d+/", response.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
-
-
-def _content_range_total(response: httpx.Response) -> int | None:
-    match = re.match(r"bytes [^/]+/(\d+)$", response.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
-
-
-def _int_header(response: httpx.Response, name: str) -> int | None:
-    value = response.headers.get(name)
-    return int(value) if value and value.isdigit() else None
-
-
-def _sha256_matches(path: Path, expected: str | None) -> bool:
-    return expected is None or sha256_file(path).startswith(expected.lower())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---- troubleshooting ---------------------------------------------------------------------------
-
-
-def _endpoint() -> str:
-    return hf_constants.ENDPOINT
 
 
 def _hub_hints(repo_id: str, arch: str | None, cache_dir: str | None) -> list[str]:
@@ -494,16 +324,6 @@ def _hub_hints(repo_id: str, arch: str | None, cache_dir: str | None) -> list[st
         "that HF_HOME",
     ]
     return hints + _local_hints(arch)
-
-
-def _url_hints(url: str, dest_dir: Path, arch: str | None) -> list[str]:
-    return [
-        "check network access to the URL's host and the proxy settings "
-        "(HTTPS_PROXY / HTTP_PROXY / NO_PROXY)",
-        f"or fetch {url} by other means into {dest_dir} and retry (an existing file with the "
-        "right hash is used as is)",
-        *_local_hints(arch),
-    ]
 
 
 def _local_hints(arch: str | None) -> list[str]:

@@ -3,13 +3,23 @@
 ``models/demo/`` holds its weights (safetensors), its open_clip config and ``demo.json`` (label
 set, prompt templates, calibrated threshold, evaluation and training figures). It is trained by
 the project's own fine-tuning pipeline from random weights on images drawn by
-:mod:`models.demo_data`; :func:`build_demo` regenerates it::
+:mod:`clip_runner.demo_data`; :func:`build_demo` regenerates it::
 
     python -m models build-demo          # or: make demo
 
 :func:`register_demo` puts the bundled files into the model store (once per distinct weights
 file) and returns the tag; the server calls it for ``CLIP_MODEL_NAME=demo`` and as the offline
-fallback.
+fallback. :func:`evaluate` is its report card, on a held-out generated set (a seed of its own):
+
+* **zero-shot top-1**: each image is classified over the full label set
+  (:data:`clip_runner.demo_data.CATEGORIES`, e.g. "red circle") with the prompt templates
+  averaged, exactly as ``/classify`` does; accuracy is the share whose top label is the image's own;
+* **mismatch F1**: every image is paired with its caption (a match) and with a shuffled caption
+  from another image (a mismatch); a pair is flagged when its similarity is below the
+  threshold. F1 of the mismatch class is reported at the threshold the service would use (the
+  model's calibrated one, else the default) and at the best threshold for this set, with AUC.
+
+    python -m models evaluate [TAG] --count 1000 --seed 1000
 """
 
 from __future__ import annotations
@@ -21,22 +31,26 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from clip_runner.calibration import calibrate, register_calibrated
-from clip_runner.errors import ModelNotAvailable
-from clip_runner.finetune import TrainConfig, finetune
-from clip_runner.loading import build_from_config, load_entry
-from clip_runner.store import CONFIG_FILE, WEIGHTS_FILE, latest_tag, open_entry, save_entry, sha256_file
-
 from . import demo_data
-from .evaluate import EVAL_SEED, evaluate, format_report
+from .calibration import build_pairs, calibrate, encode_texts, fit_threshold, register_calibrated
+from .encoder import BatchEncoder, encode_in_chunks
+from .errors import ModelNotAvailable
+from .finetune import TrainConfig, finetune
+from .loading import LoadedModel, build_from_config, load_entry
+from .preprocess import PixelPipeline
+from .scoring import average_prompts, prompts_for
+from .settings import DEFAULT_THRESHOLD
+from .store import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, latest_tag, open_entry, save_entry, sha256_file
 
 logger = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
+# The bundle is data shipped beside the command line (models/demo/), read by path.
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 DEMO_STORE_NAME = "clip-demo"
 CARD_FILE = "demo.json"
 MAX_WEIGHTS_BYTES = 15_000_000
@@ -105,6 +119,88 @@ def register_demo(folder: Path | None = None) -> str:
     return tag
 
 
+# ---- its report card ------------------------------------------------------------------------
+
+
+EVAL_SEED = 1_000_003  # far from the training seeds, so no image is shared
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation(MetadataRecord):
+    """Figures of one evaluation run."""
+
+    DIGITS: ClassVar[int] = 4
+
+    images: int
+    zero_shot_top1: float
+    colour_accuracy: float
+    shape_accuracy: float
+    mismatch_f1: float
+    mismatch_threshold: float
+    threshold_source: str
+    best_f1: float
+    best_threshold: float
+    auc: float
+
+
+def _f1_at(similarities: np.ndarray, is_mismatch: np.ndarray, threshold: float) -> float:
+    flagged = similarities < threshold
+    tp = int(np.sum(flagged & is_mismatch))
+    denominator = int(flagged.sum()) + int(is_mismatch.sum())
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def evaluate(loaded: LoadedModel, count: int = 1000, seed: int = EVAL_SEED) -> Evaluation:
+    """Zero-shot accuracy and mismatch F1 of ``loaded`` on ``count`` generated images."""
+    if count < 2:
+        raise ValueError("evaluation needs at least 2 images")
+    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
+    scenes, pixels = [], []
+    for scene, image in demo_data.generate(count, seed):
+        scenes.append(scene)
+        pixels.append(pipeline(image))
+    encoder = BatchEncoder(loaded, precision="fp32")
+    images = encode_in_chunks(encoder.encode_pixels, np.stack(pixels))
+    templates = list(loaded.entry.metadata.get("prompt_templates") or demo_data.PROMPT_TEMPLATES)
+    labels = list(demo_data.CATEGORIES)
+    label_rows = average_prompts(encode_texts(encoder, prompts_for(labels, templates)), len(labels))
+    predicted = [labels[i] for i in (images @ label_rows.T).argmax(axis=1)]
+    truth = [scene.category for scene in scenes]
+    top1 = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    colour = float(np.mean([p.split()[0] == t.split()[0] for p, t in zip(predicted, truth, strict=True)]))
+    shape = float(np.mean([p.split()[1] == t.split()[1] for p, t in zip(predicted, truth, strict=True)]))
+
+    image_rows, texts, is_mismatch = build_pairs([scene.caption for scene in scenes], None, seed)
+    sims = np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts))
+    calibrated = loaded.entry.metadata.get("calibrated_threshold")
+    threshold = float(calibrated) if calibrated is not None else DEFAULT_THRESHOLD
+    best = fit_threshold(sims, is_mismatch)
+    return Evaluation(
+        images=count, zero_shot_top1=top1, colour_accuracy=colour, shape_accuracy=shape,
+        mismatch_f1=_f1_at(sims, is_mismatch, threshold), mismatch_threshold=threshold,
+        threshold_source="model" if calibrated is not None else "default",
+        best_f1=best.f1, best_threshold=best.threshold, auc=best.auc,
+    )
+
+
+def evaluate_tag(tag: str, count: int = 1000, seed: int = EVAL_SEED) -> Evaluation:
+    """Load a store entry on CPU and evaluate it."""
+    return evaluate(load_entry(tag, torch.device("cpu")), count, seed)
+
+
+def format_report(tag: str, result: Evaluation) -> str:
+    """Human-readable evaluation summary."""
+    return "\n".join([
+        f"model: {tag}",
+        f"held-out images: {result.images}",
+        f"zero-shot top-1 over {len(demo_data.CATEGORIES)} labels: {result.zero_shot_top1:.2%} "
+        f"(colour {result.colour_accuracy:.2%}, shape {result.shape_accuracy:.2%})",
+        f"mismatch F1 at the served threshold {result.mismatch_threshold:.4f} ({result.threshold_source}): "
+        f"{result.mismatch_f1:.4f}",
+        f"best mismatch F1 on this set: {result.best_f1:.4f} at {result.best_threshold:.4f}; AUC {result.auc:.4f}",
+    ])
+
+
 # ---- building it ----------------------------------------------------------------------------
 
 
@@ -128,7 +224,7 @@ def build_demo(out_dir: Path = DEMO_DIR, recipe: DemoRecipe | None = None, *, pr
     """Generate data, train from scratch, calibrate, evaluate and write the bundle to ``out_dir``.
 
     Training, calibration and evaluation sets come from different seeds of
-    :mod:`models.demo_data`, so the reported figures are on images the model never saw.
+    :mod:`clip_runner.demo_data`, so the reported figures are on images the model never saw.
     """
     recipe = recipe or DemoRecipe()
     start = time.perf_counter()
