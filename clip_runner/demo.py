@@ -42,7 +42,7 @@ from .encoder import BatchEncoder, encode_in_chunks
 from .errors import ModelNotAvailable
 from .finetune import TrainConfig, finetune
 from .loading import LoadedModel, build_from_config, load_entry
-from .preprocess import PixelPipeline
+from .images import PixelPipeline
 from .scoring import average_prompts, prompts_for
 from .settings import DEFAULT_THRESHOLD
 from .store import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, latest_tag, open_entry, save_entry, sha256_file

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .preprocess import PixelPipeline, UploadPreparer
+from .images import PixelPipeline, UploadPreparer
 from .settings import ClipSettings
 
 logger = logging.getLogger(__name__)

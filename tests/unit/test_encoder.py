@@ -11,7 +11,7 @@ from PIL import Image
 
 from clip_runner.encoder import BatchEncoder, split_trailer, with_trailer
 from clip_runner.loading import load_entry
-from clip_runner.preprocess import PixelPipeline
+from clip_runner.images import PixelPipeline
 from tests.conftest import make_jpeg, unit_rows
 
 

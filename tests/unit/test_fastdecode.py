@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench import photo_jpeg
 from clip_runner.images import decode_image
-from clip_runner.preprocess import PixelPipeline
+from clip_runner.images import PixelPipeline
 from tests.conftest import unit_rows
 
 LIMITS = {"max_bytes": 50 * 1024 * 1024, "max_pixels": 100_000_000}
