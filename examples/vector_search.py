@@ -4,7 +4,7 @@
     python -m examples.vector_search search "a red leather handbag" [--limit N]
     python -m examples.vector_search search --image query.jpg [--limit N]
 
-Embeddings come from :class:`~clip_runner.embedder.CLIPEmbedder`, so ``USE_LOCAL_CLIP=true``
+Embeddings come from :class:`clip_client.CLIPEmbedder`, so ``USE_LOCAL_CLIP=true``
 sends images to the running CLIP service and anything else loads the model in-process.
 Qdrant runs embedded (files under ``--qdrant-path``) unless ``--qdrant-url`` names a server.
 
@@ -27,10 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clip_client import CLIPEmbedder, ClipServiceError
 from qdrant_client import QdrantClient, models
-
-from clip_runner.client import ClipServiceError
-from clip_runner.embedder import CLIPEmbedder
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFAULT_COLLECTION = "images"

@@ -1,4 +1,4 @@
-"""CLIPEmbedder over the in-process backend (tiny real model), and the backend switch."""
+"""CLIPEmbedder over the in-process client (tiny real model), and the switch between HTTP and in-process."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clip_client import ClientSettings, ClipClient, CLIPEmbedder, from_env
+from clip_client.http import IN_PROCESS_URL
 from PIL import Image
 
-from clip_runner.backends import ClipBackend, LocalClip, from_env
-from clip_runner.client import ClipClient
-from clip_runner.embedder import CLIPEmbedder, CLIPModel
 from clip_runner.settings import ClipSettings
 from tests.conftest import make_jpeg, make_png
 
@@ -52,7 +51,7 @@ def _unit(row: np.ndarray) -> bool:
 
 
 def test_default_backend_is_in_process(embedder: CLIPEmbedder) -> None:
-    assert isinstance(embedder.backend, LocalClip) and isinstance(embedder.backend, ClipBackend)
+    assert isinstance(embedder.backend, ClipClient) and embedder.backend.base_url == IN_PROCESS_URL
 
 
 async def test_single_file(embedder: CLIPEmbedder, images: dict[str, Path]) -> None:
@@ -69,7 +68,7 @@ async def test_missing_file_raises(embedder: CLIPEmbedder, tmp_path: Path) -> No
 @pytest.mark.parametrize("name", ["text.jpg", "truncated.jpg"])
 async def test_corrupt_file_gives_none(embedder: CLIPEmbedder, images: dict[str, Path], name: str,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="clip_runner.embedder"):
+    with caplog.at_level(logging.WARNING, logger="clip_client.embedder"):
         assert await embedder.generate_embedding(images[name]) is None
     assert name in caplog.text
 
@@ -120,14 +119,13 @@ def test_embedding_dimension(embedder: CLIPEmbedder) -> None:
     assert embedder.get_embedding_dimension() == DIM
 
 
-def test_clip_model_alias_warns_and_encodes(embedder: CLIPEmbedder) -> None:
-    with pytest.warns(DeprecationWarning, match="CLIPEmbedder"):
-        model = CLIPModel(backend=embedder.backend)
+def test_encode_image_takes_a_pil_image(embedder: CLIPEmbedder, images: dict[str, Path]) -> None:
     image = Image.open(io.BytesIO(make_jpeg(5))).convert("RGB")
-    row = model.encode_image(image)
+    row = embedder.encode_image(image)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    assert _unit(row) and model.compute_similarity(row, embedder.backend.encode_image(buf.getvalue())) >= 0.9999
+    assert _unit(row) and embedder.compute_similarity(row, embedder.encode_image(buf.getvalue())) >= 0.9999
+    assert embedder.compute_similarity(embedder.encode_image(images["a.jpg"]), row) < 0.9999
 
 
 def test_from_env_http_when_use_local_clip(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,7 +134,7 @@ def test_from_env_http_when_use_local_clip(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("LOCAL_CLIP_RETRIES", "2")
     backend = from_env()
     try:
-        assert isinstance(backend, ClipClient) and isinstance(backend, ClipBackend)
+        assert isinstance(backend, ClipClient)
         assert backend.base_url == "http://clip.internal:3000" and backend.retry.attempts == 3
     finally:
         backend.close()
@@ -152,4 +150,24 @@ def test_from_env_in_process_otherwise(monkeypatch: pytest.MonkeyPatch, tiny_tag
     else:
         monkeypatch.setenv("USE_LOCAL_CLIP", value)
     with from_env(ClipSettings(model_tag=tiny_tag)) as backend:
-        assert isinstance(backend, LocalClip) and backend.health()["embedding_size"] == DIM
+        assert backend.base_url == IN_PROCESS_URL and backend.health()["embedding_size"] == DIM
+
+
+def test_client_settings_read_once_empty_means_unset() -> None:
+    env = {"USE_LOCAL_CLIP": "yes", "LOCAL_CLIP_URL": "", "LOCAL_CLIP_TIMEOUT": "2.5", "LOCAL_CLIP_API_KEY": " "}
+    cfg = ClientSettings.from_env(env)
+    assert cfg == ClientSettings(use_local_clip=True, local_clip_timeout=2.5)
+    assert cfg.timeout().connect == 2.5 and cfg.retry_policy().attempts == 4
+    assert ClientSettings.from_env({}) == ClientSettings()
+
+
+@pytest.mark.parametrize(("name", "value", "needle"), [
+    ("USE_LOCAL_CLIP", "maybe", "not a boolean"),
+    ("LOCAL_CLIP_RETRIES", "two", "not an integer"),
+    ("LOCAL_CLIP_RETRIES", "-1", "0 or more"),
+    ("LOCAL_CLIP_TIMEOUT", "0", "more than 0"),
+])
+def test_client_settings_refuse_bad_values(name: str, value: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle) as err:
+        ClientSettings.from_env({name: value})
+    assert name in str(err.value)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clip_client import CLIPEmbedder
 from PIL import Image
 from qdrant_client import QdrantClient
 
-from clip_runner.embedder import CLIPEmbedder
 from clip_runner.settings import ClipSettings
 from examples.vector_search import ImageIndex, main, point_id
 from tests.conftest import make_jpeg

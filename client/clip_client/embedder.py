@@ -1,8 +1,8 @@
-"""``CLIPEmbedder``: the embedding API existing backend code calls, over either CLIP backend.
+"""``CLIPEmbedder``: the embedding API existing backend code calls, over the clip service.
 
 Files in, unit float32 vectors out. Image embeddings go through the service's batch route
-(``/encode_images``) or the in-process pipeline's batch path, chosen by
-:func:`clip_runner.backends.from_env` unless a backend is given.
+(``/encode_images``), served over HTTP or in-process as :func:`clip_client.env.from_env` chooses
+unless a client is given.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ import asyncio
 import errno
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .backends import ClientSettings, ClipBackend, from_env
-from .client import ClipServiceError
-from .settings import ClipSettings
+from .env import ClientSettings, from_env
+from .http import ClipClient, ClipServiceError, ImageInput, import_full
+
+if TYPE_CHECKING:
+    from clip_runner.settings import ClipSettings
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,17 @@ _TEXT_CHUNK = 32
 class CLIPEmbedder:
     """Image and text embeddings from a CLIP model served over HTTP or loaded in-process.
 
-    With ``backend=None`` the backend comes from :func:`~clip_runner.backends.from_env`;
+    With ``backend=None`` the client comes from :func:`~clip_client.env.from_env`;
     ``model_name`` and ``device`` (and ``settings``, the full ``CLIP_*`` configuration) then
-    configure the in-process model. The HTTP backend serves whatever model the service runs,
-    so there they are ignored (logged at debug level).
+    configure the in-process model. A service serves its own model, so over HTTP they are
+    ignored (logged at debug level).
     """
 
-    def __init__(self, model_name: str | None = None, device: str = "auto", backend: ClipBackend | None = None,
+    def __init__(self, model_name: str | None = None, device: str = "auto", backend: ClipClient | None = None,
                  *, settings: ClipSettings | None = None) -> None:
         configured = model_name is not None or device != "auto" or settings is not None
         if backend is None:
-            client = ClientSettings()
+            client = ClientSettings.from_env()
             if client.use_local_clip:
                 if configured:
                     logger.debug("model_name=%r, device=%r ignored: the CLIP service at %s serves its own model",
@@ -67,7 +68,7 @@ class CLIPEmbedder:
         self.close()
 
     def close(self) -> None:
-        """Release the backend (HTTP connections, or the in-process model)."""
+        """Release the client (HTTP connections, or the in-process model)."""
         self.backend.close()
 
     # ---- images -----------------------------------------------------------------------------
@@ -98,6 +99,10 @@ class CLIPEmbedder:
                 bar.update(len(chunk))
         return results
 
+    def encode_image(self, image: ImageInput) -> np.ndarray:
+        """The (D,) unit embedding of an image given as bytes, a path or a PIL image. Blocking."""
+        return self.backend.encode_image(image)
+
     def _embed_file(self, path: Path) -> np.ndarray | None:
         if not path.exists():
             raise FileNotFoundError(errno.ENOENT, "image file not found", str(path))
@@ -117,9 +122,8 @@ class CLIPEmbedder:
         out: list[np.ndarray | None] = [None] * len(paths)
         if not read:
             return out
-        readable = [i for i, _ in read]
         encoded = self.backend.encode_images([blob for _, blob in read])
-        for i, row, error in zip(readable, encoded.embeddings, encoded.errors, strict=True):
+        for (i, _), row, error in zip(read, encoded.embeddings, encoded.errors, strict=True):
             if row is None:
                 logger.warning("%s: not a usable image: %s", paths[i], error)
             out[i] = row
@@ -148,38 +152,24 @@ class CLIPEmbedder:
         return 0.0 if norms == 0.0 else float(x @ y / norms)
 
     def get_embedding_dimension(self) -> int:
-        """D, the size of every embedding (asked of the backend once)."""
+        """D, the size of every embedding (asked of the service once)."""
         if self._dimension is None:
             self._dimension = int(self.backend.health()["embedding_size"])
         return self._dimension
 
 
-class CLIPModel(CLIPEmbedder):
-    """Deprecated name kept for older callers; use :class:`CLIPEmbedder`."""
-
-    def __init__(self, model_name: str | None = None, device: str = "auto", backend: ClipBackend | None = None,
-                 *, settings: ClipSettings | None = None) -> None:
-        warnings.warn("CLIPModel is deprecated; use clip_runner.embedder.CLIPEmbedder",
-                      DeprecationWarning, stacklevel=2)
-        super().__init__(model_name, device, backend, settings=settings)
-
-    def encode_image(self, image: Image.Image) -> np.ndarray:
-        """The (D,) unit embedding of a PIL image. Blocking."""
-        return self.backend.encode_image(image)
-
-
-def _local_settings(model_name: str | None, device: str, settings: ClipSettings | None) -> ClipSettings:
+def _local_settings(model_name: str | None, device: str, settings: ClipSettings | None) -> ClipSettings | None:
     """``settings`` (default: from ``CLIP_*``) with the constructor's model name and device applied."""
-    base = settings or ClipSettings()
     updates: dict[str, object] = {}
     if model_name is not None:
         updates["model_name"] = model_name
     if device != "auto":
         updates["device"] = device
     if not updates:
-        return base
+        return settings
+    base = settings or import_full("clip_runner.settings").ClipSettings()
     # Rebuilt rather than copied so that the fields are validated and count as explicitly set.
-    return ClipSettings(**{**base.model_dump(exclude_unset=True), **updates})
+    return type(base)(**{**base.model_dump(exclude_unset=True), **updates})
 
 
 def _read(path: Path) -> bytes | None:

@@ -1,0 +1,525 @@
+"""Typed clients for the clip service: :class:`AsyncClipClient` and its blocking twin :class:`ClipClient`.
+
+Every route of the HTTP contract is a method, written once in :class:`AsyncClipClient`;
+:class:`ClipClient` runs the same coroutines on a private event loop. Embeddings come back as
+float32 numpy arrays and JSON results as typed dicts. Images may be given as bytes, a path or a
+PIL image. Connection errors and 429/503 answers are retried with exponential backoff
+(``Retry-After`` is honoured); every failure is raised as :class:`ClipServiceError` carrying the
+server's own error text.
+
+``in_process()`` gives the same client over the service's own app loaded in this process (no
+network, same checks and answers); it needs the full clip-service install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import functools
+import importlib
+import io
+import json
+import logging
+import os
+import random
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Concatenate, NotRequired, ParamSpec, Protocol, TypeAlias, TypedDict, TypeVar
+
+import httpx
+import numpy as np
+
+if TYPE_CHECKING:
+    from clip_runner.settings import ClipSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://localhost:3000"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+IN_PROCESS_URL = "http://clip-in-process"
+FULL_INSTALL = ("the in-process CLIP model needs the full clip-service install (its serving code, "
+                "torch and open_clip); with only clip-service-client installed, set USE_LOCAL_CLIP=true "
+                "to call a running service at LOCAL_CLIP_URL")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class PILImage(Protocol):
+    """What the client uses of a PIL image (PIL itself is never imported here)."""
+
+    mode: str
+
+    def convert(self, mode: str) -> PILImage: ...
+
+    def save(self, fp: Any, format: str | None = None) -> None: ...
+
+
+ImageInput: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str] | PILImage"
+"""An image to send: encoded bytes, a file path, or a PIL image (sent losslessly as PNG)."""
+
+# Failures after which the request certainly or very probably never reached the model. Every
+# route is a pure computation, so repeating one is safe; read timeouts are not retried because
+# a slow model would only be given more work.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    httpx.NetworkError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,
+)
+
+# ---- results --------------------------------------------------------------------------------
+
+
+class SimilarityItem(TypedDict):
+    text: str
+    similarity: float
+    probability: float
+
+
+class SimilarityResult(TypedDict):
+    results: list[SimilarityItem]
+    similarities: list[float]
+    probabilities: list[float]
+    best_match: str
+
+
+class AnalyzeResult(TypedDict):
+    text: str
+    similarity: float
+    is_mismatch: bool
+    threshold: float
+    threshold_source: str
+    margin: float
+
+
+class AnalyzeItemError(TypedDict):
+    """An ``analyze_batch`` pair whose image could not be used (the other pairs still ran)."""
+
+    text: str
+    error: str
+    status: int
+
+
+class Prediction(TypedDict):
+    category: str
+    probability: float
+    similarity: float
+
+
+class ClassifyResult(TypedDict):
+    predictions: list[Prediction]
+    top_category: str
+    categories_source: str
+    num_categories: int
+
+
+class Health(TypedDict):
+    status: str
+    model: str
+    device: str
+    embedding_size: int
+    threshold: float
+    threshold_source: str
+    arch: NotRequired[str | None]
+    source: NotRequired[str | None]
+    reason: NotRequired[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedImages:
+    """``/encode_images``: one entry per input, in order; a bad image gives ``None`` and its error."""
+
+    embeddings: list[np.ndarray | None]
+    errors: list[str | None]
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+class ClipServiceError(Exception):
+    """The service refused or could not serve a call.
+
+    ``status`` is the HTTP status (``None`` when no answer came back), ``message`` the server's
+    error text, ``field`` the input field it names (when it names one), ``attempts`` how many
+    times the call was tried.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, field: str | None = None,
+                 attempts: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return self.message if self.status is None else f"{self.status}: {self.message}"
+
+
+class ClipConnectionError(ClipServiceError):
+    """No usable answer: the service could not be reached, or the connection failed, after retries."""
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+# Modes PNG can store as they are; others (CMYK, YCbCr, ...) are converted to RGB first.
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """The bytes to upload for an image given as bytes, a path or a PIL image.
+
+    A missing path raises ``FileNotFoundError``. A PIL image is encoded losslessly as PNG, so the
+    server sees exactly its pixels (an EXIF orientation it may carry is not applied).
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).read_bytes()
+    if isinstance(getattr(image, "mode", None), str) and callable(getattr(image, "save", None)):
+        source = image if image.mode in _PNG_MODES else image.convert("RGB")
+        buf = io.BytesIO()
+        source.save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"an image must be bytes, a path or a PIL image, not {type(image).__name__}")
+
+
+def _upload(field: str, image: ImageInput, index: int = 0) -> tuple[str, tuple[str, bytes, str]]:
+    name = Path(image).name if isinstance(image, (str, os.PathLike)) else f"image{index}"
+    return field, (name, image_bytes(image), "application/octet-stream")
+
+
+def _uploads(field: str, images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [_upload(field, image, i) for i, image in enumerate(images)]
+
+
+def text_list(texts: Sequence[str], field: str) -> list[str]:
+    """``texts`` as a list; a bare string is refused (it would be read character by character)."""
+    if isinstance(texts, str):
+        raise TypeError(f"'{field}' must be a list of strings, not a single string")
+    return list(texts)
+
+
+def _form(threshold: float | None = None, **fields: Any) -> dict[str, Any]:
+    # List fields go as one JSON array: a single text that starts with "[" or holds a comma
+    # would otherwise be read as an array or split into several categories.
+    form = {k: json.dumps(v) if isinstance(v, list) else v for k, v in fields.items() if v is not None}
+    if threshold is not None:
+        form["threshold"] = str(threshold)
+    return form
+
+
+def _vector(body: Any) -> np.ndarray:
+    return np.asarray(body, dtype=np.float32)
+
+
+def _encoded_images(body: Any) -> EncodedImages:
+    rows = [None if row is None else np.asarray(row, dtype=np.float32) for row in body["embeddings"]]
+    return EncodedImages(rows, list(body["errors"]))
+
+
+def _as_is(body: Any) -> Any:
+    return body
+
+
+# ---- retries --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry connection errors and 429/503 answers.
+
+    ``attempts`` counts the first try (1 = never retry). Waits double from ``backoff_s`` up to
+    ``max_backoff_s``, with jitter so that many callers do not retry in lockstep; a server's
+    ``Retry-After`` replaces the computed wait (capped at ``max_retry_after_s``).
+    """
+
+    attempts: int = 4
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    max_retry_after_s: float = 60.0
+    statuses: frozenset[int] = frozenset({429, 503})
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("RetryPolicy.attempts must be at least 1")
+
+    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        """Seconds to wait after failed try number ``attempt`` (1-based)."""
+        hint = retry_after(response) if response is not None else None
+        if hint is not None:
+            return min(hint, self.max_retry_after_s)
+        base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+        return base * random.uniform(0.5, 1.0)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if present and valid."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def error_from_response(response: httpx.Response, attempts: int = 1) -> ClipServiceError:
+    """The :class:`ClipServiceError` for an error answer, carrying the server's ``error`` text."""
+    message, field = None, None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        message, field = body["error"], body.get("field")
+    if not message:  # not the service's error format (a proxy, or a crash page)
+        message = response.text.strip()[:500] or response.reason_phrase or "request failed"
+    return ClipServiceError(message, status=response.status_code, field=field, attempts=attempts)
+
+
+def _result(path: str, parse: Callable[[Any], T], response: httpx.Response, attempts: int) -> T:
+    if not response.is_success:
+        raise error_from_response(response, attempts)
+    try:
+        body = response.json()
+    except ValueError:
+        raise ClipServiceError(f"{path} answered {response.status_code} with a body that is not JSON",
+                               status=response.status_code, attempts=attempts) from None
+    return parse(body)
+
+
+def _headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    headers = dict(extra or {})
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+# ---- in-process -----------------------------------------------------------------------------
+
+
+def import_full(module: str) -> ModuleType:
+    """A module of the full clip-service install, or an ``ImportError`` that says how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{FULL_INSTALL} ({exc})") from exc
+
+
+# ---- the clients ----------------------------------------------------------------------------
+
+
+class AsyncClipClient:
+    """Asyncio client for the clip service; use as an async context manager or ``await close()``.
+
+    Use it from one event loop (httpx connection pools belong to the loop that opened them).
+    ``transport`` is passed to httpx (e.g. to route through a custom transport).
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
+                 headers: Mapping[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                       headers=_headers(api_key, headers), transport=transport)
+        self._release: Callable[[], None] | None = None  # what close() also frees (an in-process app)
+
+    @classmethod
+    def in_process(cls, settings: ClipSettings | None = None, *, retry: RetryPolicy | None = None) -> AsyncClipClient:
+        """The service's own app, loaded in this process and called without a network.
+
+        ``settings`` configures the model as the server's ``CLIP_*`` variables do (the default
+        reads them). Needs the full clip-service install.
+        """
+        local = import_full("clip_http.app").local_app(settings)
+        transport = httpx.ASGITransport(app=local.app, raise_app_exceptions=False)  # a crash is a 500
+        client = cls(IN_PROCESS_URL, retry=retry, transport=transport)
+        client._release = local.close
+        return client
+
+    async def __aenter__(self) -> AsyncClipClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool (and stop an in-process model)."""
+        await self._http.aclose()
+        if self._release is not None:
+            release, self._release = self._release, None
+            await asyncio.to_thread(release)
+
+    async def _send(self, method: str, path: str, parse: Callable[[Any], T], **request: Any) -> T:
+        """One call of the contract, retried per :attr:`retry`, its JSON answer read by ``parse``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.request(method, path, **request)
+            except RETRYABLE_ERRORS as exc:
+                if attempt >= self.retry.attempts:
+                    raise ClipConnectionError(
+                        f"could not reach the clip service at {self.base_url} after {attempt} attempt(s): "
+                        f"{type(exc).__name__}: {str(exc) or 'connection failed'}", attempts=attempt) from exc
+                wait, why = self.retry.delay(attempt), type(exc).__name__
+            except httpx.HTTPError as exc:
+                raise ClipConnectionError(f"request to the clip service at {self.base_url} failed: "
+                                          f"{type(exc).__name__}: {exc}", attempts=attempt) from exc
+            else:
+                if response.status_code not in self.retry.statuses or attempt >= self.retry.attempts:
+                    return _result(path, parse, response, attempt)
+                wait, why = self.retry.delay(attempt, response), f"answered {response.status_code}"
+            logger.warning("clip service at %s: %s; retrying in %.2fs (attempt %d of %d)",
+                           self.base_url, why, wait, attempt + 1, self.retry.attempts)
+            await asyncio.sleep(wait)
+
+    async def encode_image(self, image: ImageInput) -> np.ndarray:
+        """One image → its unit embedding, shape (D,)."""
+        return await self._send("POST", "/encode_image", _vector, files=[_upload("image", image)])
+
+    async def encode_images(self, images: Sequence[ImageInput]) -> EncodedImages:
+        """Several images in one request; a bad image fails only its own entry."""
+        return await self._send("POST", "/encode_images", _encoded_images, files=_uploads("images", images))
+
+    async def encode_text(self, text: str | Sequence[str]) -> np.ndarray:
+        """A text → (D,); a list of texts → (N, D). Unit rows."""
+        payload = text if isinstance(text, str) else list(text)
+        return await self._send("POST", "/encode_text", _vector, json={"text": payload})
+
+    async def similarity(self, image: ImageInput, texts: Sequence[str]) -> SimilarityResult:
+        """Cosine similarity of one image with each text, plus softmax probabilities."""
+        return await self._send("POST", "/similarity", _as_is, data=_form(texts=text_list(texts, "texts")),
+                                files=[_upload("image", image)])
+
+    async def analyze(self, image: ImageInput, text: str, threshold: float | None = None) -> AnalyzeResult:
+        """Image–text similarity and the mismatch verdict (server threshold unless given)."""
+        return await self._send("POST", "/analyze", _as_is, data=_form(threshold, text=text),
+                                files=[_upload("image", image)])
+
+    async def analyze_batch(self, images: Sequence[ImageInput], texts: Sequence[str],
+                            threshold: float | None = None) -> list[AnalyzeResult | AnalyzeItemError]:
+        """``analyze`` for each (image, text) pair, in order; a bad image fails only its pair."""
+        return await self._send("POST", "/analyze_batch", lambda body: body["results"],
+                                data=_form(threshold, texts=text_list(texts, "texts")),
+                                files=_uploads("images", images))
+
+    async def classify(self, image: ImageInput, categories: Sequence[str] | None = None,
+                       top_k: int | None = None) -> ClassifyResult:
+        """Zero-shot classification over the given categories (default: the service's label set)."""
+        labels = None if categories is None else text_list(categories, "categories")
+        form = _form(categories=labels, top_k=None if top_k is None else str(top_k))
+        return await self._send("POST", "/classify", _as_is, data=form, files=[_upload("image", image)])
+
+    async def categories(self) -> list[str]:
+        """The default label set ``classify`` uses."""
+        return await self._send("GET", "/categories", lambda body: list(body["categories"]))
+
+    async def health(self) -> Health:
+        """What is served: model, device, embedding size, threshold."""
+        return await self._send("GET", "/health", _as_is)
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, so blocking callers (even inside a loop) can share it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="clip-client", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def _blocking(method: Callable[Concatenate[AsyncClipClient, P], Coroutine[Any, Any, T]],
+              ) -> Callable[Concatenate[ClipClient, P], T]:
+    """The blocking form of an :class:`AsyncClipClient` method: run on the client's private loop."""
+
+    @functools.wraps(method)
+    def call(self: ClipClient, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._loop.run(method(self._async, *args, **kwargs))
+
+    return call
+
+
+class ClipClient:
+    """Blocking client for the clip service: the methods of :class:`AsyncClipClient`, run to completion.
+
+    The calls run on a private event loop thread, so they also work from inside a running event
+    loop, and one client may be shared by many threads. Use as a context manager or ``close()``.
+    The arguments are those of :class:`AsyncClipClient` (``transport`` is an httpx async transport).
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
+                 headers: Mapping[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._wrap(AsyncClipClient(base_url, api_key=api_key, timeout=timeout, retry=retry, headers=headers,
+                                   transport=transport))
+
+    def _wrap(self, client: AsyncClipClient) -> None:
+        self._async = client
+        self._loop = _LoopThread()
+        # Stops the loop thread if the client is dropped without close(); runs at most once.
+        self._stop_loop = weakref.finalize(self, self._loop.close)
+
+    @classmethod
+    def in_process(cls, settings: ClipSettings | None = None, *, retry: RetryPolicy | None = None) -> ClipClient:
+        """See :meth:`AsyncClipClient.in_process`."""
+        client = cls.__new__(cls)
+        client._wrap(AsyncClipClient.in_process(settings, retry=retry))
+        return client
+
+    @property
+    def base_url(self) -> str:
+        return self._async.base_url
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._async.retry
+
+    def __enter__(self) -> ClipClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool (and stop an in-process model), then the private loop."""
+        if not self._loop.loop.is_closed():
+            self._loop.run(self._async.close())
+        self._stop_loop()
+
+    encode_image = _blocking(AsyncClipClient.encode_image)
+    encode_images = _blocking(AsyncClipClient.encode_images)
+    encode_text = _blocking(AsyncClipClient.encode_text)
+    similarity = _blocking(AsyncClipClient.similarity)
+    analyze = _blocking(AsyncClipClient.analyze)
+    analyze_batch = _blocking(AsyncClipClient.analyze_batch)
+    classify = _blocking(AsyncClipClient.classify)
+    categories = _blocking(AsyncClipClient.categories)
+    health = _blocking(AsyncClipClient.health)
