@@ -195,14 +195,15 @@ def headline_block(report: dict[str, Any]) -> str:
     """The README's summary sentences, each from the report."""
     ratio, limit, lines = report.get("ratios") or {}, report.get("limit") or {}, []
     base = ratio.get("ours_vs_baseline")
-    if base:
+    if base and base["ratio"] is not None:
         spread = [r for r in base["per_concurrency"].values() if r is not None]
-        lines.append(f"**{base['ratio']:.2f}× the transformers baseline at {base['concurrency']} clients** "
-                     f"({min(spread):.2f}–{max(spread):.2f}× across levels).")
-    if ratio.get("ours_vs_unbatched"):
+        across = f" ({min(spread):.2f}–{max(spread):.2f}× across levels)" if len(spread) > 1 else ""
+        lines.append(f"**{base['ratio']:.2f}× the transformers baseline at {base['concurrency']} "
+                     f"clients**{across}.")
+    if dig(ratio, "ours_vs_unbatched", "ratio") is not None:
         cmp = ratio["ours_vs_unbatched"]
         lines.append(f"Batching buys {cmp['ratio']:.2f}× at {cmp['concurrency']} clients.")
-    if ratio.get("ours_fp32_vs_baseline"):
+    if dig(ratio, "ours_fp32_vs_baseline", "ratio") is not None:
         cmp = ratio["ours_fp32_vs_baseline"]
         lines.append(f"At the baseline's fp32 the service is {cmp['ratio']:.2f}× the baseline at "
                      f"{cmp['concurrency']} clients.")
@@ -214,9 +215,10 @@ def headline_block(report: dict[str, Any]) -> str:
                      f"saturation the service reaches {_num(sat['ratio'], '.2f')} of the limit "
                      f"({_num(ratio['ours_vs_decode_limit']['ratio'], '.2f')} of the limit with decoding).")
     rss = dig(report, "ours", "rss")
-    if rss:
+    if rss and rss["peak_tree_mb"] is not None:
         lines.append(f"Memory: the service's process tree peaks at {rss['peak_tree_mb'] / 1000:.2f} GB; idle, the "
-                     f"supervisor holds {_num(rss['idle_mb']['supervisor'], '.0f')} MB and its worker "
+                     f"supervisor holds {_num(rss['idle_mb']['supervisor'], '.0f')} MB and its "
+                     f"{'worker' if rss['processes'] <= 2 else str(rss['processes'] - 1) + ' workers'} "
                      f"{_num(rss['idle_mb']['workers'], '.0f')} MB.")
     big = dig(report, "decode", "sizes", "12MP")
     if big:

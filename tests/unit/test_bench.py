@@ -402,6 +402,22 @@ def test_a_stale_table_is_regenerated_between_its_markers_only(tmp_path: Path) -
         render_doc("<!-- bench:table:nope -->\n<!-- /bench:table:nope -->", report, "bench.json")
 
 
+def test_every_table_renders_for_partial_reports() -> None:
+    from bench.report import BLOCKS
+
+    subset = {"environment": {"device": "cpu", "series": ["b"], "levels": [1, 16], "warmup_s": 0, "duration_s": 1},
+              "ours": _series("ours", {1: 20.0, 16: 40.0})}
+    starved = {**subset, "baseline": _series("baseline", {1: 10.0, 16: 0.0}),
+               "unbatched": {"title": "unbatched", "error": "did not start\n(log)"}}
+    starved["baseline"]["levels"][1].update(ok=0, p50_ms=None)  # no request finished in the window
+    for report in (subset, starved):
+        report["ratios"], report["goals"] = ratios(report), goals(report)
+        tables = {name: make(report) for name, make in BLOCKS.items()}
+        assert "20.00 (40)" in tables["throughput"] and "1.10 GB" in tables["headline"]
+    assert "the transformers baseline" not in tables["headline"]  # no ratio at 16 clients: no claim
+    assert "not measured: did not start" in tables["results"] and "| — (2.00 at 1;" in tables["ratios"]
+
+
 def test_two_runs_are_compared_side_by_side() -> None:
     from bench.report import compare
 
