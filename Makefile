@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench build build-cuda soak loadtest bench demo clean
+.PHONY: venv serve test test-fast lint register-bench build build-cuda soak loadtest bench docs-figures demo clean
 
 venv: $(STAMP)
 
@@ -61,9 +61,16 @@ loadtest: $(STAMP)
 		--csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/report.html
 
 # ViT-B-32 (random init) on this machine: in-process limit vs our service (batched and not) vs a
-# transformers baseline; bench_results/bench.json and plots in docs/bench/. BENCH_ARGS passes options.
+# transformers baseline, and each server's memory; bench_results/bench.json and plots beside it.
+# BENCH_ARGS passes options (e.g. --series b --levels 1,16,64 for an A/B).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The docs' figure tables and plots from docs/bench/bench.json; BENCH_JSON=bench_results/bench.json
+# makes a new run the quoted one first.
+BENCH_JSON ?=
+docs-figures: $(STAMP)
+	$(BIN)/python -m bench.report $(if $(BENCH_JSON),--adopt $(BENCH_JSON))
 
 # Retrain the bundled demo model (models/demo/) from scratch on generated shapes: CPU, seeded.
 demo: $(STAMP)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 SERIES = (("ours", "tab:blue", "o"), ("baseline", "tab:orange", "s"), ("unbatched", "tab:green", "^"),
-          ("ours_fp32", "tab:purple", "D"), ("service_mode", "tab:red", "v"))
+          ("ours_fp32", "tab:purple", "D"))
 PLAIN = FuncFormatter(lambda value, _pos: f"{value:g}")  # 200 rather than 2×10²
 PERCENTILES = (("p50_ms", "p50", "-"), ("p95_ms", "p95", "--"), ("p99_ms", "p99", ":"))
 
@@ -47,9 +47,10 @@ def throughput_plot(report: dict[str, Any]) -> Figure:
         ax.plot(xs, [lv["images_per_s"] for lv in series["levels"]], marker=marker, color=colour,
                 label=series["title"])
         levels.update(xs)
-    limit = report["limit"]
-    ax.axhline(limit["best_images_per_s"], color="black", linestyle="--",
-               label=f"in-process limit (batch {limit['best_batch_size']})")
+    limit = report.get("limit") or {}
+    if limit:
+        ax.axhline(limit["best_images_per_s"], color="black", linestyle="--",
+                   label=f"in-process limit (batch {limit['best_batch_size']})")
     if limit.get("with_decode"):
         ax.axhline(limit["with_decode"]["images_per_s"], color="grey", linestyle=":",
                    label=f"in-process decode + encode (batch {limit['with_decode']['batch_size']})")
@@ -73,8 +74,9 @@ def latency_plot(report: dict[str, Any]) -> Figure:
             ys = [lv[field] for lv in series["levels"]]
             ax.plot(xs, [float("nan") if y is None else y for y in ys], linestyle=style, marker="o",
                     color=colour, label=label)
-        ax.axhline(report["limit"]["single_image_ms"], color="black", linestyle="--", linewidth=1,
-                   label="model, 1 image")
+        if report.get("limit"):
+            ax.axhline(report["limit"]["single_image_ms"], color="black", linestyle="--", linewidth=1,
+                       label="model, 1 image")
         _concurrency_axis(ax, xs)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

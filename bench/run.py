@@ -3,33 +3,34 @@
     make bench                                        # ViT-B-32 (random init) on CPU, full run
     python -m bench.run --device cuda                 # on a GPU (autocast as CLIP_PRECISION says)
     python -m bench.run --quick --model-tag TAG       # smoke test: seconds, two levels
+    python -m bench.run --series b --levels 1,16,64   # one series, for an A/B of two checkouts
 
-It measures, in this order, each alone on the machine:
+It measures, in this order, each alone on the machine (``--series`` picks some by letter):
 
 (a) limit      — in-process batched encode through ``clip_runner`` (no HTTP, no decoding):
-                 images/s per batch size, and the median single-image latency;
-(a') + decode  — the same encoder fed by the service's decode threads with (b)'s JPEG mix, at
-                 the service's batch size (no HTTP): (a) minus what decoding costs;
+                 images/s per batch size, and the median single-image latency; then
+    (a') + decode — the same encoder fed by the service's decode threads with (b)'s JPEG mix,
+                 at the service's batch size (no HTTP): (a) minus what decoding costs; and the
+                 fast-decode table (``bench.decode``);
 (b) ours       — ``bentoml serve service:ClipService`` over HTTP, batching on;
 (c) baseline   — ``bench.baseline_service`` (transformers CLIP as in BentoML's example);
 (d) unbatched  — our service with ``CLIP_BATCH_SIZE=1``;
 (e) ours fp32  — our service with ``CLIP_PRECISION=fp32``, when (b) computes in another precision
                  (bf16 on CPUs with native bf16): the like-for-like comparison with (c), which
-                 runs fp32 on CPU as BentoML's example does;
-(f) service    — our service with ``CLIP_ENCODER_MODE=service`` (the model in a separate encoder
-                 service behind BentoML's adaptive batching), when (b) runs it in process:
-                 what the hop between the two processes costs.
+                 runs fp32 on CPU as BentoML's example does.
 
-(b)–(f) are driven by closed-loop clients (one request in flight each) at every concurrency
+(b)–(e) are driven by closed-loop clients (one request in flight each) at every concurrency
 level, posting one JPEG per request: a 50/50 mix of 640×480 (0.3 MP) and 1600×1200 (1.9 MP)
 photos. Each level runs ``--warmup`` seconds unmeasured, then ``--duration`` seconds (or
 ``--requests`` completions); requests still in flight at the end are awaited but not counted.
 Servers share every setting that matters (model architecture, dtype, torch threads, batch
-limits), take the ``CLIP_*`` variables of this shell, and the peak RSS of each server's whole
-process tree is sampled from start to stop.
+limits) and take the ``CLIP_*`` variables of this shell. The RSS of each server's supervisor
+(the ``bentoml serve`` process) and of its workers (its children) is read every 0.1 s from
+start to stop: idle after start-up, peak under load, and the peak of the whole tree.
 
-Prints a table and the ratios, writes ``--out`` (bench_results/bench.json) and PNG plots in
-``--plots-dir`` (docs/bench/). Server logs go to ``bench_logs/`` beside ``--out``.
+Prints a table, the ratios and the goals, and writes ``--out`` (bench_results/bench.json) and
+PNG plots beside it. Server logs go to ``bench_logs/`` beside ``--out``. The docs quote the
+committed ``docs/bench/bench.json``; ``python -m bench.report`` regenerates their tables.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import os
 import platform
 import statistics
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -58,8 +58,8 @@ import aiohttp
 import httpx
 
 from bench import PHOTO_SIZES, photo_jpeg, server
+from bench.memory import RssSampler, summarise_rss
 from bench.server import ROOT, ServerFailed
-from bench.soak import tree_rss_mb
 
 if TYPE_CHECKING:
     from clip_runner.settings import ClipSettings
@@ -73,6 +73,10 @@ PAYLOAD_SIZES = ("0.3MP", "2MP")  # alternated: a 50/50 mix
 BASELINE_CONCURRENCY = 16  # where (b)/(c) is compared
 SERVER_START_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0  # the services' own traffic timeout
+IDLE_S = 1.0  # how long a ready server is watched, unloaded, for its idle RSS
+#: Each series by letter (``--series``) and the report section it writes; (a) also writes
+#: "decode". (e) runs only when (b) computes in something other than fp32.
+SERIES = {"a": "limit", "b": "ours", "c": "baseline", "d": "unbatched", "e": "ours_fp32"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +103,7 @@ class Options:
     limit_batch_sizes: tuple[int, ...]
     limit_s: float
     device: str
-    skip_baseline: bool
+    series: tuple[str, ...]  # letters of SERIES
     photos_per_size: int
 
 
@@ -195,11 +199,32 @@ def compare_level(ours: dict[str, Any], other: dict[str, Any], preferred: int) -
     return min(common, key=lambda c: (abs(math.log2(c / preferred)), -c)) if common else None
 
 
+def dig(data: Any, *keys: str) -> Any:
+    """``data[k1][k2]...``, or None where a level is missing (a series that did not run)."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
 def ratios(report: dict[str, Any]) -> dict[str, Any]:
-    """The headline comparisons, from a report's sections."""
-    limit, ours = report["limit"], report["ours"]
-    best = _best_level(ours)
-    out: dict[str, Any] = {
+    """The headline comparisons between the sections the report has."""
+    ours = report.get("ours") or {}
+    out: dict[str, Any] = {}
+    if report.get("limit") and "ours" in report:
+        out.update(_limit_ratios(report["limit"], ours))
+    for key in ("baseline", "unbatched"):
+        if "ours" in report and key in report:
+            out[f"ours_vs_{key}"] = _compare(ours, report[key] or {})
+    if report.get("ours_fp32") and "baseline" in report:
+        out["ours_fp32_vs_baseline"] = _compare(report["ours_fp32"], report["baseline"] or {})
+    return out
+
+
+def _limit_ratios(limit: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    best, c1 = _best_level(ours), _level(ours, 1)
+    return {
         "ours_vs_limit": {
             "ratio": _ratio(best and best["images_per_s"], limit["best_images_per_s"]),
             "ours_images_per_s": best and best["images_per_s"],
@@ -207,34 +232,27 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             "limit_images_per_s": limit["best_images_per_s"],
             "limit_batch_size": limit["best_batch_size"],
         },
+        "ours_vs_decode_limit": {
+            "ratio": _ratio(best and best["images_per_s"], dig(limit, "with_decode", "images_per_s")),
+            "decode_limit_images_per_s": dig(limit, "with_decode", "images_per_s"),
+        },
+        "overhead_at_c1": {
+            "p50_ms": c1 and c1["p50_ms"],
+            "model_ms": limit["single_image_ms"],
+            "overhead_ms": round(c1["p50_ms"] - limit["single_image_ms"], 1)
+            if c1 and c1["p50_ms"] is not None else None,
+        },
     }
-    with_decode = limit.get("with_decode") or {}
-    out["ours_vs_decode_limit"] = {
-        "ratio": _ratio(best and best["images_per_s"], with_decode.get("images_per_s")),
-        "decode_limit_images_per_s": with_decode.get("images_per_s"),
-    }
-    c1 = _level(ours, 1)
-    out["overhead_at_c1"] = {
-        "p50_ms": c1 and c1["p50_ms"],
-        "model_ms": limit["single_image_ms"],
-        "overhead_ms": round(c1["p50_ms"] - limit["single_image_ms"], 1) if c1 and c1["p50_ms"] is not None else None,
-    }
-    for key in ("baseline", "unbatched"):
-        out[f"ours_vs_{key}"] = _compare(ours, report.get(key) or {})
-    if report.get("ours_fp32"):
-        out["ours_fp32_vs_baseline"] = _compare(report["ours_fp32"], report.get("baseline") or {})
-    if report.get("service_mode"):
-        out["ours_vs_service_mode"] = _compare(ours, report["service_mode"])
-    return out
-
-
-def _decode_12mp(report: dict[str, Any], key: str) -> float | None:
-    return ((report.get("decode") or {}).get("sizes", {}).get("12MP") or {}).get(key)
 
 
 def _best_images_per_s(report: dict[str, Any]) -> float | None:
     best = _best_level(report.get("ours") or {})
     return best and best["images_per_s"]
+
+
+def _peak_tree_gb(report: dict[str, Any]) -> float | None:
+    peak = dig(report, "ours", "rss", "peak_tree_mb")
+    return None if peak is None else round(peak / 1000, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,12 +267,15 @@ class Goal:
 
 
 GOALS = (
-    Goal("(b)/(a) at saturation", 0.9, True, ("cpu",), lambda r: r["ratios"]["ours_vs_limit"]["ratio"]),
-    Goal("(b)/(c) at c=16", 1.3, True, ("cpu",), lambda r: (r["ratios"].get("ours_vs_baseline") or {}).get("ratio")),
+    Goal("(b)/(a) at saturation", 0.9, True, ("cpu",), lambda r: dig(r, "ratios", "ours_vs_limit", "ratio")),
+    Goal("(b)/(c) at c=16", 1.3, True, ("cpu",), lambda r: dig(r, "ratios", "ours_vs_baseline", "ratio")),
     Goal("p50 at c=1 minus model latency (ms)", 10.0, False, ("cpu",),
-         lambda r: r["ratios"]["overhead_at_c1"]["overhead_ms"]),
-    Goal("12 MP decode+preprocess speed-up", 5.0, True, ("cpu", "cuda"), lambda r: _decode_12mp(r, "speedup")),
-    Goal("12 MP embedding cosine vs reference", 0.99, True, ("cpu", "cuda"), lambda r: _decode_12mp(r, "cosine")),
+         lambda r: dig(r, "ratios", "overhead_at_c1", "overhead_ms")),
+    Goal("12 MP decode+preprocess speed-up", 5.0, True, ("cpu", "cuda"),
+         lambda r: dig(r, "decode", "sizes", "12MP", "speedup")),
+    Goal("12 MP embedding cosine vs reference", 0.99, True, ("cpu", "cuda"),
+         lambda r: dig(r, "decode", "sizes", "12MP", "cosine")),
+    Goal("(b) peak RSS of the process tree (GB)", 1.5, False, ("cpu",), _peak_tree_gb),
     Goal("(b) JPEG images/s end to end", 2000.0, True, ("cuda",), _best_images_per_s),
 )
 
@@ -315,9 +336,8 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     loaded = load_entry(tag, pick_device(device))
     encoder = BatchEncoder(loaded, settings.precision)
     precision = encoder.precision.name
-    # The service runs each batch on a model thread (the micro-batcher's, or BentoML's sync API
-    # pool in the two-service layout); do the same: the main thread's OpenMP team can be much
-    # slower on a busy machine.
+    # The service runs each batch on the micro-batcher's model thread; do the same: the main
+    # thread's OpenMP team can be much slower on a busy machine.
     with ThreadPoolExecutor(1) as pool:
         per_batch = pool.submit(_encode_throughput, encoder, sorted(set(batch_sizes) | {1}), seconds).result()
         with_decode = (pool.submit(_pipeline_throughput, encoder, photos, settings, seconds).result()
@@ -434,27 +454,6 @@ async def run_level(url: str, target: Target, photos: Sequence[bytes], concurren
     return summarise(measured, window.stop - window.start, concurrency)
 
 
-class RssSampler(threading.Thread):
-    """Samples a process tree's RSS until stopped; keeps the peak."""
-
-    def __init__(self, pid: int, every_s: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.every_s, self.peak_mb = pid, every_s, 0.0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            rss = tree_rss_mb(self.pid)
-            if rss == rss:  # not NaN: the process may be gone
-                self.peak_mb = max(self.peak_mb, rss)
-            self._stop_event.wait(self.every_s)
-
-    def stop(self) -> float:
-        self._stop_event.set()
-        self.join(5)
-        return round(self.peak_mb, 1)
-
-
 @contextmanager
 def serving(target: Target, photo: bytes, log: Path) -> Iterator[tuple[str, RssSampler, float]]:
     """Start ``bentoml serve`` for ``target``; yields (url, RSS sampler, seconds to ready)."""
@@ -476,12 +475,13 @@ def serving(target: Target, photo: bytes, log: Path) -> Iterator[tuple[str, RssS
             raise ServerFailed(f"{target.title}: {str(exc).splitlines()[0]} (log: {log})") from exc
         yield srv.url, sampler, round(time.perf_counter() - started, 1)
     finally:
-        sampler.stop()
         server.stop(srv)
+        sampler.stop()
 
 
 def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_dir: Path) -> dict[str, Any]:
-    """Every concurrency level against one freshly started server.
+    """Every concurrency level against one freshly started server, and its memory: idle for
+    ``IDLE_S`` once ready, then under the load of all levels.
 
     A server that fails to start is recorded as an ``error`` so that the other sections still run.
     """
@@ -489,15 +489,21 @@ def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_d
     section: dict[str, Any] = {"title": target.title, "app": target.app, "env": target.env}
     try:
         with serving(target, photos[0], log_dir / f"{target.key}.log") as (url, sampler, ready_s):
+            idle_from = time.perf_counter()
+            time.sleep(IDLE_S)  # a measurement window, not a wait for a condition
+            load_from = time.perf_counter()
             levels = []
             for concurrency in opts.levels:
                 level = asyncio.run(run_level(url, target, photos, concurrency, opts))
                 print("  " + _row(target.title, level), flush=True)
                 levels.append(level)
+            load_to = time.perf_counter()
     except ServerFailed as exc:
         print(f"  FAILED: {exc}", flush=True)
         return {**section, "error": str(exc)}
-    return {**section, "ready_s": ready_s, "peak_rss_mb": round(sampler.peak_mb, 1), "levels": levels}
+    rss = summarise_rss(sampler.readings, sampler.between(idle_from, load_from),
+                        sampler.between(load_from, load_to), sampler.every_s)
+    return {**section, "ready_s": ready_s, "rss": rss, "levels": levels}
 
 
 # ---- setup -----------------------------------------------------------------------------------------
@@ -517,46 +523,52 @@ def resolve_tag(requested: str | None) -> str:
     return register_random(DEFAULT_ARCH)
 
 
-def targets(tag: str, opts: Options, precision: str = "fp32") -> list[Target]:
-    """(b) ours, (c) the baseline, (d) ours unbatched, (e) ours at fp32 when ``precision`` (what
-    (b) computes in) is not fp32, and (f) ours in the two-service layout when (b) runs the model
-    in process; all with the same model and limits."""
+def targets(tag: str, opts: Options) -> list[Target]:
+    """The servers of ``opts.series``: (b) ours, (c) the baseline, (d) ours unbatched and (e) ours
+    at fp32; all with the same model and limits."""
     from clip_runner.settings import get_settings
 
     settings = get_settings().model_copy(update={"device": opts.device})
     shared = {"CLIP_MODEL_TAG": tag, "CLIP_DEVICE": opts.device, "CLIP_STRICT_MODEL": "true",
               # the service's default batch size for the device, unless CLIP_BATCH_SIZE is set
-              "CLIP_BATCH_SIZE": str(settings.max_batch), "CLIP_MAX_LATENCY_MS": str(settings.max_latency_ms),
+              "CLIP_BATCH_SIZE": str(settings.max_batch),
               # admission control must not refuse the benchmark's own load
               "CLIP_MAX_CONCURRENCY": str(max(settings.max_concurrency, *opts.levels))}
     ours = Target("ours", "ours", "service:ClipService", "/encode_image", "image", "/health",
                   {**shared, **gpu_workers(opts.device)})
-    baseline = Target("baseline", "transformers baseline", "bench.baseline_service:ClipBaseline",
-                      "/encode_image", "images", "/readyz", shared)
-    unbatched = dataclasses.replace(ours, key="unbatched", title="ours, CLIP_BATCH_SIZE=1",
-                                    env={**ours.env, "CLIP_BATCH_SIZE": "1"})
-    fp32 = dataclasses.replace(ours, key="ours_fp32", title="ours, CLIP_PRECISION=fp32",
-                               env={**ours.env, "CLIP_PRECISION": "fp32"})
-    two_services = dataclasses.replace(ours, key="service_mode", title="ours, CLIP_ENCODER_MODE=service",
-                                       env={**ours.env, "CLIP_ENCODER_MODE": "service"})
-    return ([ours] + ([] if opts.skip_baseline else [baseline]) + [unbatched]
-            + ([fp32] if precision != "fp32" else [])
-            + ([two_services] if settings.encoder_mode == "inprocess" else []))
+    every = {
+        "b": ours,
+        "c": Target("baseline", "transformers baseline", "bench.baseline_service:ClipBaseline",
+                    "/encode_image", "images", "/readyz", shared),
+        "d": dataclasses.replace(ours, key="unbatched", title="ours, CLIP_BATCH_SIZE=1",
+                                 env={**ours.env, "CLIP_BATCH_SIZE": "1"}),
+        "e": dataclasses.replace(ours, key="ours_fp32", title="ours, CLIP_PRECISION=fp32",
+                                 env={**ours.env, "CLIP_PRECISION": "fp32"}),
+    }
+    return [target for letter, target in every.items() if letter in opts.series]
 
 
 def gpu_workers(device: str) -> dict[str, str]:
     """On CUDA, our service's worker count as docs/performance.md advises for a GPU machine
-    (one per 2 CPUs, at most 8), unless ``CLIP_ENCODER_WORKERS`` is set: one worker's event
-    loop and GIL cap it at a few hundred requests/s, far below what the GPU serves."""
+    (one per 2 CPUs, at most 8), unless ``CLIP_WORKERS`` is set: one worker's event loop and
+    GIL cap it at a few hundred requests/s, far below what the GPU serves."""
     from clip_runner.device import cpu_share
 
-    if not device.startswith("cuda") or os.environ.get("CLIP_ENCODER_WORKERS"):
+    if not device.startswith("cuda") or os.environ.get("CLIP_WORKERS"):
         return {}
-    return {"CLIP_ENCODER_WORKERS": str(min(8, cpu_share(2)))}
+    return {"CLIP_WORKERS": str(min(8, cpu_share(2)))}
+
+
+def served_precision(device: str) -> str:
+    """What (b) computes in on ``device`` under this shell's ``CLIP_PRECISION``."""
+    from clip_runner.device import pick_device, resolve_precision
+    from clip_runner.settings import get_settings
+
+    return resolve_precision(pick_device(device), get_settings().precision).name
 
 
 def environment(tag: str, opts: Options) -> dict[str, Any]:
-    """Facts a reader needs to interpret the numbers."""
+    """Facts a reader needs to interpret the numbers, and what this run was asked to measure."""
     import torch
 
     from clip_runner.device import available_cpus
@@ -566,31 +578,49 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if opts.device.startswith("cuda") and torch.cuda.is_available() else None
     return {
         "model_tag": tag, "arch": entry.labels.get("arch"), "source": entry.labels.get("source"),
-        "device": opts.device, "gpu": gpu, "cpus": available_cpus(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "git_commit": _git_commit(),
+        "device": opts.device, "precision": served_precision(opts.device), "gpu": gpu,
+        "cpu_model": cpu_model(), "cpus": available_cpus(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, **git_state(),
         "payload": {"route": "one JPEG per request (ours: /encode_image)",
                     "mix": {label: f"{PHOTO_SIZES[label][0]}x{PHOTO_SIZES[label][1]}" for label in PAYLOAD_SIZES},
                     "share": "50/50, alternating", "distinct_photos": opts.photos_per_size * len(PAYLOAD_SIZES)},
-        "levels": list(opts.levels), "warmup_s": opts.warmup_s, "duration_s": opts.duration_s,
-        "requests_per_level": opts.requests,
+        "series": list(opts.series), "levels": list(opts.levels), "warmup_s": opts.warmup_s,
+        "duration_s": opts.duration_s, "requests_per_level": opts.requests,
     }
 
 
-def _git_commit() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's marketing name (``model name`` in /proc/cpuinfo), where the system says it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def git_state() -> dict[str, Any]:
+    """The commit the code under test is at, and whether tracked files differ from it."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if commit is None or changes is None else bool(changes)}
 
 
 # ---- output --------------------------------------------------------------------------------------------
 
-SECTIONS = (("ours", "(b) "), ("baseline", "(c) "), ("unbatched", "(d) "), ("ours_fp32", "(e) "),
-            ("service_mode", "(f) "))
+SECTIONS = tuple((key, f"({letter}) ") for letter, key in SERIES.items() if letter != "a")
 HEADER = (f"{'setup':<38}{'conc':>5}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
           f"{'ok':>7}{'errors':>8}{'batch':>7}")
+RSS_HEADER = (f"  {'MB':<36}{'idle: sup.':>11}{'workers':>9}{'load peak: sup.':>16}{'workers':>9}{'tree':>9}"
+              f"{'tree peak':>11}")
 
 
 def _num(value: float | None, fmt: str = ".1f") -> str:
@@ -604,47 +634,58 @@ def _row(title: str, level: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The human-readable summary: table, ratios and memory."""
-    limit, ratio = report["limit"], report["ratios"]
-    lines = [HEADER, "-" * len(HEADER),
-             f"{'(a) in-process limit':<38}{'-':>5}{limit['best_images_per_s']:>10.2f}"
-             f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median; "
-             f"{limit.get('precision', 'fp32')})"]
-    if limit.get("with_decode"):
-        label = "(a') decode + encode in process"
-        lines.append(f"{label:<38}{'-':>5}"
-                     f"{limit['with_decode']['images_per_s']:>10.2f}{'-':>10}   "
-                     f"(batch {limit['with_decode']['batch_size']}, the JPEG mix of (b), no HTTP)")
+    """The human-readable summary: table, ratios, goals and memory."""
+    lines = [HEADER, "-" * len(HEADER), *_limit_rows(report.get("limit"))]
     for key, label in SECTIONS:
         series = report.get(key) or {}
         for level in series.get("levels") or []:
             lines.append(_row(label + series["title"], level))
-    lines += ["", _ratio_lines(ratio), "", "goals:"]
+    lines += ["", _ratio_lines(report.get("ratios") or {}), "", "goals:"]
     for goal in report.get("goals") or []:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
         lines.append(f"  {goal['goal']:<40}{goal['target']:>9}{_num(goal['value'], 'g'):>9}  {verdict}")
-    lines += ["", "peak RSS of each server's process tree:"]
+    lines += ["", "RSS of each server: supervisor (`bentoml serve`) and workers (its children), idle after "
+              "start-up and peak under load; peak of the whole tree from start to stop:", RSS_HEADER]
     for key, _label in SECTIONS:
         series = report.get(key) or {}
-        if series.get("levels") is not None:
-            lines.append(f"  {series['title']:<36}{series['peak_rss_mb']:>9.1f} MB  (ready in {series['ready_s']} s)")
+        if series.get("rss"):
+            rss = series["rss"]
+            idle, load = rss["idle_mb"], rss["load_peak_mb"]
+            lines.append(f"  {series['title']:<36}{_num(idle['supervisor']):>11}{_num(idle['workers']):>9}"
+                         f"{_num(load['supervisor']):>16}{_num(load['workers']):>9}{_num(load['tree']):>9}"
+                         f"{_num(rss['peak_tree_mb']):>11}  (ready in {series['ready_s']} s)")
         elif series.get("error"):
             lines.append(f"  {series['title']:<36} not measured: {series['error']}")
     return "\n".join(lines)
 
 
+def _limit_rows(limit: dict[str, Any] | None) -> list[str]:
+    if not limit:
+        return []
+    rows = [f"{'(a) in-process limit':<38}{'-':>5}{limit['best_images_per_s']:>10.2f}"
+            f"{limit['single_image_ms']:>10.1f}   (best batch {limit['best_batch_size']}; p50 = batch-of-1 median; "
+            f"{limit.get('precision', 'fp32')})"]
+    if limit.get("with_decode"):
+        label = "(a') decode + encode in process"
+        rows.append(f"{label:<38}{'-':>5}{limit['with_decode']['images_per_s']:>10.2f}{'-':>10}   "
+                    f"(batch {limit['with_decode']['batch_size']}, the JPEG mix of (b), no HTTP)")
+    return rows
+
+
 def _ratio_lines(ratio: dict[str, Any]) -> str:
-    sat, over = ratio["ours_vs_limit"], ratio["overhead_at_c1"]
-    out = [f"(b)/(a) at saturation: {_num(sat['ratio'], '.2f')}  ({_num(sat['ours_images_per_s'], '.2f')} img/s "
-           f"at c={sat['ours_concurrency']} vs {sat['limit_images_per_s']:.2f} img/s "
-           f"at batch {sat['limit_batch_size']})",
-           f"(b)/(a') at saturation: {_num(ratio['ours_vs_decode_limit']['ratio'], '.2f')}  "
-           f"(vs {_num(ratio['ours_vs_decode_limit']['decode_limit_images_per_s'], '.2f')} img/s decoding and "
-           "encoding in process: what HTTP and queueing cost)",
-           f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
-           f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
+    out = []
+    if "ours_vs_limit" in ratio:
+        sat, over = ratio["ours_vs_limit"], ratio["overhead_at_c1"]
+        out += [f"(b)/(a) at saturation: {_num(sat['ratio'], '.2f')}  ({_num(sat['ours_images_per_s'], '.2f')} "
+                f"img/s at c={sat['ours_concurrency']} vs {sat['limit_images_per_s']:.2f} img/s "
+                f"at batch {sat['limit_batch_size']})",
+                f"(b)/(a') at saturation: {_num(ratio['ours_vs_decode_limit']['ratio'], '.2f')}  "
+                f"(vs {_num(ratio['ours_vs_decode_limit']['decode_limit_images_per_s'], '.2f')} img/s decoding "
+                "and encoding in process: what HTTP and queueing cost)",
+                f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
+                f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
     for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)"),
-                       ("ours_fp32_vs_baseline", "(e)/(c)"), ("ours_vs_service_mode", "(b)/(f)")):
+                       ("ours_fp32_vs_baseline", "(e)/(c)")):
         if key not in ratio:
             continue
         cmp = ratio[key]
@@ -654,7 +695,7 @@ def _ratio_lines(ratio: dict[str, Any]) -> str:
                        f"(best vs best {_num(cmp['best_vs_best'], '.2f')}; {per})")
         else:
             out.append(f"{label}: not measured")
-    return "\n".join(out)
+    return "\n".join(out) or "(no ratios: the series they compare did not all run)"
 
 
 # ---- command line --------------------------------------------------------------------------------
@@ -666,23 +707,31 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _series(text: str) -> tuple[str, ...]:
+    letters = {part.strip().lower() for part in text.split(",") if part.strip()}
+    if not letters or letters - set(SERIES):
+        raise argparse.ArgumentTypeError(f"series are letters among {','.join(SERIES)}, e.g. b or a,b,c")
+    return tuple(sorted(letters))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke test: levels 1,16, 1.5 s each, short (a)")
+    parser.add_argument("--series", type=_series, default=tuple(SERIES),
+                        help="which series to run, by letter (default a,b,c,d,e; e only when (b) is not fp32)")
     parser.add_argument("--levels", type=_levels, help="concurrency levels (default 1,4,16,64)")
     parser.add_argument("--duration", type=float, help="measured seconds per level (default 30)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each level (default 10)")
     parser.add_argument("--requests", type=int,
                         help="end a level after this many measured requests (or --duration, if sooner)")
     parser.add_argument("--limit-seconds", type=float, help="seconds per batch size for (a) (default 10)")
-    parser.add_argument("--skip-baseline", action="store_true", help="do not run (c)")
     parser.add_argument("--model-tag", help="model-store tag (default CLIP_MODEL_TAG, else random ViT-B-32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cpu (bf16 weights on CPUs with native bf16, else fp32) or cuda (fp16 autocast); "
                         "CLIP_PRECISION overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench.json", help="JSON report")
-    parser.add_argument("--plots-dir", type=Path, default=ROOT / "docs" / "bench", help="where the PNGs go")
+    parser.add_argument("--plots-dir", type=Path, help="where the PNGs go (default: beside --out)")
     return parser.parse_args(argv)
 
 
@@ -697,39 +746,50 @@ def options(args: argparse.Namespace) -> Options:
         limit_batch_sizes=QUICK_LIMIT_BATCH_SIZES if quick else LIMIT_BATCH_SIZES,
         limit_s=args.limit_seconds or (0.5 if quick else 10.0),
         device=args.device,
-        skip_baseline=args.skip_baseline,
+        series=args.series,
         photos_per_size=2 if quick else 8,
     )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole benchmark; returns the report (also written to ``args.out``)."""
+    """The series asked for; returns the report (also written to ``args.out``)."""
     opts = options(args)
-    if not opts.skip_baseline and importlib.util.find_spec("transformers") is None:
-        raise SystemExit("the baseline needs transformers: pip install -e '.[dev]' (or pass --skip-baseline)")
+    if "e" in opts.series and served_precision(opts.device) == "fp32":  # (e) would be (b) again
+        opts = dataclasses.replace(opts, series=tuple(letter for letter in opts.series if letter != "e"))
+    if "c" in opts.series and importlib.util.find_spec("transformers") is None:
+        raise SystemExit("the baseline (c) needs transformers: pip install -e '.[dev]' (or pass --series without c)")
     tag = resolve_tag(args.model_tag)
     report: dict[str, Any] = {"environment": environment(tag, opts)}
-    print(f"model {tag} on {opts.device}; levels {list(opts.levels)}; "
-          f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level\n(a) in-process limit", flush=True)
+    print(f"model {tag} on {opts.device}; series {','.join(opts.series)}; levels {list(opts.levels)}; "
+          f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level", flush=True)
     photos = bench_photos(opts.photos_per_size)
-    report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s, photos)
-    from bench.decode import format_table, measure
+    if "a" in opts.series:
+        print("(a) in-process limit", flush=True)
+        report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s, photos)
+        from bench.decode import format_table, measure
 
-    report["decode"] = measure(tag, repeats=3 if args.quick else 9)
-    print(format_table(report["decode"]), flush=True)
-    log_dir = args.out.parent / "bench_logs"
-    report["baseline"] = {"skipped": "--skip-baseline"} if opts.skip_baseline else None
-    for target in targets(tag, opts, report["limit"]["precision"]):
-        report[target.key] = measure_server(target, photos, opts, log_dir)
+        report["decode"] = measure(tag, repeats=3 if args.quick else 9)
+        print(format_table(report["decode"]), flush=True)
+    for target in targets(tag, opts):
+        report[target.key] = measure_server(target, photos, opts, args.out.parent / "bench_logs")
     report["ratios"] = ratios(report)
     report["goals"] = goals(report)
     from bench.plots import write_plots
 
-    report["plots"] = [str(p) for p in write_plots(report, args.plots_dir)]
+    plots = write_plots(report, args.plots_dir or args.out.parent)
+    report["plots"] = [_shown(path) for path in plots]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("\n" + render(report) + f"\n\nreport: {args.out}\nplots: {', '.join(report['plots'])}")
     return report
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (reports name no machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
 
 
 def failures(report: dict[str, Any]) -> list[str]:

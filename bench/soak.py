@@ -20,9 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import psutil
 
 from bench import photo_jpeg, server
+from bench.memory import tree_rss_mb
 from bench.server import ROOT
 
 
@@ -38,22 +38,6 @@ def payloads() -> list[tuple[str, dict]]:
     mix.append(("/encode_image", {"files": {"image": ("bad.jpg", b"not an image")}}))  # 415
     mix.append(("/encode_text", {"json": {"text": ""}}))  # 400
     return mix
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its children, in MB."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return float("nan")
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total / 1e6
 
 
 async def _worker(client: httpx.AsyncClient, mix, stop: float, sink: list[tuple[float, int, float]]) -> None:

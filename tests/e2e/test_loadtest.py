@@ -53,7 +53,12 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
         levels = report[key]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 16]
         assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in levels), levels
-        assert report[key]["peak_rss_mb"] > 0
+    # Memory: the supervisor and its one worker apart, idle and under load, and the tree's peak.
+    rss = report["ours"]["rss"]
+    assert rss["processes"] >= 2 and rss["samples"] > 10, rss
+    assert all(rss["idle_mb"][part] > 0 and rss["load_peak_mb"][part] > 0 for part in ("supervisor", "workers"))
+    assert rss["peak_tree_mb"] >= rss["load_peak_mb"]["tree"] >= rss["idle_mb"]["tree"] * 0.5
+    assert "supervisor" in run.stdout and "tree peak" in run.stdout
     assert any(int(size) > 1 for size in report["ours"]["levels"][-1]["batch_sizes"])  # batching happened
     assert report["ratios"]["ours_vs_baseline"]["concurrency"] == 16
     assert report["ratios"]["overhead_at_c1"]["overhead_ms"] is not None
@@ -61,17 +66,33 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     assert all((plots / name).read_bytes().startswith(b"\x89PNG") for name in ("throughput.png", "latency.png"))
     assert "(b)/(a) at saturation" in run.stdout
     # Every CPU goal is judged (the values of a tiny model mean nothing; that they are there does).
-    assert len(report["goals"]) == 5 and all(goal["value"] is not None for goal in report["goals"])
+    assert len(report["goals"]) == 6 and all(goal["value"] is not None for goal in report["goals"])
     assert "goals:" in run.stdout and report["decode"]["sizes"]["12MP"]["reference_range_ms"][0] > 0
     unbatched = report["unbatched"]
     assert run.returncode == 0, run.stderr[-3000:]
     assert all(lv["ok"] > 0 and lv["batch_sizes"] == {"1": lv["ok"]} for lv in unbatched["levels"])
     assert report["ratios"]["ours_vs_unbatched"]["ratio"] is not None
+    # What ran is recorded: every series (e only where (b) is not fp32), the commit and the CPU.
+    env = report["environment"]
     if report["limit"]["precision"] != "fp32":  # bf16 on this CPU: the like-for-like fp32 run too
+        assert env["series"] == ["a", "b", "c", "d", "e"]
         assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in report["ours_fp32"]["levels"])
         assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] is not None
     else:
-        assert "ours_fp32" not in report
-    # The two-service layout beside the default in-process one.
-    assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in report["service_mode"]["levels"])
-    assert report["ratios"]["ours_vs_service_mode"]["ratio"] is not None
+        assert env["series"] == ["a", "b", "c", "d"] and "ours_fp32" not in report
+    assert env["levels"] == [1, 16] and env["git_commit"] and env["cpu_model"]
+
+
+def test_bench_runs_a_subset_for_an_a_b_comparison(tiny_tag: str, tmp_path: Path) -> None:
+    out_file = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench.run", "--quick", "--series", "b", "--levels", "2", "--model-tag", tiny_tag,
+           "--out", str(out_file)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out_file.read_text())
+    assert report["environment"]["series"] == ["b"] and report["environment"]["levels"] == [2]
+    assert not {"limit", "decode", "baseline", "unbatched", "ours_fp32"} & set(report)
+    assert [lv["concurrency"] for lv in report["ours"]["levels"]] == [2] and report["ours"]["rss"]["peak_tree_mb"] > 0
+    compared = subprocess.run([sys.executable, "-m", "bench.report", "--compare", str(out_file), str(out_file)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert compared.returncode == 0 and "1.00" in compared.stdout, compared.stderr

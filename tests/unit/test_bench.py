@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import PHOTO_SIZES, photo_jpeg
-from bench.run import Sample, Window, _levels, compare_level, goals, percentile, ratios, render, summarise
+from bench.memory import TreeRss, read_tree, summarise_rss
+from bench.run import (
+    SERIES,
+    Options,
+    Sample,
+    Window,
+    _levels,
+    compare_level,
+    goals,
+    options,
+    parse_args,
+    percentile,
+    ratios,
+    render,
+    summarise,
+    targets,
+)
+from bench.run import _series as _series_option
 from tests.conftest import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,17 +181,24 @@ def test_a_request_budget_ends_the_window_at_its_last_request() -> None:
 
 
 def test_levels_option_is_parsed_sorted_and_positive() -> None:
-    import argparse
-
     assert _levels("16,1,4,4") == (1, 4, 16)
     with pytest.raises(argparse.ArgumentTypeError):
         _levels("0,4")
 
 
 def _series(title: str, points: dict[int, float], p50: float = 40.0) -> dict:
-    return {"title": title, "peak_rss_mb": 900.0, "ready_s": 5.0,
+    return {"title": title, "ready_s": 5.0,
+            "rss": {"sample_every_s": 0.1, "samples": 50, "processes": 2,
+                    "idle_mb": {"supervisor": 150.0, "workers": 700.0, "tree": 850.0},
+                    "load_peak_mb": {"supervisor": 151.0, "workers": 900.0, "tree": 1051.0}, "peak_tree_mb": 1100.0},
             "levels": [{"concurrency": c, "images_per_s": v, "p50_ms": p50, "p95_ms": p50, "p99_ms": p50, "ok": 10,
                         "errors": 0, "mean_batch_size": 1.0, "batch_sizes": {"1": 10}} for c, v in points.items()]}
+
+
+def _options(**changes) -> Options:
+    opts = Options(levels=(1, 16), duration_s=1, warmup_s=0, requests=None, limit_batch_sizes=(1,), limit_s=0.1,
+                   device="cpu", series=tuple(SERIES), photos_per_size=1)
+    return dataclasses.replace(opts, **changes)
 
 
 def test_ratios_compare_at_saturation_at_16_and_against_the_model_latency() -> None:
@@ -203,14 +231,18 @@ def test_goals_are_judged_per_device_and_printed() -> None:
     }
     report["ratios"] = ratios(report)
     report["goals"] = goals(report)
-    verdicts = {g["goal"]: g["met"] for g in report["goals"]}
-    assert verdicts == {"(b)/(a) at saturation": False, "(b)/(c) at c=16": True,
-                        "p50 at c=1 minus model latency (ms)": True, "12 MP decode+preprocess speed-up": False,
-                        "12 MP embedding cosine vs reference": True}
+    verdicts = {g["goal"]: (g["value"], g["met"]) for g in report["goals"]}
+    assert verdicts == {"(b)/(a) at saturation": (0.88, False), "(b)/(c) at c=16": (2.0, True),
+                        "p50 at c=1 minus model latency (ms)": (8.0, True),
+                        "12 MP decode+preprocess speed-up": (4.5, False),
+                        "12 MP embedding cosine vs reference": (0.995, True),
+                        "(b) peak RSS of the process tree (GB)": (1.1, True)}
     assert report["ratios"]["ours_vs_decode_limit"]["ratio"] == round(44.0 / 48.0, 3)
     text = render(report)
-    assert "(b)/(a) at saturation" in text and "NOT met" in text and ">= 1.3" in text
+    assert "(b)/(a) at saturation" in text and "NOT met" in text and ">= 1.3" in text and "<= 1.5" in text
     assert "(a') decode + encode in process" in text and "(b)/(a') at saturation: 0.92" in text
+    # the memory table: supervisor and workers idle, their peaks under load, the tree's peak
+    assert re.search(r"\n  ours +150\.0 +700\.0 +151\.0 +900\.0 +1051\.0 +1100\.0  \(ready in 5\.0 s\)", text)
     # On a GPU the CPU ratios are not goals; end-to-end images/s is, and it is missing here.
     report["environment"]["device"] = "cuda"
     report["ours"] = {"title": "ours", "error": "did not start"}
@@ -226,40 +258,52 @@ def test_fp32_series_is_compared_with_the_baseline_like_for_like() -> None:
         "baseline": _series("baseline", {1: 10.0, 16: 12.0}),
         "unbatched": _series("unbatched", {1: 20.0, 16: 22.0}),
         "ours_fp32": _series("ours fp32", {1: 10.0, 16: 15.0}),
-        "service_mode": _series("ours service", {1: 20.0, 16: 32.0}),
     }
     report["ratios"] = ratios(report)
     assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] == 1.25
     text = render(report)
     assert "(e)/(c) at c=16: 1.25" in text and "(e) ours fp32" in text and "bf16)" in text
-    assert "(b)/(f) at c=16: 1.25" in text and "(f) ours service" in text
 
 
-def test_fp32_series_runs_only_when_ours_is_not_fp32() -> None:
-    from bench.run import Options, targets
+def test_a_subset_of_series_is_reported_without_the_others() -> None:
+    report = {"environment": {"device": "cpu"}, "ours": _series("ours", {1: 20.0, 64: 40.0})}
+    report["ratios"] = ratios(report)
+    report["goals"] = goals(report)
+    assert report["ratios"] == {}
+    measured = {g["goal"]: g["value"] for g in report["goals"] if g["value"] is not None}
+    assert measured == {"(b) peak RSS of the process tree (GB)": 1.1}
+    text = render(report)
+    assert "(b) ours" in text and "(a) in-process limit" not in text and "(no ratios:" in text
 
-    opts = Options(levels=(1, 16), duration_s=1, warmup_s=0, requests=None, limit_batch_sizes=(1,), limit_s=0.1,
-                   device="cpu", skip_baseline=True, photos_per_size=1)
-    assert [t.key for t in targets("m:1", opts, "fp32")] == ["ours", "unbatched", "service_mode"]
-    fp32 = targets("m:1", opts, "bf16")[-2]
+
+def test_series_option_picks_servers_by_letter() -> None:
+    assert _series_option("b") == ("b",) and _series_option("D, b,a") == ("a", "b", "d")
+    with pytest.raises(argparse.ArgumentTypeError):
+        _series_option("b,f")
+    args = parse_args(["--series", "b,c", "--levels", "64,1,16"])
+    opts = options(args)
+    assert opts.series == ("b", "c") and opts.levels == (1, 16, 64)
+    assert [t.key for t in targets("m:1", opts)] == ["ours", "baseline"]
+    assert [t.key for t in targets("m:1", _options())] == ["ours", "baseline", "unbatched", "ours_fp32"]
+    fp32 = targets("m:1", _options(series=("e",)))[0]
     assert fp32.key == "ours_fp32" and fp32.env["CLIP_PRECISION"] == "fp32"
 
 
-def test_service_layout_series_runs_only_when_ours_runs_the_model_in_process(monkeypatch) -> None:
-    from bench.run import Options, targets
+def test_servers_share_the_model_and_limits_and_set_no_removed_setting(monkeypatch) -> None:
     from clip_runner.settings import get_settings
 
-    opts = Options(levels=(1,), duration_s=1, warmup_s=0, requests=None, limit_batch_sizes=(1,), limit_s=0.1,
-                   device="cpu", skip_baseline=True, photos_per_size=1)
-    service = targets("m:1", opts, "fp32")[-1]
-    assert service.key == "service_mode" and service.env["CLIP_ENCODER_MODE"] == "service"
-    monkeypatch.setenv("CLIP_ENCODER_MODE", "service")  # (b) itself is the two-service layout
+    monkeypatch.setenv("CLIP_BATCH_SIZE", "12")
     get_settings.cache_clear()
     try:
-        assert [t.key for t in targets("m:1", opts, "fp32")] == ["ours", "unbatched"]
+        servers = targets("m:1", _options(levels=(1, 200)))
     finally:
-        monkeypatch.delenv("CLIP_ENCODER_MODE")
+        monkeypatch.delenv("CLIP_BATCH_SIZE")
         get_settings.cache_clear()
+    for target in servers:
+        assert target.env["CLIP_MODEL_TAG"] == "m:1" and target.env["CLIP_MAX_CONCURRENCY"] == "200"
+        assert target.env["CLIP_BATCH_SIZE"] == ("1" if target.key == "unbatched" else "12")
+        assert set(target.env) <= {"CLIP_MODEL_TAG", "CLIP_DEVICE", "CLIP_STRICT_MODEL", "CLIP_BATCH_SIZE",
+                                   "CLIP_MAX_CONCURRENCY", "CLIP_PRECISION", "CLIP_WORKERS"}
 
 
 def test_compare_level_falls_back_to_the_closest_common_level() -> None:
@@ -274,23 +318,114 @@ def test_plots_are_written_for_the_measured_sections(tmp_path: Path) -> None:
         "environment": {"arch": "ViT-B-32", "device": "cpu", "cpus": 2},
         "limit": {"best_images_per_s": 50.0, "best_batch_size": 32, "single_image_ms": 30.0},
         "ours": _series("ours", {1: 20.0, 16: 40.0}),
-        "baseline": {"skipped": "--skip-baseline"},
         "unbatched": _series("unbatched", {1: 20.0, 16: 22.0}),
     }
     paths = write_plots(report, tmp_path / "plots")
     assert [p.name for p in paths] == ["throughput.png", "latency.png", "batch_sizes.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    del report["limit"]  # --series without a
+    assert len(write_plots(report, tmp_path / "subset")) == 3
 
 
 def test_on_cuda_our_service_runs_the_workers_a_gpu_machine_needs(monkeypatch) -> None:
     from bench import run
     from clip_runner import device
 
-    monkeypatch.delenv("CLIP_ENCODER_WORKERS", raising=False)
+    monkeypatch.delenv("CLIP_WORKERS", raising=False)
     monkeypatch.setattr(device, "available_cpus", lambda: 16)
-    assert run.gpu_workers("cuda") == {"CLIP_ENCODER_WORKERS": "8"}
+    assert run.gpu_workers("cuda") == {"CLIP_WORKERS": "8"}
     assert run.gpu_workers("cpu") == {}  # on CPU, one worker holding every core measured best
     monkeypatch.setattr(device, "available_cpus", lambda: 1)
-    assert run.gpu_workers("cuda") == {"CLIP_ENCODER_WORKERS": "1"}
-    monkeypatch.setenv("CLIP_ENCODER_WORKERS", "3")  # the operator's choice wins
+    assert run.gpu_workers("cuda") == {"CLIP_WORKERS": "1"}
+    monkeypatch.setenv("CLIP_WORKERS", "3")  # the operator's choice wins
     assert run.gpu_workers("cuda") == {}
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+def test_rss_is_read_for_the_supervisor_and_its_children_apart() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(80_000_000); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        # the reading that counts the child's 80 MB: it has started and touched its buffer
+        deadline = time.monotonic() + 60
+        reading = read_tree(os.getpid())
+        while reading.workers_mb < 80 and time.monotonic() < deadline:
+            reading = read_tree(os.getpid())
+        assert reading.workers_mb >= 80 and reading.processes >= 2
+        assert reading.supervisor_mb > 0 and reading.tree_mb == reading.supervisor_mb + reading.workers_mb
+    finally:
+        child.communicate(b"", timeout=30)
+    assert read_tree(child.pid) is None  # gone
+
+
+def test_rss_summary_keeps_idle_load_and_whole_run_apart() -> None:
+    def at(t: float, supervisor: float, workers: float) -> TreeRss:
+        return TreeRss(t, supervisor, workers, 2)
+
+    start, idle, load, stop = [at(0, 100, 1500)], [at(1, 100, 600), at(2, 100, 610), at(3, 100, 620)], \
+        [at(4, 140, 800), at(5, 100, 900)], [at(6, 100, 500)]
+    rss = summarise_rss(start + idle + load + stop, idle, load)
+    assert rss["idle_mb"] == {"supervisor": 100, "workers": 610, "tree": 710}  # medians
+    assert rss["load_peak_mb"] == {"supervisor": 140, "workers": 900, "tree": 1000}  # each part's own peak
+    assert rss["peak_tree_mb"] == 1600 and rss["samples"] == 7 and rss["processes"] == 2
+    assert summarise_rss([], [], [])["idle_mb"]["tree"] is None
+
+
+# ---- the docs' figures --------------------------------------------------------------------------
+
+def test_the_docs_figures_are_what_the_committed_report_gives() -> None:
+    from bench.report import BLOCKS, DOCS, REPORT, rendered_docs
+
+    report = json.loads(REPORT.read_text())
+    used: set[str] = set()
+    for doc, text in rendered_docs(report).items():
+        assert doc.read_text() == text, f"{doc.name} is out of date: run python -m bench.report"
+        used |= set(re.findall(r"<!-- bench:table:([a-z_]+) -->", text))
+    assert used == set(BLOCKS), "every table the report makes is quoted somewhere"
+    commit = report["environment"]["git_commit"]
+    assert commit and all(commit in doc.read_text() for doc in DOCS)
+
+
+def test_a_stale_table_is_regenerated_between_its_markers_only(tmp_path: Path) -> None:
+    from bench.report import REPORT, render_doc
+
+    report = json.loads(REPORT.read_text())
+    doc = ("intro 1.23 img/s\n<!-- bench:table:goals -->\n| old | figures |\n<!-- /bench:table:goals -->\n"
+           "outro\n")
+    text = render_doc(doc, report, "bench.json")
+    assert text.startswith("intro 1.23 img/s\n<!-- bench:table:goals -->\n| goal |") and text.endswith(
+        "<!-- /bench:table:goals -->\noutro\n")
+    assert "old" not in text and report["environment"]["git_commit"] in text
+    assert render_doc(text, report, "bench.json") == text
+    with pytest.raises(ValueError, match="unknown bench block"):
+        render_doc("<!-- bench:table:nope -->\n<!-- /bench:table:nope -->", report, "bench.json")
+
+
+def test_every_table_renders_for_partial_reports() -> None:
+    from bench.report import BLOCKS
+
+    subset = {"environment": {"device": "cpu", "series": ["b"], "levels": [1, 16], "warmup_s": 0, "duration_s": 1},
+              "ours": _series("ours", {1: 20.0, 16: 40.0})}
+    starved = {**subset, "baseline": _series("baseline", {1: 10.0, 16: 0.0}),
+               "unbatched": {"title": "unbatched", "error": "did not start\n(log)"}}
+    starved["baseline"]["levels"][1].update(ok=0, p50_ms=None)  # no request finished in the window
+    for report in (subset, starved):
+        report["ratios"], report["goals"] = ratios(report), goals(report)
+        tables = {name: make(report) for name, make in BLOCKS.items()}
+        assert "20.00 (40)" in tables["throughput"] and "1.10 GB" in tables["headline"]
+    assert "the transformers baseline" not in tables["headline"]  # no ratio at 16 clients: no claim
+    assert "not measured: did not start" in tables["results"] and "| — (2.00 at 1;" in tables["ratios"]
+
+
+def test_two_runs_are_compared_side_by_side() -> None:
+    from bench.report import compare
+
+    before = {"environment": {"git_commit": "aaa", "device": "cpu"}, "ours": _series("ours", {1: 20.0, 16: 40.0})}
+    after = {"environment": {"git_commit": "bbb", "device": "cpu"}, "ours": _series("ours", {16: 44.0, 64: 50.0})}
+    text = compare(before, after)
+    assert "before: commit aaa, after: commit bbb" in text and "tree peak before" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("(b) ours")]
+    # only c=16 ran in both; then the memory row: supervisor, workers idle and the tree's peak, before and after
+    assert rows == [["(b)", "ours", "16", "40.00", "44.00", "1.10", "40.0", "40.0"],
+                    ["(b)", "ours", "150.0", "150.0", "700.0", "700.0", "1100.0", "1100.0"]]
