@@ -26,7 +26,8 @@ import bentoml
 import numpy as np
 from PIL.Image import Image
 
-from clip_runner.device import configure_threads, inference, pick_device, resolve_precision
+from clip_runner.device import configure_threads, pick_device, resolve_precision
+from clip_runner.encoder import inference
 from clip_runner.settings import get_settings
 
 if TYPE_CHECKING:

@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 
 from bench import PHOTO_SIZES, photo_jpeg
-from clip_runner.preprocess import UploadPreparer, normalize
+from clip_runner.encoder import normalize
+from clip_runner.images import UploadPreparer
 from clip_runner.settings import ClipSettings
 
 

@@ -364,11 +364,10 @@ def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: ClipSe
     """
     import numpy as np
 
-    from clip_runner.pipeline import decode_threads
-    from clip_runner.preprocess import UploadPreparer
+    from clip_runner.images import UploadPreparer
 
     prepare = UploadPreparer.from_settings(encoder.loaded.entry.preprocess_cfg, settings)
-    batch, threads = settings.max_batch, decode_threads(settings)
+    batch, threads = settings.max_batch, settings.decode_thread_count
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as decoders:
         def submit(first: int) -> list[Any]:
             return [decoders.submit(prepare, photos[(first + i) % len(photos)]) for i in range(batch)]
@@ -552,7 +551,7 @@ def gpu_workers(device: str) -> dict[str, str]:
     """On CUDA, our service's worker count as docs/performance.md advises for a GPU machine
     (one per 2 CPUs, at most 8), unless ``CLIP_WORKERS`` is set: one worker's event loop and
     GIL cap it at a few hundred requests/s, far below what the GPU serves."""
-    from clip_runner.device import cpu_share
+    from clip_runner.settings import cpu_share
 
     if not device.startswith("cuda") or os.environ.get("CLIP_WORKERS"):
         return {}
@@ -571,7 +570,7 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
     """Facts a reader needs to interpret the numbers, and what this run was asked to measure."""
     import torch
 
-    from clip_runner.device import available_cpus
+    from clip_runner.settings import available_cpus
     from clip_runner.store import open_entry
 
     entry = open_entry(tag)

@@ -70,8 +70,7 @@ class ClipAPI:
     """The routes' logic over one served model."""
 
     def __init__(self, model: ServedModel, settings: ClipSettings) -> None:
-        from .device import cpu_share  # torch, torchvision: only in the worker that serves
-        from .images import UploadPreparer
+        from .images import UploadPreparer  # torchvision: only in the worker that serves
 
         self.model = model
         self.settings = settings
@@ -84,7 +83,7 @@ class ClipAPI:
         self.threshold = scoring.resolve_threshold(settings, metadata)
         self.categories: tuple[str, ...] = tuple(metadata.get("categories") or DEFAULT_CATEGORIES)
         self.labels = scoring.LabelCache(metadata.get("prompt_templates") or DEFAULT_TEMPLATES)
-        self.decode_threads = settings.decode_threads or max(4, 2 * cpu_share(settings.workers))
+        self.decode_threads = settings.decode_thread_count
         self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         self.batcher = MicroBatcher(model.encoder.encode_pixels, model.encoder.encode_texts,
                                     self.max_batch, name="clip-model")

@@ -41,8 +41,8 @@ from .calibration import build_pairs, calibrate, encode_texts, fit_threshold, re
 from .encoder import BatchEncoder, encode_in_chunks
 from .errors import ModelNotAvailable
 from .finetune import TrainConfig, finetune
-from .loading import LoadedModel, build_from_config, load_entry
 from .images import PixelPipeline
+from .loading import LoadedModel, build_from_config, load_entry
 from .scoring import average_prompts, prompts_for
 from .settings import DEFAULT_THRESHOLD
 from .store import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, latest_tag, open_entry, save_entry, sha256_file

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import torch
+
+from .settings import cpu_share
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +77,6 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> Precisio
     if not native:
         logger.warning("CLIP_PRECISION=bf16 on a CPU without native bf16: expect it to be slower than fp32")
     return Precision("bf16", weights=torch.bfloat16)
-
-
-def cpu_share(workers: int) -> int:
-    """This process's share of the CPUs when ``workers`` processes split them (at least 1)."""
-    return max(1, available_cpus() // max(1, workers))
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects affinity masks and container cpusets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def configure_threads(num_threads: int | None, workers: int = 1) -> int:

@@ -32,9 +32,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .device import pick_device
+from .encoder import normalize
 from .loading import build_from_config, create_model, load_entry, plain_config
 from .pairs import PairSet, load_pairs
-from .encoder import normalize
 from .registry import model_config as builtin_model_config
 from .store import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, cpu_state_dict, save_entry, store_name
 

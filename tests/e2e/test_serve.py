@@ -11,11 +11,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from clip_runner.preprocess import PixelPipeline
 from PIL import Image
 
 from clip_runner.encoder import BatchEncoder
 from clip_runner.loading import load_entry
-from clip_runner.preprocess import PixelPipeline
 from tests.conftest import make_jpeg, make_png
 from tests.e2e.conftest import Server, start_server, stop_server
 

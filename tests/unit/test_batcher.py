@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_runner.batcher import MicroBatcher
-from clip_runner.encoder import BatchEncoder, split_trailer
+from clip_runner.batcher import Batch, MicroBatcher
+from clip_runner.encoder import BatchEncoder
 from clip_runner.errors import Overloaded
 from clip_runner.loading import load_entry
 
@@ -47,6 +47,13 @@ class Gate:
         return self.call(items)
 
 
+async def _until_queued(batcher: MicroBatcher, rows: Callable[[], int]) -> None:
+    """Wait until ``rows()`` rows wait in the batcher's queue (the signal that submits arrived)."""
+    async with asyncio.timeout(30):
+        while batcher.queued != rows():
+            await asyncio.sleep(0.001)
+
+
 async def _queue_behind_first(batcher: MicroBatcher, gate: Gate, first: Any, *rest: Any) -> list[Any]:
     """Submit ``first``; once the model holds it, submit ``rest``; release; gather all results."""
     submit = batcher.encode_pixels if isinstance(first, np.ndarray) else batcher.encode_texts
@@ -55,7 +62,8 @@ async def _queue_behind_first(batcher: MicroBatcher, gate: Gate, first: Any, *re
     tail = [asyncio.ensure_future(
         (batcher.encode_pixels if isinstance(item, np.ndarray) else batcher.encode_texts)(item))
         for item in rest]
-    await asyncio.sleep(0.05)  # let every submit reach the queue
+    # Every submit has either joined the queue or been refused (a refused one is done).
+    await _until_queued(batcher, lambda: sum(len(item) for item, t in zip(rest, tail, strict=True) if not t.done()))
     gate.release.set()
     return await asyncio.gather(head, *tail, return_exceptions=True)
 
@@ -66,12 +74,11 @@ def test_waiting_requests_share_a_batch_and_each_gets_its_own_rows(encoder: Batc
     images = [_pixels(encoder, seed) for seed in range(6)]
     results = asyncio.run(_queue_behind_first(batcher, gate, *images))
     assert gate.batches == [1, 5]
-    for image, raw in zip(images, results, strict=True):
-        rows, batch_size, infer_ms = split_trailer(raw)
+    for image, batch in zip(images, results, strict=True):
         alone = encoder.encode_pixels(image)
-        assert rows.shape == alone.shape and float(rows[0] @ alone[0]) >= 0.9999
-        assert infer_ms > 0
-    assert [split_trailer(r)[1] for r in results] == [1, 5, 5, 5, 5, 5]
+        assert batch.rows.shape == alone.shape and float(batch.rows[0] @ alone[0]) >= 0.9999
+        assert batch.infer_ms > 0
+    assert [batch.size for batch in results] == [1, 5, 5, 5, 5, 5]
     batcher.close()
 
 
@@ -81,14 +88,14 @@ def test_batches_never_exceed_max_batch_rows(encoder: BatchEncoder) -> None:
     texts = [[f"text {i}"] for i in range(12)] + [["two", "rows"]]
     results = asyncio.run(_queue_behind_first(batcher, gate, *texts))
     assert gate.batches == [1, 4, 4, 3, 2]  # the 2-row request does not fit beside the last three
-    assert all(len(r) == len(t) for r, t in zip(results, texts, strict=True))
+    assert all(len(r.rows) == len(t) for r, t in zip(results, texts, strict=True))
     batcher.close()
 
 
 def test_a_request_larger_than_max_batch_runs_alone(encoder: BatchEncoder) -> None:
     batcher = MicroBatcher(encoder.encode_pixels, encoder.encode_texts, max_batch=2)
-    raw = asyncio.run(batcher.encode_pixels(_pixels(encoder, 0, n=3)))
-    assert raw.shape[0] == 3 and split_trailer(raw)[1] == 3
+    batch = asyncio.run(batcher.encode_pixels(_pixels(encoder, 0, n=3)))
+    assert batch.rows.shape[0] == 3 and batch.size == 3
     batcher.close()
 
 
@@ -103,7 +110,7 @@ def test_a_request_that_breaks_the_model_fails_alone(encoder: BatchEncoder) -> N
     results = asyncio.run(_queue_behind_first(batcher, gate, ["first"], ["a cat"], ["boom"], ["a dog"]))
     assert isinstance(results[2], RuntimeError) and "this input" in str(results[2])
     for i in (0, 1, 3):
-        assert isinstance(results[i], np.ndarray) and results[i].shape[0] == 1
+        assert isinstance(results[i], Batch) and results[i].rows.shape[0] == 1
     # The failed batch of three was retried request by request.
     assert gate.batches == [1, 3, 1, 1, 1]
     batcher.close()
@@ -133,7 +140,7 @@ def test_a_full_queue_refuses_at_once(encoder: BatchEncoder) -> None:
 
     results = asyncio.run(scenario())
     assert isinstance(results[3], Overloaded) and "queue is full" in str(results[3])
-    assert all(isinstance(r, np.ndarray) for r in results[:3])
+    assert all(isinstance(r, Batch) for r in results[:3])
     batcher.close()
 
 
@@ -146,12 +153,12 @@ def test_a_cancelled_request_is_not_encoded(encoder: BatchEncoder) -> None:
         await asyncio.to_thread(gate.entered.wait, 30)
         gone = asyncio.ensure_future(batcher.encode_texts(["caller went away"]))
         kept = asyncio.ensure_future(batcher.encode_texts(["still here"]))
-        await asyncio.sleep(0.05)
+        await _until_queued(batcher, lambda: 2)
         gone.cancel()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the cancellation is delivered; the worker skips it when it takes
         gate.release.set()
         await head
-        assert (await kept).shape[0] == 1
+        assert (await kept).rows.shape[0] == 1
 
     asyncio.run(scenario())
     assert gate.batches == [1, 1]
@@ -161,7 +168,7 @@ def test_a_cancelled_request_is_not_encoded(encoder: BatchEncoder) -> None:
 
 def test_close_finishes_queued_work_then_refuses(encoder: BatchEncoder) -> None:
     batcher = MicroBatcher(encoder.encode_pixels, encoder.encode_texts, max_batch=8)
-    assert asyncio.run(batcher.encode_texts(["before"])).shape[0] == 1
+    assert asyncio.run(batcher.encode_texts(["before"])).rows.shape[0] == 1
     batcher.close()
     with pytest.raises(Overloaded, match="shutting down"):
         asyncio.run(batcher.encode_texts(["after"]))
@@ -181,6 +188,6 @@ def test_a_model_that_returns_the_wrong_number_of_rows_fails_its_callers_not_the
     with pytest.raises(RuntimeError, match="returned 1 rows for 2 inputs"):
         asyncio.run(batcher.encode_texts(["a", "b"]))
     assert batcher.alive
-    assert asyncio.run(batcher.encode_pixels(_pixels(encoder, 0))).shape[0] == 1  # still serving
+    assert asyncio.run(batcher.encode_pixels(_pixels(encoder, 0))).rows.shape[0] == 1  # still serving
     batcher.close()
     assert not batcher.alive

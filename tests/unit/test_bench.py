@@ -329,7 +329,7 @@ def test_plots_are_written_for_the_measured_sections(tmp_path: Path) -> None:
 
 def test_on_cuda_our_service_runs_the_workers_a_gpu_machine_needs(monkeypatch) -> None:
     from bench import run
-    from clip_runner import device
+    from clip_runner import settings as device
 
     monkeypatch.delenv("CLIP_WORKERS", raising=False)
     monkeypatch.setattr(device, "available_cpus", lambda: 16)

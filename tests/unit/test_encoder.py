@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_runner.encoder import BatchEncoder, split_trailer, with_trailer
-from clip_runner.loading import load_entry
+from clip_runner.encoder import BatchEncoder
 from clip_runner.images import PixelPipeline
+from clip_runner.loading import load_entry
 from tests.conftest import make_jpeg, unit_rows
 
 
@@ -61,11 +61,14 @@ def test_bad_pixel_shape_is_refused(loaded) -> None:
         BatchEncoder(loaded).encode_pixels(np.zeros((2, 64, 64), dtype=np.uint8))
 
 
-def test_trailer_round_trip() -> None:
-    rows = np.eye(3, 5, dtype=np.float32)
-    emb, batch, ms = split_trailer(with_trailer(rows, 7, 0.0125))
-    np.testing.assert_array_equal(emb, rows)
-    assert batch == 7 and ms == pytest.approx(12.5)
+def test_weights_load_straight_into_the_serving_dtype(tiny_tag: str, loaded) -> None:
+    """bf16 serving builds the model in bf16 and casts the stored weights one tensor at a time."""
+    bf16 = load_entry(tiny_tag, torch.device("cpu"), torch.bfloat16)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored for the rest of the process
+    for name, value in bf16.model.state_dict().items():  # the stored weights, rounded to bf16
+        expected = loaded.model.state_dict()[name]
+        torch.testing.assert_close(value, expected.to(value.dtype), rtol=0, atol=0)
 
 
 def _pixels(loaded, n: int) -> np.ndarray:

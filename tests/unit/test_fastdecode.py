@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 
 from bench import photo_jpeg
-from clip_runner.images import decode_image
-from clip_runner.images import PixelPipeline
+from clip_runner.images import PixelPipeline, decode_image
 from tests.conftest import unit_rows
 
 LIMITS = {"max_bytes": 50 * 1024 * 1024, "max_pixels": 100_000_000}
@@ -81,15 +80,10 @@ def test_small_jpegs_and_other_formats_decode_at_full_size() -> None:
     assert decode_image(buf.getvalue(), **LIMITS, draft_side=448).size == (3000, 2000)
 
 
-def test_pipeline_uses_fast_decode_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_runner.pipeline import ClipPipeline
+def test_uploads_use_fast_decode_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_runner.images import UploadPreparer
     from clip_runner.settings import ClipSettings
 
-    info = {"preprocess_cfg": OPENAI_224, "embedding_size": 4}
-    on = ClipPipeline(None, ClipSettings(), info)  # type: ignore[arg-type]
-    assert on.draft_side == 224
+    assert UploadPreparer.from_settings(OPENAI_224, ClipSettings()).draft_side == 224
     monkeypatch.setenv("CLIP_FAST_DECODE", "false")
-    off = ClipPipeline(None, ClipSettings(), info)  # type: ignore[arg-type]
-    assert off.draft_side is None
-    on.close()
-    off.close()
+    assert UploadPreparer.from_settings(OPENAI_224, ClipSettings()).draft_side is None

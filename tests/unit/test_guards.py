@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clip_http.guards import AdmissionLimit, BodyLimit
+from clip_http.middleware import AdmissionLimit, BodyLimit
 
 
 def _scope(path: str = "/encode_image", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ async def _run(app, scope, chunks: list[bytes]) -> list[dict]:
 
 async def test_declared_length_over_limit_is_refused_before_reading() -> None:
     inner = Recorder()
-    sent = await _run(BodyLimit(inner, lambda: 100), _scope(headers=[(b"content-length", b"101")]), [b"x" * 101])
+    sent = await _run(BodyLimit(inner, 100), _scope(headers=[(b"content-length", b"101")]), [b"x" * 101])
     assert sent[0]["status"] == 413 and inner.calls == 0
     assert b"limit" in sent[1]["body"]
 
@@ -59,25 +59,25 @@ async def test_declared_length_over_limit_is_refused_before_reading() -> None:
 async def test_streamed_body_over_limit_is_refused_even_if_length_lies() -> None:
     inner = Recorder()
     scope = _scope(headers=[(b"content-length", b"10")])  # claims 10 bytes, streams 300
-    sent = await _run(BodyLimit(inner, lambda: 100), scope, [b"x" * 60, b"x" * 60, b"x" * 180])
+    sent = await _run(BodyLimit(inner, 100), scope, [b"x" * 60, b"x" * 60, b"x" * 180])
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
     assert inner.bodies == []  # the app never got the oversized body
 
 
 async def test_body_under_limit_passes() -> None:
     inner = Recorder()
-    sent = await _run(BodyLimit(inner, lambda: 100), _scope(), [b"x" * 50, b"y" * 50])
+    sent = await _run(BodyLimit(inner, 100), _scope(), [b"x" * 50, b"y" * 50])
     assert sent[0]["status"] == 200 and inner.bodies == [b"x" * 50 + b"y" * 50]
 
 
 async def test_bad_content_length_is_400() -> None:
-    sent = await _run(BodyLimit(Recorder(), lambda: 100), _scope(headers=[(b"content-length", b"ten")]), [b""])
+    sent = await _run(BodyLimit(Recorder(), 100), _scope(headers=[(b"content-length", b"ten")]), [b""])
     assert sent[0]["status"] == 400
 
 
 async def test_admission_refuses_the_excess_at_once() -> None:
     gate = asyncio.Event()
-    guard = AdmissionLimit(Recorder(gate), lambda: 1, retry_after_s=2)
+    guard = AdmissionLimit(Recorder(gate), 1, retry_after_s=2)
     first = asyncio.create_task(_run(guard, _scope(), [b"a"]))
     await asyncio.sleep(0.01)
     second = await _run(guard, _scope(), [b"b"])
