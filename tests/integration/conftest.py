@@ -48,3 +48,26 @@ def asgi_app(client: TestClient):
         await app(scope, receive, send)
 
     return without_lifespan
+
+
+@pytest.fixture
+def client_with(service_module):
+    """``make(**settings)``: a client of the service's routes configured with other settings,
+    over the model the session's service already loaded (settings are read once, at start)."""
+    from clip_http.app import create_app
+    from clip_runner.api import ClipAPI
+    from clip_runner.settings import ClipSettings
+
+    made: list[tuple[TestClient, ClipAPI]] = []
+
+    def make(**overrides) -> TestClient:
+        settings = ClipSettings(**overrides)
+        app = create_app(settings)
+        app.state.api = ClipAPI(service_module.app.state.api.model, settings)
+        made.append((TestClient(app, raise_server_exceptions=False), app.state.api))
+        return made[-1][0]
+
+    yield make
+    for test_client, api in made:
+        test_client.close()
+        api.close()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_runner.settings import ClipSettings
 from tests.conftest import make_jpeg
 
 
@@ -131,8 +130,8 @@ def test_hostile_requests_do_not_disturb_valid_ones(client) -> None:
     assert all(np.allclose(g, good_rows[0], atol=1e-5) for g in good_rows)
 
 
-def test_request_body_limit(client, service_module, monkeypatch) -> None:
-    monkeypatch.setattr(service_module, "settings", ClipSettings(model_tag="unused", max_request_bytes=5000))
+def test_request_body_limit(client_with) -> None:
+    client = client_with(max_request_bytes=5000)
     resp = client.post("/encode_image", files={"image": ("a.jpg", make_jpeg(0, size=(400, 400)))})
     assert resp.status_code == 413 and "CLIP_MAX_REQUEST_BYTES" in resp.json()["error"]
 

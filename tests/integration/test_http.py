@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from clip_runner.categories import DEFAULT_CATEGORIES
-from clip_runner.settings import ClipSettings
 from tests.conftest import make_jpeg, make_png, unit_rows
 
 DIM = 32  # the tiny test model's embedding size
@@ -155,10 +154,8 @@ def test_bad_input_gets_clear_4xx(client, path, kwargs, status, needle) -> None:
     assert needle in resp.json()["error"]
 
 
-def test_image_over_byte_limit_is_413(client, service_module, monkeypatch) -> None:
-    small = ClipSettings(model_tag="unused", max_image_bytes=1000)
-    monkeypatch.setattr(service_module, "settings", small)
-    resp = _post_image(client, "/encode_image", make_jpeg(0, size=(400, 400)))
+def test_image_over_byte_limit_is_413(client_with) -> None:
+    resp = _post_image(client_with(max_image_bytes=1000), "/encode_image", make_jpeg(0, size=(400, 400)))
     assert resp.status_code == 413 and "limit" in resp.json()["error"]
 
 
@@ -176,8 +173,8 @@ def test_bad_requests_do_not_spoil_concurrent_good_ones(client) -> None:
     assert all(np.allclose(g, goods[0], atol=1e-5) for g in goods)
 
 
-def test_api_key(client, service_module, monkeypatch) -> None:
-    monkeypatch.setattr(service_module, "settings", ClipSettings(model_tag="unused", api_key="s3cret"))
+def test_api_key(client_with) -> None:
+    client = client_with(api_key="s3cret")
     assert client.post("/encode_text", json={"text": "hi"}).status_code == 401
     assert client.post("/encode_text", json={"text": "hi"}, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.post("/encode_text", json={"text": "hi"}, headers={"X-API-Key": "s3cret"}).status_code == 200
@@ -187,7 +184,7 @@ def test_api_key(client, service_module, monkeypatch) -> None:
 
 
 def test_a_full_model_queue_is_503_with_retry_after(client, service_module, monkeypatch) -> None:
-    batcher = service_module._SERVICE._local.batcher  # the default layout: the model in process
+    batcher = service_module.app.state.api.batcher
     monkeypatch.setattr(batcher, "max_queued", 0)
     resp = _post_image(client, "/encode_image", make_jpeg(3))
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
@@ -202,7 +199,7 @@ def test_health_is_503_when_the_model_thread_has_stopped(client, service_module,
     stopped = threading.Thread(target=lambda: None)
     stopped.start()
     stopped.join()
-    monkeypatch.setattr(service_module._SERVICE._local.batcher, "_thread", stopped)
+    monkeypatch.setattr(service_module.app.state.api.batcher, "_thread", stopped)
     resp = client.get("/health")
     assert resp.status_code == 503 and "model thread has stopped" in resp.json()["error"]
     monkeypatch.undo()
