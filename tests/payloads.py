@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -72,3 +74,23 @@ def chunked_upload(total_bytes: int, chunk: int = 1000) -> Iterator[bytes]:
     yield part_header()
     for start in range(0, total_bytes, chunk):
         yield b"\xff" * min(chunk, total_bytes - start)
+
+
+def part_end() -> bytes:
+    """The close of the multipart body :func:`part_header` opened."""
+    return f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def held_upload(url: str, image: bytes, release: threading.Event, timeout_s: float = 120) -> httpx.Response:
+    """POST ``image`` to ``url``/encode_image, holding the body back until ``release`` is set.
+
+    The server has the request (headers and the first part) and waits for the rest: a request
+    known to be in flight for exactly as long as the test decides.
+    """
+    def body() -> Iterator[bytes]:
+        yield part_header()
+        if not release.wait(timeout_s):
+            raise TimeoutError("the held upload was never released")
+        yield image + part_end()
+
+    return httpx.post(f"{url}/encode_image", content=body(), headers={"content-type": MULTIPART}, timeout=timeout_s)
