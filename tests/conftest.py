@@ -73,20 +73,6 @@ def tiny_tag() -> str:
     return register_random(str(TINY_CONFIG), seed=0)
 
 
-@pytest.fixture(scope="session")
-def demo_tag() -> str:
-    """The bundled demo model (models/demo/), registered in the test store."""
-    from models.demo import register_demo
-
-    return register_demo()
-
-
-@pytest.fixture(scope="session")
-def demo_reference() -> Reference:
-    """The bundled demo model as plain open_clip loads it from its files."""
-    return open_clip_reference(DEMO_DIR)
-
-
 class Reference(NamedTuple):
     """A model as plain open_clip loads it, with open_clip's own preprocess and tokenizer.
 
@@ -133,6 +119,20 @@ def reference(tiny_tag: str) -> Reference:
     import bentoml
 
     return open_clip_reference(Path(bentoml.models.get(tiny_tag).path))
+
+
+@pytest.fixture(scope="session")
+def demo_tag() -> str:
+    """The bundled demo model (models/demo/), registered in the test store."""
+    from models.demo import register_demo
+
+    return register_demo()
+
+
+@pytest.fixture(scope="session")
+def demo_reference() -> Reference:
+    """The bundled demo model as plain open_clip loads it from its files."""
+    return open_clip_reference(DEMO_DIR)
 
 
 def unit_rows(x) -> np.ndarray:
