@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 # The model store location must be fixed before bentoml is imported anywhere.
 _HOME = tempfile.mkdtemp(prefix="clip-test-bentoml-")
@@ -19,6 +22,35 @@ from PIL import Image  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CONFIG = FIXTURES / "tiny_clip.json"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"  # the bundled demo model's files
+
+
+# What parity is measured at: fp32 on CPU, whatever the machine's fastest precision would be.
+PINNED_FP32 = {"CLIP_DEVICE": "cpu", "CLIP_PRECISION": "fp32"}
+
+
+def server_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a test's server: the shell's, minus every ``CLIP_*`` variable, plus ``settings``.
+
+    A fixture's server runs the settings its test names, never what the shell happens to export.
+    """
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLIP_")}
+    return {**inherited, **settings}
+
+
+@contextlib.contextmanager
+def clip_env(settings: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, the process's ``CLIP_*`` variables are exactly ``settings`` (restored after)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("CLIP_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name in [n for n in os.environ if n.startswith("CLIP_")]:
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)
@@ -41,16 +73,66 @@ def tiny_tag() -> str:
     return register_random(str(TINY_CONFIG), seed=0)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_tag: str):
-    """The tiny model as plain open_clip loads it, with open_clip's own preprocess and tokenizer."""
+class Reference(NamedTuple):
+    """A model as plain open_clip loads it, with open_clip's own preprocess and tokenizer.
+
+    What the service's answers are checked against: nothing of the service's own pipeline.
+    """
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+
+    def images(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Unit image embeddings (N, D), fp32, of the files as PIL opens them."""
+        import torch
+
+        pixels = torch.stack([self.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+        with torch.no_grad():
+            return unit_rows(self.model.encode_image(pixels))
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit text embeddings (N, D), fp32."""
+        import torch
+
+        with torch.no_grad():
+            return unit_rows(self.model.encode_text(self.tokenizer(list(texts))))
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned softmax temperature, as CLIP applies it (exp of the stored log)."""
+        return float(self.model.logit_scale.detach().exp())
+
+
+def open_clip_reference(model_dir: Path) -> Reference:
+    """The open_clip model stored in ``model_dir`` (open_clip_config.json + weights), loaded by open_clip."""
     import open_clip
 
-    from clip_runner.store import open_entry
-
-    name = open_entry(tiny_tag).local_dir_name
+    name = f"local-dir:{model_dir}"
     model, _, preprocess = open_clip.create_model_and_transforms(name)
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+    return Reference(model.eval(), preprocess, open_clip.get_tokenizer(name))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_tag: str) -> Reference:
+    """The tiny model as plain open_clip loads it from its store entry."""
+    import bentoml
+
+    return open_clip_reference(Path(bentoml.models.get(tiny_tag).path))
+
+
+@pytest.fixture(scope="session")
+def demo_tag() -> str:
+    """The bundled demo model (models/demo/), registered in the test store."""
+    from models.demo import register_demo
+
+    return register_demo()
+
+
+@pytest.fixture(scope="session")
+def demo_reference() -> Reference:
+    """The bundled demo model as plain open_clip loads it from its files."""
+    return open_clip_reference(DEMO_DIR)
 
 
 def unit_rows(x) -> np.ndarray:

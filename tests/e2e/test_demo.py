@@ -24,7 +24,7 @@ SEED = 424_242  # images none of the demo's training, calibration or evaluation 
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("demo") / "serve.log"
     # Nothing configured, hub unreachable: the default must fall back to the demo model.
-    srv = start_server({"HF_HUB_OFFLINE": "1", "CLIP_MAX_LATENCY_MS": "2000"}, log)
+    srv = start_server({"HF_HUB_OFFLINE": "1"}, log)
     yield srv
     stop_server(srv)
 

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from bench import server
-from tests.conftest import make_jpeg
-from tests.e2e.conftest import ROOT, start_server, stop_server
+from tests.conftest import make_jpeg, server_env
+from tests.e2e.conftest import ROOT, in_progress, start_server, stop_server, wait_for
+from tests.payloads import held_upload
 
 pytestmark = pytest.mark.slow
 
 
 def _build(tag: str, cuda: bool = False) -> str:
     args = [sys.executable, "-m", "deploy.build_bento"] + (["--cuda"] if cuda else [])
-    out = subprocess.run(args, cwd=ROOT, env={**os.environ, "CLIP_MODEL_TAG": tag},
+    out = subprocess.run(args, cwd=ROOT, env=server_env({"CLIP_MODEL_TAG": tag}),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (ROOT / "bento_model.json").exists()  # the checkout is not left pinned
@@ -50,7 +48,7 @@ def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
 
 def test_built_bento_serves_the_pinned_model(bento_tag: str, tiny_tag: str, tmp_path) -> None:
     # From an empty folder, so what serves is the built bento, not the repo's service.py.
-    srv = server.start(bento_tag, log=tmp_path / "bento.log", cwd=tmp_path)
+    srv = server.start(bento_tag, env=server_env({}), log=tmp_path / "bento.log", cwd=tmp_path)
     try:
         server.wait_ready(srv, timeout_s=120)
         url = srv.url
@@ -85,37 +83,29 @@ def test_cuda_variant(tiny_tag: str) -> None:
     assert {e.name: e.value for e in info.envs}["CLIP_DEVICE"] == "cuda"
 
 
-def _large_jpegs(n: int) -> list[bytes]:
-    out = []
-    for seed in range(n):
-        small = np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=85)
-        out.append(buf.getvalue())
-    return out
-
-
-@pytest.mark.parametrize("mode", ["inprocess", "service"])
-def test_sigterm_lets_in_flight_requests_finish(tiny_tag: str, tmp_path, mode: str) -> None:
-    env = {"CLIP_MODEL_TAG": tiny_tag, "CLIP_DECODE_THREADS": "1", "CLIP_ENCODER_MODE": mode}
-    server = start_server(env, tmp_path / "s.log")
-    blobs, result = _large_jpegs(24), {}
-
-    def call() -> None:
-        files = [("images", (f"{i}.jpg", b)) for i, b in enumerate(blobs)]
-        result["resp"] = httpx.post(f"{server.url}/encode_images", files=files, timeout=120)
-
+def _answers(url: str) -> bool:
+    """Whether the server takes a new request now (a shutting-down worker accepts no more)."""
     try:
-        thread = threading.Thread(target=call)
-        thread.start()
-        time.sleep(1.0)  # the request is being decoded (≈ 2–3 s on one thread)
-        os.kill(server.proc.pid, signal.SIGTERM)
-        thread.join(120)
-        resp = result["resp"]
-        assert resp.status_code == 200, resp.text
-        assert all(e is not None for e in resp.json()["embeddings"])
-        assert server.proc.wait(60) == 0
-        if mode == "service":  # the encoder held its SIGTERM back until the entry went quiet
-            assert "drained after" in server.output()
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_sigterm_lets_in_flight_requests_finish(tiny_tag: str, tmp_path) -> None:
+    srv = start_server({"CLIP_MODEL_TAG": tiny_tag}, tmp_path / "s.log")
+    release, pool = threading.Event(), ThreadPoolExecutor(1)
+    try:
+        # The request is in flight, its body held back, when SIGTERM arrives; the rest of the
+        # body is sent only once the server has stopped taking new requests (shutting down).
+        pending = pool.submit(held_upload, srv.url, make_jpeg(1), release)
+        wait_for(lambda: in_progress(srv, "/encode_image") == 1, "the request to be in flight")
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        wait_for(lambda: not _answers(srv.url), "the server to stop taking new requests")
+        release.set()
+        resp = pending.result(timeout=120)
+        assert resp.status_code == 200 and len(resp.json()) == 32, resp.text
+        assert srv.proc.wait(60) == 0, srv.output()
     finally:
-        stop_server(server)
+        release.set()
+        pool.shutdown()
+        stop_server(srv)

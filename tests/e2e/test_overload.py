@@ -2,56 +2,51 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.conftest import make_jpeg
+from tests.e2e.conftest import in_progress, start_server, stop_server, wait_for
+from tests.payloads import held_upload
 
 pytestmark = pytest.mark.slow
 
-
-def _photo(seed: int) -> bytes:
-    small = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((1600, 1200), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-async def _storm(url: str, n: int) -> list[httpx.Response]:
-    blobs = [_photo(i) for i in range(8)]
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=n)) as client:
-        calls = [client.post("/encode_image", files={"image": ("a.jpg", blobs[i % 8])}) for i in range(n)]
-        return await asyncio.gather(*calls)
+LIMIT = 4
 
 
 def test_excess_load_is_refused_fast_and_admitted_requests_succeed(tiny_tag, tmp_path) -> None:
-    env = {"CLIP_MODEL_TAG": tiny_tag, "CLIP_MAX_CONCURRENCY": "4", "CLIP_DECODE_THREADS": "1"}
-    server = start_server(env, tmp_path / "overload.log")
+    server = start_server({"CLIP_MODEL_TAG": tiny_tag, "CLIP_MAX_CONCURRENCY": str(LIMIT)}, tmp_path / "overload.log")
+    release, pool = threading.Event(), ThreadPoolExecutor(LIMIT)
     try:
-        responses = asyncio.run(_storm(server.url, 12))  # 3x the admitted concurrency
-        statuses = [r.status_code for r in responses]
-        assert set(statuses) <= {200, 429}, statuses
-        assert statuses.count(200) >= 4 and statuses.count(429) >= 1, statuses
-        refused = next(r for r in responses if r.status_code == 429)
-        assert refused.headers["Retry-After"] == "1" and "capacity" in refused.json()["error"]
-        health = httpx.get(f"{server.url}/health", timeout=10)  # health is never refused
-        assert health.status_code == 200
+        # Exactly LIMIT requests in flight, their bodies held back: the server is at capacity.
+        held = [pool.submit(held_upload, server.url, make_jpeg(i), release) for i in range(LIMIT)]
+        wait_for(lambda: in_progress(server, "/encode_image") == LIMIT, f"{LIMIT} requests in flight")
+        image = httpx.post(f"{server.url}/encode_image", files={"image": ("a.jpg", make_jpeg(9))}, timeout=30)
+        text = httpx.post(f"{server.url}/encode_text", json={"text": ["a", "b"]}, timeout=30)
+        for refused in (image, text):  # whatever the route, the one over capacity is refused at once
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert f"at capacity ({LIMIT} requests in flight)" in refused.json()["error"]
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200  # health is never refused
+        release.set()
+        assert [f.result(timeout=120).status_code for f in held] == [200] * LIMIT  # the admitted all succeed
+        # Capacity is back once they are done.
         assert httpx.post(f"{server.url}/encode_text", json={"text": ["a", "b"]}, timeout=60).status_code == 200
         # Metrics are read on this server because it is the newest: BentoML keeps them in files
         # under BENTOML_HOME, which every `bentoml serve` of the shared test store resets.
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-        assert f'clip_refused_total{{reason="overload"}} {float(statuses.count(429))}' in metrics
+        assert 'clip_refused_total{reason="overload"} 2.0' in metrics
         # What Server-Timing reports per request, as Prometheus histograms.
-        assert f"clip_decode_ms_count {float(statuses.count(200))}" in metrics
+        assert f"clip_decode_ms_count {float(LIMIT)}" in metrics
         for name in ("clip_queue_wait_ms_count", "clip_inference_ms_count"):
             assert name in metrics, name
-        assert f'clip_request_batch_size_count{{kind="image"}} {float(statuses.count(200))}' in metrics
+        assert f'clip_request_batch_size_count{{kind="image"}} {float(LIMIT)}' in metrics
         assert 'clip_request_batch_size_count{kind="text"} 1.0' in metrics
         assert server.proc.poll() is None and "Traceback" not in server.output()
     finally:
+        release.set()
+        pool.shutdown()
         stop_server(server)

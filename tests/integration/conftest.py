@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import PINNED_FP32, clip_env
+
 
 @pytest.fixture(scope="session")
 def service_module(tiny_tag: str):
+    """The service at fp32 on CPU, with no setting but these: the shell's CLIP_* never reach it."""
     # Settings are read when service.py is imported, so the environment comes first.
-    os.environ["CLIP_MODEL_TAG"] = tiny_tag
-    from clip_runner.settings import get_settings
+    with clip_env({"CLIP_MODEL_TAG": tiny_tag, **PINNED_FP32}):
+        from clip_runner.settings import get_settings
 
-    get_settings.cache_clear()
-    import service
+        get_settings.cache_clear()
+        import service
 
-    # service.settings is fixed now; keep the variable from leaking into other tests.
-    del os.environ["CLIP_MODEL_TAG"]
+        get_settings.cache_clear()  # service.settings is fixed now; others read their own
     return service
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,48 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_jpeg
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width×height pixels but carries no image data."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
-def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-# (case, bytes, expected status) — all of them must be refused cleanly.
-BAD_IMAGES = [
-    ("zero bytes", b"", 400),
-    ("random bytes", np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), 415),
-    ("truncated jpeg", make_jpeg(1, size=(300, 300))[:400], 400),
-    ("truncated png", _encode(Image.new("RGB", (300, 300), "red"), "PNG")[:60], 400),
-    ("png declaring 100000x100000", _png_header_only(100_000, 100_000), 413),
-    ("svg", b"<svg xmlns='http://www.w3.org/2000/svg'><rect width='9' height='9'/></svg>", 415),
-    ("html", b"<!DOCTYPE html><html><body>hi</body></html>", 415),
-    ("jpeg+html polyglot", b"<html>" + make_jpeg(2), 415),
-    ("url in the file", b"https://example.com/cat.jpg", 415),
-    ("server path in the file", b"/etc/passwd", 415),
-    ("pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\n", 415),
-]
-
-GOOD_IMAGES = [
-    ("cmyk jpeg", _encode(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG")),
-    ("progressive jpeg", _encode(Image.new("RGB", (64, 48), "blue"), "JPEG", progressive=True)),
-    ("16-bit png", _encode(Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16), "PNG")),
-    ("palette+alpha png", _encode(Image.new("RGBA", (20, 20), (255, 0, 0, 0)).convert("P"), "PNG")),
-    ("animated gif", _encode(Image.new("RGB", (16, 16), "red"), "GIF", save_all=True,
-                             append_images=[Image.new("RGB", (16, 16), "blue")])),
-    ("animated webp", _encode(Image.new("RGB", (16, 16), "red"), "WEBP", save_all=True,
-                              append_images=[Image.new("RGB", (16, 16), "blue")])),
-]
+from tests.payloads import BAD_IMAGES, GOOD_IMAGES, MULTIPART, chunked_upload, encode
 
 
 @pytest.mark.parametrize(("case", "data", "status"), BAD_IMAGES, ids=[c[0] for c in BAD_IMAGES])
@@ -75,8 +31,8 @@ def test_exif_rotation_is_applied(client) -> None:
     image = Image.new("RGB", (40, 20), "white")
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90° on display
-    rotated = _encode(image, "JPEG", exif=exif)
-    upright = _encode(image.transpose(Image.Transpose.ROTATE_270), "JPEG")
+    rotated = encode(image, "JPEG", exif=exif)
+    upright = encode(image.transpose(Image.Transpose.ROTATE_270), "JPEG")
     a = np.array(client.post("/encode_image", files={"image": ("a.jpg", rotated)}).json())
     b = np.array(client.post("/encode_image", files={"image": ("b.jpg", upright)}).json())
     assert float(a @ b) > 0.999
@@ -135,11 +91,5 @@ def test_request_body_limit(client_with) -> None:
     resp = client.post("/encode_image", files={"image": ("a.jpg", make_jpeg(0, size=(400, 400)))})
     assert resp.status_code == 413 and "CLIP_MAX_REQUEST_BYTES" in resp.json()["error"]
 
-    def chunks():
-        yield b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\n"
-        for _ in range(10):
-            yield b"\xff" * 1000
-
-    streamed = client.post("/encode_image", content=chunks(),
-                           headers={"content-type": "multipart/form-data; boundary=x"})
+    streamed = client.post("/encode_image", content=chunked_upload(10_000), headers={"content-type": MULTIPART})
     assert streamed.status_code == 413

@@ -2,48 +2,53 @@
 
 from __future__ import annotations
 
-import io
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from clip_runner.categories import DEFAULT_CATEGORIES
-from tests.conftest import make_jpeg, make_png, unit_rows
+from tests.conftest import make_jpeg, make_png
 
 DIM = 32  # the tiny test model's embedding size
+PARITY = 0.9999  # cosine to open_clip's own encode of the same file, at fp32
 
 
 def _post_image(client, path: str, data: bytes, field: str = "image", **form):
     return client.post(path, files={field: ("x.jpg", data, "image/jpeg")}, data=form)
 
 
+def _assert_fp32_on_cpu(client) -> None:
+    """Parity bounds are fp32 bounds: a run at bf16 or on another device must not pass them."""
+    health = client.get("/health").json()
+    assert (health["device"], health["precision"]) == ("cpu", "fp32"), health
+
+
 def test_encode_image_parity(client, reference) -> None:
-    model, preprocess, _ = reference
+    _assert_fp32_on_cpu(client)
     data = make_jpeg(7, size=(200, 150))
     resp = _post_image(client, "/encode_image", data)
     assert resp.status_code == 200, resp.text
     emb = np.array(resp.json(), dtype=np.float32)
     assert emb.shape == (DIM,) and abs(np.linalg.norm(emb) - 1) < 1e-4
-    with torch.no_grad():
-        ref = unit_rows(model.encode_image(preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None]))[0]
-    assert float(emb @ ref) >= 0.9999
+    assert float(emb @ reference.images([data])[0]) >= PARITY
     assert int(resp.headers["X-Batch-Size"]) >= 1
     assert "infer;dur=" in resp.headers["Server-Timing"]
 
 
 def test_encode_text_single_and_list_parity(client, reference) -> None:
-    model, _, tokenizer = reference
+    _assert_fp32_on_cpu(client)
     single = client.post("/encode_text", json={"text": "a red square"})
     many = client.post("/encode_text", json={"text": ["a red square", "a green circle"]})
     assert single.status_code == 200 and many.status_code == 200
     one, rows = np.array(single.json()), np.array(many.json())
     assert one.shape == (DIM,) and rows.shape == (2, DIM)
-    with torch.no_grad():
-        ref = unit_rows(model.encode_text(tokenizer(["a red square", "a green circle"])))
-    assert float(one @ ref[0]) >= 0.9999 and np.all(np.sum(rows * ref, axis=1) >= 0.9999)
+    ref = reference.texts(["a red square", "a green circle"])
+    assert float(one @ ref[0]) >= PARITY and np.all(np.sum(rows * ref, axis=1) >= PARITY)
 
 
 def test_encode_images_isolates_bad_files(client) -> None:
@@ -204,3 +209,23 @@ def test_health_is_503_when_the_model_thread_has_stopped(client, service_module,
     assert resp.status_code == 503 and "model thread has stopped" in resp.json()["error"]
     monkeypatch.undo()
     assert client.get("/health").status_code == 200
+
+
+def test_the_app_runs_the_settings_its_fixture_names(client) -> None:
+    # Defaults wherever the fixture names nothing: the checks a stray CLIP_* variable would break.
+    health = client.get("/health").json()
+    assert (health["device"], health["precision"]) == ("cpu", "fp32")
+    assert (health["threshold"], health["threshold_source"]) == (0.25, "default")
+    assert health["batching"]["max_batch_size"] == 16
+    assert client.post("/encode_text", json={"text": ["a", "b"]}).status_code == 200  # no key, 2 texts
+
+
+def test_shell_clip_variables_never_reach_the_app() -> None:
+    # The test above, in a fresh session whose shell exports hostile settings.
+    hostile = {"CLIP_API_KEY": "from-the-shell", "CLIP_MAX_TEXTS": "1", "CLIP_PRECISION": "bf16",
+               "CLIP_SIMILARITY_THRESHOLD": "0.9", "CLIP_BATCH_SIZE": "3", "CLIP_MODEL_TAG": "no-such-model:v1"}
+    test = f"{__file__}::test_the_app_runs_the_settings_its_fixture_names"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                         env={**os.environ, **hostile}, cwd=Path(__file__).parents[2],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]

@@ -13,13 +13,18 @@ def _scope(path: str = "/encode_image", headers: list[tuple[bytes, bytes]] | Non
 
 
 class Recorder:
-    """A minimal ASGI app that reads the whole body, then answers 200 (or waits on an event)."""
+    """A minimal ASGI app that reads the whole body, then answers 200 (or waits on an event).
+
+    ``arrived`` receives each request's path as the app gets it: tests wait on it, not on time.
+    """
 
     def __init__(self, gate: asyncio.Event | None = None) -> None:
         self.calls, self.bodies, self.gate = 0, [], gate
+        self.arrived: asyncio.Queue[str] = asyncio.Queue()
 
     async def __call__(self, scope, receive, send) -> None:
         self.calls += 1
+        self.arrived.put_nowait(scope["path"])
         body = b""
         while True:
             message = await receive()
@@ -77,13 +82,15 @@ async def test_bad_content_length_is_400() -> None:
 
 async def test_admission_refuses_the_excess_at_once() -> None:
     gate = asyncio.Event()
-    guard = AdmissionLimit(Recorder(gate), 1, retry_after_s=2)
+    inner = Recorder(gate)
+    guard = AdmissionLimit(inner, 1, retry_after_s=2)
     first = asyncio.create_task(_run(guard, _scope(), [b"a"]))
-    await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(inner.arrived.get(), 5) == "/encode_image"  # admitted, held at the gate
+    assert guard.in_flight == 1
     second = await _run(guard, _scope(), [b"b"])
     assert second[0]["status"] == 429 and (b"retry-after", b"2") in second[0]["headers"]
     health = asyncio.create_task(_run(guard, _scope("/health"), [b""]))  # exempt path is admitted
-    await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(inner.arrived.get(), 5) == "/health"
     gate.set()
     assert (await first)[0]["status"] == 200 and (await health)[0]["status"] == 200
     assert guard.in_flight == 0 and guard.refused == 1
