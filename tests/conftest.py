@@ -124,7 +124,7 @@ def reference(tiny_tag: str) -> Reference:
 @pytest.fixture(scope="session")
 def demo_tag() -> str:
     """The bundled demo model (models/demo/), registered in the test store."""
-    from models.demo import register_demo
+    from clip_runner.demo import register_demo
 
     return register_demo()
 

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from models import demo_data
+from clip_runner import demo_data
 from tests.conftest import PINNED_FP32, Reference, make_jpeg
 from tests.e2e.conftest import Server, start_server, stop_server
 
