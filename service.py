@@ -32,7 +32,7 @@ from clip_runner.settings import ClipSettings, get_settings
 logger = logging.getLogger("clip_service")
 settings = get_settings()
 BAKED_MODEL_FILE = Path(__file__).with_name("bento_model.json")
-SUPERVISOR_ENV = "_CLIP_SERVICE_SUPERVISOR_PID"  # set by the process that imports us first
+SUPERVISOR_ENV = "_CLIP_SERVICE_SUPERVISOR_PID"  # set by the supervisor for the workers it starts
 FATAL_SIGNAL = signal.SIGUSR1  # a worker → its supervisor: "this configuration cannot serve"
 
 
@@ -68,8 +68,9 @@ def _stop_serving(signum: int, frame: object) -> None:
 
 
 def _watch_workers() -> None:
-    """In the first process that imports this module (``bentoml serve``'s supervisor)."""
-    if SUPERVISOR_ENV in os.environ or threading.current_thread() is not threading.main_thread():
+    """In ``bentoml serve``'s supervisor (any process but a BentoML worker): hear a worker's call."""
+    in_a_worker = Path(sys.argv[0]).parts[-3:] == ("_bentoml_impl", "worker", "service.py")
+    if in_a_worker or threading.current_thread() is not threading.main_thread():
         return
     os.environ[SUPERVISOR_ENV] = str(os.getpid())  # inherited by the workers it starts
     signal.signal(FATAL_SIGNAL, _stop_serving)
@@ -88,6 +89,15 @@ def _cannot_serve(exc: Exception) -> None:
     os._exit(3)
 
 
+def _pinned_model(tag: str) -> bentoml.models.BentoModel:
+    """The store entry to pack and serve; a tag not in the store stops here, before any worker."""
+    try:
+        return bentoml.models.BentoModel(bentoml.models.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        raise SystemExit(f"clip-service: cannot serve: model {tag!r} (CLIP_MODEL_TAG) is not in the model "
+                         "store; `bentoml models list` shows what is, BENTOML_HOME picks the store") from None
+
+
 _watch_workers()
 app = create_app(settings)
 MODEL_TAG = served_settings(settings).model_tag
@@ -99,7 +109,7 @@ class ClipService:
     """The public service; the model lives in each worker, behind the micro-batcher."""
 
     if MODEL_TAG:  # pinned so that `bentoml build` packs it into the bento
-        model_ref = bentoml.models.BentoModel(MODEL_TAG)
+        model_ref = _pinned_model(MODEL_TAG)
 
     def __init__(self) -> None:
         for name in ("clip_service", "clip_runner", "models"):  # BentoML leaves the root at WARNING
