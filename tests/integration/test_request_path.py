@@ -1,0 +1,56 @@
+"""One request is a straight line through a few files: the docs list them, this test holds it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import make_jpeg
+
+ROOT = Path(__file__).resolve().parents[2]
+# README "Request path" lists these, in this order.
+ENCODE_IMAGE_FILES = ["clip_http/middleware.py", "clip_http/app.py", "clip_runner/api.py", "clip_runner/images.py",
+                      "clip_runner/batcher.py", "clip_runner/encoder.py"]
+
+
+def _project_file(filename: str) -> str | None:
+    path = Path(filename)
+    if not path.is_absolute() or ROOT not in path.parents or ".venv" in path.parts or "tests" in path.parts:
+        return None
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_encode_image_runs_through_six_project_files(tiny_tag: str) -> None:
+    from clip_http.app import local_app
+    from clip_runner.settings import ClipSettings
+
+    seen: set[str] = set()
+    recording = threading.Event()
+
+    def profile(frame, event, arg) -> None:
+        if recording.is_set() and event == "call" and (name := _project_file(frame.f_code.co_filename)):
+            seen.add(name)
+
+    threading.setprofile(profile)  # the model and decode threads start after this
+    local = local_app(ClipSettings(model_tag=tiny_tag, device="cpu", precision="fp32"))
+    try:
+        async def request() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=local.app), base_url="http://t") as c:
+                await c.post("/encode_image", files={"image": ("a.jpg", make_jpeg(1))})  # warm (label cache etc.)
+                recording.set()
+                sys.setprofile(profile)
+                try:
+                    return await c.post("/encode_image", files={"image": ("a.jpg", make_jpeg(2))})
+                finally:
+                    sys.setprofile(None)
+                    recording.clear()
+
+        assert asyncio.run(request()).status_code == 200
+    finally:
+        threading.setprofile(None)
+        local.close()
+    assert sorted(seen) == sorted(ENCODE_IMAGE_FILES)
