@@ -85,7 +85,8 @@ def _cannot_serve(exc: Exception) -> None:
     if os.environ.get(SUPERVISOR_ENV) != str(os.getppid()):
         raise exc  # not under `bentoml serve` (e.g. driven in process): the caller sees it
     os.kill(os.getppid(), FATAL_SIGNAL)
-    signal.pause()  # returns when the supervisor's stop reaches this worker
+    signal.alarm(60)  # should the stop never come, exit anyway (the supervisor then restarts us)
+    signal.pause()  # returns when the supervisor's stop (or the alarm) reaches this worker
     os._exit(3)
 
 
@@ -114,7 +115,8 @@ class ClipService:
     def __init__(self) -> None:
         for name in ("clip_service", "clip_runner", "models"):  # BentoML leaves the root at WARNING
             logging.getLogger(name).setLevel(settings.log_level)
-        _limit_malloc_arenas()
+        _tune_malloc()
+        _skip_triton_on_cpu(settings.device)
         from clip_runner.api import ClipAPI  # torch and open_clip: in the worker only
 
         try:
@@ -130,21 +132,38 @@ class ClipService:
             api.close()
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas before the decode threads start.
+def _tune_malloc(arenas: int = 2, mmap_threshold: int = 4 << 20) -> None:
+    """Keep the worker's idle memory from growing with the photos it has decoded.
 
-    glibc gives each thread that allocates its own arena (up to 8 per core), and each keeps the
-    memory it freed: with a pool of decode threads handling megabyte images, that is idle
-    resident memory per thread. Two arenas serve the threads as fast and keep RSS flat.
+    glibc gives each thread that allocates its own arena (up to 8 per core), and it raises the
+    size above which a buffer gets its own mapping each time such a buffer is freed: after a
+    few decoded photos (6 MB at 2 MP), every buffer below 32 MB stays in the arenas, and the
+    decode threads' arenas keep what they freed. Two arenas and a fixed 4 MB threshold (decoded
+    photos are mapped, and unmapped when freed; the model's activations stay in the heap)
+    keep RSS flat at the same throughput (docs/performance.md).
     """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to cap
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (fixing it also stops its growth)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         pass
+
+
+def _skip_triton_on_cpu(device: str) -> None:
+    """On a CPU, keep torch from loading triton (a GPU kernel compiler) it will never use.
+
+    open_clip imports torchvision, whose import reaches torch._dynamo, which imports triton
+    only to see whether it is there: 100 MB of resident library in a worker that serves on CPU.
+    Without it, torch takes its CPU paths as it would on a machine without triton.
+    """
+    on_cpu = device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists())
+    if on_cpu and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton → ImportError
 
 
 svc = ClipService  # `bentoml serve service:svc`, the command of the encoder service this replaces

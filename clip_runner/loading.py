@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import open_clip
 import torch
-from safetensors import safe_open
 
 from .errors import ModelNotAvailable
 from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, sha256_file
@@ -130,15 +129,32 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _copy_weights(model: torch.nn.Module, weights: Path) -> None:
-    """Copy a safetensors file into ``model``'s tensors one at a time (cast on the way)."""
+    """Copy a safetensors file into ``model``'s tensors one at a time (cast on the way).
+
+    Read with plain file reads rather than safetensors' memory map: the mapped file's pages
+    count in the worker's RSS until it closes (0.6 GB for ViT-B-32's fp32 file), on top of the
+    model itself; read this way, the peak is the model plus its largest tensor.
+    """
     targets = model.state_dict()
-    with safe_open(str(weights), framework="pt") as stored:
-        keys = set(stored.keys())
-        if keys != set(targets):
-            missing, extra = sorted(set(targets) - keys)[:5], sorted(keys - set(targets))[:5]
+    with weights.open("rb") as stored:
+        header_size = int.from_bytes(stored.read(8), "little")
+        header = json.loads(stored.read(header_size))
+        header.pop("__metadata__", None)
+        if set(header) != set(targets):
+            missing, extra = sorted(set(targets) - set(header))[:5], sorted(set(header) - set(targets))[:5]
             raise ValueError(f"{weights.name} does not fit the model config (missing {missing}, unexpected {extra})")
-        for key in keys:
-            targets[key].copy_(stored.get_tensor(key))
+        for key, info in header.items():
+            start, end = info["data_offsets"]
+            stored.seek(8 + header_size + start)
+            data = bytearray(end - start)
+            stored.readinto(data)
+            tensor = torch.frombuffer(data, dtype=SAFETENSORS_DTYPES[info["dtype"]]) if data else torch.empty(0)
+            targets[key].copy_(tensor.reshape(info["shape"]))
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:

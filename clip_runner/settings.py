@@ -120,11 +120,6 @@ class ClipSettings(BaseSettings):
         """
         return self.decode_threads or max(4, 2 * cpu_share(self.workers))
 
-    @property
-    def threshold_or_default(self) -> float:
-        """The configured threshold, or the product default when none is set."""
-        return DEFAULT_THRESHOLD if self.similarity_threshold is None else self.similarity_threshold
-
 
 def available_cpus() -> int:
     """CPUs this process may run on (respects affinity masks and container cpusets)."""
