@@ -104,7 +104,7 @@ def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype
         verify_weights(entry)
     try:
         # local-dir: reads open_clip_config.json; the safetensors file is read below (no pickle).
-        with _default_dtype(dtype):
+        with _default_dtype(dtype), _quiet_about_random_init():
             model = open_clip.create_model(entry.local_dir_name, load_weights=False, device="cpu")
         _copy_weights(model, entry.path / WEIGHTS_FILE)
         tokenizer = open_clip.get_tokenizer(entry.local_dir_name)
@@ -126,6 +126,18 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def _quiet_about_random_init() -> Iterator[None]:
+    """open_clip warns that a model built without weights is random: ours are copied in next."""
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "No pretrained weights loaded" not in record.getMessage()  # type: ignore[method-assign]
+    logging.root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(quiet)
 
 
 def _copy_weights(model: torch.nn.Module, weights: Path) -> None:
@@ -186,7 +198,7 @@ class ServedModel:
 
         Torch threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
         """
-        from .device import configure_threads, pick_device, resolve_precision
+        from .device import configure_threads, page_out_gpu_libraries, pick_device, resolve_precision
         from .encoder import BatchEncoder
         from .resolve import resolve_model
 
@@ -197,6 +209,8 @@ class ServedModel:
         loaded = load_entry(resolution.tag, device, precision.weights)
         encoder = BatchEncoder(loaded, precision)
         encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
+        if device.type == "cpu":
+            page_out_gpu_libraries()
         logger.info("serving %s (%s) on %s at %s", resolution.tag, resolution.reason, device, precision.name)
         return cls(resolution, encoder, threads)
 

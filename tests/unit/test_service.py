@@ -37,3 +37,29 @@ def test_a_bento_serves_its_baked_model_unless_told_otherwise(tmp_path, monkeypa
     baked.write_text(json.dumps({"tag": "clip-x:v1"}))
     assert service.served_settings(ClipSettings()).model_tag == "clip-x:v1"
     assert service.served_settings(ClipSettings(model_tag="clip-y:v2")).model_tag == "clip-y:v2"
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=server_env({}),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_cpu_worker_leaves_triton_unloaded() -> None:
+    """torchvision's import would load triton (100 MB) only to probe it; torch still works without."""
+    probe = ("import service; service._skip_triton_on_cpu('{device}'); import open_clip, torch; "
+             "print('libtriton' in open('/proc/self/maps').read(), float(torch.ones(2) @ torch.ones(2)))")
+    assert _run(probe.format(device="cpu")) == "False 2.0"
+    triton_installed = _run("import importlib.util; print(importlib.util.find_spec('triton') is not None)")
+    if triton_installed == "True":  # where it exists, a GPU worker keeps it
+        assert _run(probe.format(device="cuda")) == "True 2.0"
+
+
+def test_a_cpu_worker_releases_the_pages_of_cuda_libraries() -> None:
+    """The CUDA build of torch maps its CUDA libraries on a CPU too: their pages are handed back."""
+    probe = ("import torch; from clip_runner.device import page_out_gpu_libraries, _is_gpu_library; "
+             "mapped = any(_is_gpu_library(l.split()[-1]) for l in open('/proc/self/maps') if len(l.split()) > 5); "
+             "released = page_out_gpu_libraries(); print(mapped, released > 0, float(torch.ones(2) @ torch.ones(2)))")
+    mapped, released, works = _run(probe).split()
+    assert released == mapped and works == "2.0"  # something to release exactly when CUDA libraries are mapped
