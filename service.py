@@ -115,7 +115,6 @@ class ClipService:
     def __init__(self) -> None:
         for name in ("clip_service", "clip_runner", "models"):  # BentoML leaves the root at WARNING
             logging.getLogger(name).setLevel(settings.log_level)
-        _limit_malloc_arenas()
         _skip_triton_on_cpu(settings.device)
         from clip_runner.api import ClipAPI  # torch and open_clip: in the worker only
 
@@ -130,23 +129,6 @@ class ClipService:
         api = getattr(app.state, "api", None)
         if api is not None:
             api.close()
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas before the decode threads start.
-
-    glibc gives each thread that allocates its own arena (up to 8 per core), and each keeps the
-    memory it freed: with a pool of decode threads handling megabyte photos, that is idle
-    resident memory per thread. Two arenas serve the threads as fast and keep RSS lower.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to cap
-        pass
 
 
 def _skip_triton_on_cpu(device: str) -> None:
