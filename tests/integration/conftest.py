@@ -1,7 +1,9 @@
-"""The public service in-process (ASGI), its encoder dependency instantiated locally."""
+"""The public service in-process (ASGI): service.py's BentoML service, its worker started here."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +20,9 @@ def service_module(tiny_tag: str):
         from clip_runner.settings import get_settings
 
         get_settings.cache_clear()
-        import service
-
+        # Another test may have imported it with other settings: read them again.
+        loaded = sys.modules.get("service")
+        service = importlib.reload(loaded) if loaded else importlib.import_module("service")
         get_settings.cache_clear()  # service.settings is fixed now; others read their own
     return service
 
