@@ -42,6 +42,7 @@ import gc
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -49,7 +50,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -579,7 +580,7 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
         "model_tag": tag, "arch": entry.labels.get("arch"), "source": entry.labels.get("source"),
         "device": opts.device, "precision": served_precision(opts.device), "gpu": gpu,
         "cpu_model": cpu_model(), "cpus": available_cpus(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, **git_state(),
+        "python": platform.python_version(), "torch": str(torch.__version__), **git_state(),
         "payload": {"route": "one JPEG per request (ours: /encode_image)",
                     "mix": {label: f"{PHOTO_SIZES[label][0]}x{PHOTO_SIZES[label][1]}" for label in PAYLOAD_SIZES},
                     "share": "50/50, alternating", "distinct_photos": opts.photos_per_size * len(PAYLOAD_SIZES)},
@@ -753,22 +754,16 @@ def options(args: argparse.Namespace) -> Options:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The series asked for; returns the report (also written to ``args.out``)."""
     opts = options(args)
-    if "e" in opts.series and served_precision(opts.device) == "fp32":  # (e) would be (b) again
-        opts = dataclasses.replace(opts, series=tuple(letter for letter in opts.series if letter != "e"))
     if "c" in opts.series and importlib.util.find_spec("transformers") is None:
         raise SystemExit("the baseline (c) needs transformers: pip install -e '.[dev]' (or pass --series without c)")
-    tag = resolve_tag(args.model_tag)
-    report: dict[str, Any] = {"environment": environment(tag, opts)}
+    photos = bench_photos(opts.photos_per_size)
+    # Everything that loads torch runs in a child process: torch's libraries mapped here would be
+    # shared with the servers' workers and so counted twice, and keep the workers from handing
+    # back the pages of the CUDA libraries (a shared page stays).
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        tag, opts, report = child.submit(model_side, args.model_tag, opts, photos, args.quick).result()
     print(f"model {tag} on {opts.device}; series {','.join(opts.series)}; levels {list(opts.levels)}; "
           f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level", flush=True)
-    photos = bench_photos(opts.photos_per_size)
-    if "a" in opts.series:
-        print("(a) in-process limit", flush=True)
-        report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s, photos)
-        from bench.decode import format_table, measure
-
-        report["decode"] = measure(tag, repeats=3 if args.quick else 9)
-        print(format_table(report["decode"]), flush=True)
     for target in targets(tag, opts):
         report[target.key] = measure_server(target, photos, opts, args.out.parent / "bench_logs")
     report["ratios"] = ratios(report)
@@ -781,6 +776,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("\n" + render(report) + f"\n\nreport: {args.out}\nplots: {', '.join(report['plots'])}")
     return report
+
+
+def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes],
+               quick: bool) -> tuple[str, Options, dict[str, Any]]:
+    """In a child process: the model's tag, the series that make sense, the environment, and
+    (a) with the decode table when asked for."""
+    if "e" in opts.series and served_precision(opts.device) == "fp32":  # (e) would be (b) again
+        opts = dataclasses.replace(opts, series=tuple(letter for letter in opts.series if letter != "e"))
+    tag = resolve_tag(requested_tag)
+    report: dict[str, Any] = {"environment": environment(tag, opts)}
+    if "a" in opts.series:
+        print("(a) in-process limit", flush=True)
+        report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s, photos)
+        from bench.decode import format_table, measure
+
+        report["decode"] = measure(tag, repeats=3 if quick else 9)
+        print(format_table(report["decode"]), flush=True)
+    return tag, opts, report
 
 
 def _shown(path: Path) -> str:
