@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import PINNED_FP32, make_jpeg, make_png
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import start_server, stop_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,16 +44,19 @@ def test_several_in_process_workers_each_load_the_model_and_serve(tiny_tag, refe
     # model copy and batcher, behind BentoML's shared socket.
     srv = start_server({"CLIP_MODEL_TAG": tiny_tag, "CLIP_WORKERS": "2", "CLIP_BATCH_SIZE": "8",
                         **PINNED_FP32}, tmp_path / "workers.log")
+    def initialized() -> set[str]:
+        log = srv.log.read_text(errors="replace")
+        return set(re.findall(r"clip_service:(\d+)\] Service clip_service initialized", log))
+
     try:
+        # Ready means one worker answers; the other may still be loading its model copy.
+        wait_for(lambda: initialized() == {"1", "2"}, "both workers to load the model", timeout_s=120)
         blobs = [make_jpeg(500 + i, size=(96, 72)) for i in range(16)]
         for _ in range(3):
             responses = asyncio.run(_concurrent_encodes(srv.url, blobs))
             assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         ours = np.array([r.json() for r in responses], dtype=np.float32)
         assert np.all(np.sum(ours * reference.images(blobs), axis=1) >= 0.9999)
-        log = srv.log.read_text(errors="replace")
-        workers = set(re.findall(r"clip_service:(\d+)\] Service clip_service initialized", log))
-        assert workers == {"1", "2"}, log[-3000:]
     finally:
         stop_server(srv)
 
