@@ -212,3 +212,23 @@ def write_dataset(out_dir: str | Path, count: int, seed: int, *, image_format: s
             writer.writerow([relative, scene.caption, scene.category])
     return csv_path
 
+
+
+def photo_like(seed: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> Image.Image:
+    """An RGB image of ``size`` (width, height) with a photo's statistics, a pure function of ``seed``.
+
+    A smooth colour field, mid-frequency detail and a little sensor grain: it compresses and
+    decodes like a camera JPEG, and its activations look more like a photo's than a flat
+    shape's do (the compile step calibrates and checks parity on such images).
+    """
+    width, height = size
+    rng = np.random.default_rng(seed)
+    base = _upsampled(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), size)
+    detail = _upsampled(rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8), size)
+    pixels = np.asarray(Image.blend(base, detail, 0.25), dtype=np.int16)
+    pixels += rng.integers(-5, 6, (height, width, 1), dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _upsampled(grid: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC)

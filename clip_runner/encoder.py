@@ -13,20 +13,50 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .device import Precision, resolve_precision
 from .loading import LoadedModel
+from .store import StoreEntry
 
 logger = logging.getLogger(__name__)
 
 
-class BatchEncoder:
-    """Encodes batches with one loaded model. Thread-compatible: one batch at a time per worker."""
+class Encoder:
+    """What the batcher calls: batches of pixels or texts in, unit rows out, one batch at a time.
+
+    :class:`BatchEncoder` runs a torch model; :class:`~clip_runner.compiled.CompiledEncoder` a
+    compiled entry. ``entry`` is the store entry served; ``describe()`` feeds ``/health``.
+    """
+
+    entry: StoreEntry
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 → (N, D) float32, unit rows."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """N texts → (N, D) float32, unit rows."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime, device, precision and load time, for ``/health`` and logs."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Run one image and one text: the first call pays for lazy initialisation."""
+        size = self.entry.preprocess_cfg.get("size", 224)
+        h, w = (size, size) if isinstance(size, int) else size
+        self.encode_pixels(np.zeros((1, h, w, 3), dtype=np.uint8))
+        self.encode_texts(["warm up"])
+
+
+class BatchEncoder(Encoder):
+    """Encodes batches with one loaded torch model. Thread-compatible: one batch at a time per worker."""
 
     def __init__(self, loaded: LoadedModel, precision: Precision | str = "auto") -> None:
         """Wrap ``loaded``, casting its weights to ``precision`` (a no-op when loaded so)."""
         self.loaded = loaded
+        self.entry = loaded.entry
         self.device = loaded.device
         if isinstance(precision, str):
             precision = resolve_precision(self.device, precision)
@@ -37,13 +67,6 @@ class BatchEncoder:
         self.mean = tuple(pre.get("mean") or loaded.entry.metadata["mean"])
         self.std = tuple(pre.get("std") or loaded.entry.metadata["std"])
 
-    def warm_up(self) -> None:
-        """Run one image and one text: the first call pays for lazy initialisation."""
-        size = self.loaded.entry.preprocess_cfg.get("size", 224)
-        h, w = (size, size) if isinstance(size, int) else size
-        self.encode_pixels(np.zeros((1, h, w, 3), dtype=np.uint8))
-        self.encode_texts(["warm up"])
-
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 → (N, D) float32, unit rows."""
         if pixels.ndim != 4 or pixels.shape[-1] != 3:
@@ -51,22 +74,27 @@ class BatchEncoder:
         with inference(self.device, self.precision.autocast):
             batch = normalize(pixels, self.mean, self.std, self.device, self.precision.weights)
             features = self.loaded.model.encode_image(batch)
-        return _unit_rows(features, len(pixels))
+        return unit_rows(features.float().cpu().numpy(), len(pixels))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """N texts → (N, D) float32, unit rows."""
         tokens = self.loaded.tokenizer(list(texts)).to(self.device)
         with inference(self.device, self.precision.autocast):
             features = self.loaded.model.encode_text(tokens)
-        return _unit_rows(features, len(texts))
+        return unit_rows(features.float().cpu().numpy(), len(texts))
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "torch", "device": self.device.type, "device_name": str(self.device),
+                "precision": self.precision.name, "load_seconds": round(self.loaded.load_seconds, 3)}
 
 
-def _unit_rows(features: torch.Tensor, expected_rows: int) -> np.ndarray:
+def unit_rows(features: np.ndarray, expected_rows: int) -> np.ndarray:
+    """Model output → float32 rows of unit length (a zero row stays zero)."""
     # Normalise in fp32: fp16 norms lose precision for the cosine scores built on them.
-    rows = F.normalize(features.float(), dim=-1).cpu().numpy()
-    if rows.shape[0] != expected_rows:
-        raise RuntimeError(f"encoder returned {rows.shape[0]} rows for {expected_rows} inputs")
-    return rows.astype(np.float32, copy=False)
+    rows = np.asarray(features, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[0] != expected_rows:
+        raise RuntimeError(f"encoder returned {rows.shape[0] if rows.ndim else 0} rows for {expected_rows} inputs")
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 @contextlib.contextmanager

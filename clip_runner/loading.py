@@ -16,7 +16,7 @@ import open_clip
 import torch
 
 from .errors import ModelNotAvailable
-from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, sha256_file
+from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, verify_files
 
 if TYPE_CHECKING:
     from .encoder import BatchEncoder
@@ -41,21 +41,6 @@ class LoadedModel:
     @property
     def embedding_size(self) -> int:
         return self.entry.embedding_size
-
-
-def verify_weights(entry: StoreEntry) -> None:
-    """Refuse an entry whose weights file does not match the sha256 recorded at registration."""
-    expected = entry.metadata.get("weights_sha256")
-    if not expected:
-        logger.warning("store entry %s records no weights hash; integrity not checked", entry.tag)
-        return
-    actual = sha256_file(entry.path / WEIGHTS_FILE)
-    if actual != expected:
-        raise ModelNotAvailable(
-            f"store entry {entry.tag}: {WEIGHTS_FILE} sha256 {actual[:12]}… does not match the "
-            f"recorded {expected[:12]}… — the entry is corrupt or was modified. Delete it "
-            f"(`bentoml models delete {entry.tag}`) and register the model again."
-        )
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:
@@ -101,7 +86,7 @@ def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype
         entry = open_entry(entry)
     start = time.perf_counter()
     if verify:
-        verify_weights(entry)
+        verify_files(entry)
     try:
         # local-dir: reads open_clip_config.json; the safetensors file is read below (no pickle).
         with _default_dtype(dtype), _quiet_about_random_init():

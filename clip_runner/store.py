@@ -6,6 +6,10 @@ with its ``local-dir:`` schema:
 * ``open_clip_config.json`` — ``{"model_cfg": ..., "preprocess_cfg": ...}``
 * ``open_clip_model.safetensors`` — the weights (never a pickle)
 
+A compiled entry (``python -m models compile``, :mod:`clip_runner.compiled`) holds the same
+config file and, instead of the weights, each tower as an OpenVINO model (``image.xml/.bin``,
+``text.xml/.bin``); its labels add ``runtime``, ``precision`` and ``parent``.
+
 Labels carry ``arch``, ``pretrained`` and ``source``; metadata carries everything a server
 needs without loading the weights (embedding size, image size, mean/std, context length,
 logit scale, open_clip version, weights sha256, and a calibrated threshold when one exists).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,9 +32,12 @@ from safetensors.torch import save_file
 
 from .errors import ModelNotAvailable
 
+logger = logging.getLogger(__name__)
+
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
-SOURCES = ("hub", "checkpoint", "random-init", "finetune", "demo")
+SOURCES = ("hub", "checkpoint", "random-init", "finetune", "demo", "compiled")
+COMPILED_FILES = ("image.xml", "image.bin", "text.xml", "text.bin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,16 @@ class StoreEntry:
     @property
     def embedding_size(self) -> int:
         return int(self.metadata["embedding_size"])
+
+    @property
+    def runtime(self) -> str:
+        """``torch`` (open_clip weights) or the runtime a compiled entry was compiled for."""
+        return self.labels.get("runtime", "torch")
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        """The files that hold the model: the weights, or a compiled entry's towers."""
+        return (WEIGHTS_FILE,) if self.runtime == "torch" else COMPILED_FILES
 
 
 class MetadataRecord:
@@ -78,6 +96,30 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def recorded_hashes(entry: StoreEntry) -> dict[str, str]:
+    """The sha256 of each model file as recorded when the entry was written (empty: none recorded)."""
+    if entry.runtime == "torch":
+        digest = entry.metadata.get("weights_sha256")
+        return {WEIGHTS_FILE: digest} if digest else {}
+    return dict(entry.metadata.get("files_sha256") or {})
+
+
+def verify_files(entry: StoreEntry) -> None:
+    """Refuse an entry whose model files do not match the sha256 recorded when it was written."""
+    expected = recorded_hashes(entry)
+    if not expected:
+        logger.warning("store entry %s records no file hashes; integrity not checked", entry.tag)
+        return
+    for name, digest in expected.items():
+        actual = sha256_file(entry.path / name)
+        if actual != digest:
+            raise ModelNotAvailable(
+                f"store entry {entry.tag}: {name} sha256 {actual[:12]}… does not match the recorded "
+                f"{digest[:12]}… — the entry is corrupt or was modified. Delete it "
+                f"(`bentoml models delete {entry.tag}`) and register or compile it again."
+            )
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -143,24 +185,20 @@ def open_entry(tag: str) -> StoreEntry:
         ) from exc
     path = Path(ref.path)
     config_path = path / CONFIG_FILE
-    if not config_path.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise ModelNotAvailable(
-            f"store entry {ref.tag} at {path} is incomplete: it needs {CONFIG_FILE} and "
-            f"{WEIGHTS_FILE}. Delete it (`bentoml models delete {ref.tag}`) and register again."
-        )
     try:
         config = json.loads(config_path.read_text())
         model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg", {})
-    except (ValueError, KeyError) as exc:
-        raise ModelNotAvailable(f"store entry {ref.tag}: {CONFIG_FILE} is not valid: {exc}") from exc
-    return StoreEntry(
-        tag=str(ref.tag),
-        path=path,
-        labels=dict(ref.info.labels),
-        metadata=dict(ref.info.metadata),
-        model_cfg=model_cfg,
-        preprocess_cfg=preprocess_cfg,
-    )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotAvailable(f"store entry {ref.tag}: {CONFIG_FILE} is missing or not valid ({exc}). "
+                                f"Delete it (`bentoml models delete {ref.tag}`) and register again.") from exc
+    entry = StoreEntry(tag=str(ref.tag), path=path, labels=dict(ref.info.labels), metadata=dict(ref.info.metadata),
+                       model_cfg=model_cfg, preprocess_cfg=preprocess_cfg)
+    if missing := [name for name in entry.model_files if not (path / name).is_file()]:
+        raise ModelNotAvailable(
+            f"store entry {ref.tag} at {path} is incomplete: {', '.join(missing)} missing. "
+            f"Delete it (`bentoml models delete {ref.tag}`) and register or compile it again."
+        )
+    return entry
 
 
 def latest_tag(name: str) -> str | None:
