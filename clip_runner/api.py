@@ -74,7 +74,7 @@ class ClipAPI:
 
         self.model = model
         self.settings = settings
-        entry = model.encoder.loaded.entry
+        entry = model.encoder.entry
         metadata = entry.metadata
         self._prepare = UploadPreparer.from_settings(entry.preprocess_cfg, settings)
         self.max_batch = settings.max_batch  # resolved once: it may probe the device

@@ -19,8 +19,9 @@ from .errors import ModelNotAvailable
 from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, verify_files
 
 if TYPE_CHECKING:
-    from .encoder import BatchEncoder
+    from .encoder import Encoder
     from .resolve import Resolution
+    from .runtime import RuntimeChoice
     from .settings import ClipSettings
 
 logger = logging.getLogger(__name__)
@@ -154,60 +155,51 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    """Facts about the served model, for /health and logs."""
-    entry = loaded.entry
-    return {
-        "model": entry.tag,
-        "arch": entry.labels.get("arch"),
-        "pretrained": entry.labels.get("pretrained"),
-        "source": entry.labels.get("source"),
-        "device": loaded.device.type,
-        "device_name": str(loaded.device),
-        "embedding_size": entry.embedding_size,
-        "load_seconds": round(loaded.load_seconds, 3),
-    }
-
-
 @dataclasses.dataclass
 class ServedModel:
-    """The model a worker serves: resolved, loaded on its device in its precision, warm."""
+    """The model a worker serves: resolved, loaded in its runtime and precision, warm."""
 
     resolution: Resolution
-    encoder: BatchEncoder
+    encoder: Encoder
     threads: int
+    choice: RuntimeChoice
 
     @classmethod
     def load(cls, settings: ClipSettings) -> ServedModel:
         """Resolve (registering if needed), load and warm up the configured model.
 
-        Torch threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
+        Inference threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
         """
-        from .device import configure_threads, page_out_gpu_libraries, pick_device, resolve_precision
-        from .encoder import BatchEncoder
+        from .device import configure_threads, page_out_gpu_libraries, pick_device
         from .resolve import resolve_model
+        from .runtime import load_encoder
 
         threads = configure_threads(settings.num_threads, settings.workers)
         resolution = resolve_model(settings)
         device = pick_device(settings.device)
-        precision = resolve_precision(device, settings.precision)
-        loaded = load_entry(resolution.tag, device, precision.weights)
-        encoder = BatchEncoder(loaded, precision)
+        encoder, choice = load_encoder(resolution.tag, device, settings, threads)
         encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
         if device.type == "cpu":
             page_out_gpu_libraries()
-        logger.info("serving %s (%s) on %s at %s", resolution.tag, resolution.reason, device, precision.name)
-        return cls(resolution, encoder, threads)
+        facts = encoder.describe()
+        logger.info("serving %s (%s) on %s: %s at %s", encoder.entry.tag, resolution.reason, facts["device_name"],
+                    facts["runtime"], facts["precision"])
+        return cls(resolution, encoder, threads, choice)
 
     def info(self) -> dict[str, Any]:
         """What is served, where, why and how: the body of ``/health`` (less the live fields)."""
-        loaded, resolution = self.encoder.loaded, self.resolution
+        entry, resolution = self.encoder.entry, self.resolution
         return {
-            **model_info(loaded),
+            "model": entry.tag,
+            "arch": entry.labels.get("arch"),
+            "pretrained": entry.labels.get("pretrained"),
+            "source": entry.labels.get("source"),
+            **self.encoder.describe(),
+            "embedding_size": entry.embedding_size,
             "reason": resolution.reason,
             "fallback": resolution.fallback,
             "hardware": resolution.hardware,
-            "precision": self.encoder.precision.name,
+            "runtime_choice": self.choice.to_dict(),
             "torch_threads": self.threads,
-            "image_size": loaded.entry.metadata.get("image_size"),
+            "image_size": entry.metadata.get("image_size"),
         }

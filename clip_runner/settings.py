@@ -51,7 +51,10 @@ class ClipSettings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     gpus: int = Field(0, ge=0, description="GPUs the service requests (deployment resources).")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto picks the fastest that meets parity on this machine; int8 needs a compiled runtime.")
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="auto: a compiled OpenVINO entry on CPU when OpenVINO is installed, else torch.")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
     workers: int = Field(
         1, ge=1, le=64, validation_alias=AliasChoices("CLIP_WORKERS", "CLIP_ENCODER_WORKERS"),

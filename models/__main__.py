@@ -7,6 +7,7 @@
     python -m models register --random-init ViT-B-32             # benchmarks only
     python -m models list
     python -m models export clip-vit-b-32-openai:latest ./clip.bentomodel
+    python -m models compile clip-vit-b-32-openai:latest --precision int8 --calibration ./photos
     python -m models finetune pairs.csv --tag clip-vit-b-32-openai:latest --epochs 3
     python -m models calibrate clip-vit-b-32-openai:latest pairs.csv
     python -m models evaluate [TAG]                              # on generated shapes
@@ -68,6 +69,15 @@ def _export(args: argparse.Namespace) -> None:
 
     path = bentoml.models.export_model(args.tag, args.path)
     print(path)
+
+
+def _compile(args: argparse.Namespace) -> None:
+    from clip_runner.compiled import compile_entry
+    from clip_runner.device import configure_threads
+
+    tag = compile_entry(args.tag, args.precision, Path(args.calibration) if args.calibration else None,
+                        force=args.force, threads=configure_threads(args.threads))
+    print(tag)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -186,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=_export)
     exp.add_argument("tag")
     exp.add_argument("path")
+    comp = sub.add_parser("compile", help="compile a stored model for a CPU runtime; prints the new tag")
+    comp.set_defaults(run=_compile)
+    comp.add_argument("tag", help="store entry to compile (a torch entry)")
+    comp.add_argument("--runtime", choices=["openvino"], default="openvino",
+                      help="the CPU runtime (ONNX Runtime was measured slower everywhere: docs/performance.md)")
+    comp.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    comp.add_argument("--calibration", metavar="DIR", help="int8: a folder of your images (default: a generated set)")
+    comp.add_argument("--force", action="store_true", help="register even when parity is under the bar")
+    comp.add_argument("--threads", type=int, help="inference threads for the parity check (default: all CPUs)")
     _add_training_commands(sub)
     return parser
 

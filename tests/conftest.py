@@ -27,6 +27,9 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"  # the bundle
 
 # What parity is measured at: fp32 on CPU, whatever the machine's fastest precision would be.
 PINNED_FP32 = {"CLIP_DEVICE": "cpu", "CLIP_PRECISION": "fp32"}
+# Tests serve through torch unless they name a runtime: CLIP_RUNTIME=auto would compile the
+# model at every server start (tests/unit/test_compiled.py and tests/e2e/test_compiled.py test that).
+TEST_DEFAULTS = {"CLIP_RUNTIME": "torch"}
 
 
 def server_env(settings: Mapping[str, str]) -> dict[str, str]:
@@ -35,7 +38,7 @@ def server_env(settings: Mapping[str, str]) -> dict[str, str]:
     A fixture's server runs the settings its test names, never what the shell happens to export.
     """
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLIP_")}
-    return {**inherited, **settings}
+    return {**inherited, **TEST_DEFAULTS, **settings}
 
 
 @contextlib.contextmanager
@@ -44,7 +47,7 @@ def clip_env(settings: Mapping[str, str]) -> Iterator[None]:
     saved = {k: v for k, v in os.environ.items() if k.startswith("CLIP_")}
     for name in saved:
         del os.environ[name]
-    os.environ.update(settings)
+    os.environ.update({**TEST_DEFAULTS, **settings})
     try:
         yield
     finally:
@@ -55,9 +58,11 @@ def clip_env(settings: Mapping[str, str]) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _clean_clip_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests start from default settings, whatever CLIP_* variables the shell has."""
+    """Tests start from default settings (and TEST_DEFAULTS), whatever CLIP_* variables the shell has."""
     for name in [n for n in os.environ if n.startswith("CLIP_")]:
         monkeypatch.delenv(name)
+    for name, value in TEST_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")

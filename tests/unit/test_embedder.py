@@ -27,7 +27,7 @@ def embedder(tiny_tag: str) -> Iterator[CLIPEmbedder]:
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith(CALLER_VARS)]:
             mp.delenv(name)
-        emb = CLIPEmbedder(settings=ClipSettings(model_tag=tiny_tag))
+        emb = CLIPEmbedder(settings=ClipSettings(model_tag=tiny_tag, runtime="torch"))
     yield emb
     emb.close()
 

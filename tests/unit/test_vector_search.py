@@ -54,7 +54,7 @@ def embedder(tiny_tag: str) -> Iterator[CLIPEmbedder]:
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith(("CLIP_", "USE_LOCAL_CLIP", "LOCAL_CLIP_"))]:
             mp.delenv(name)
-        emb = CLIPEmbedder(settings=ClipSettings(model_tag=tiny_tag))
+        emb = CLIPEmbedder(settings=ClipSettings(model_tag=tiny_tag, runtime="torch"))
     yield emb
     emb.close()
 

@@ -1,0 +1,202 @@
+"""Which runtime and precision serve a model on this machine.
+
+``CLIP_RUNTIME=torch`` serves the store entry with torch, as on a GPU. ``auto`` (the default)
+on a CPU with OpenVINO installed serves a compiled entry of the model instead: each candidate
+precision (fp32; bf16 where the CPU multiplies bf16 natively; int8) is taken from the store or
+compiled now (as a model is downloaded at first start), those whose parity meets the bar are
+timed at the serving batch size, and the fastest serves. The decision and its measurements are
+logged, shown by ``/health`` and kept beside the model store (``clip_runtime.json``) so later
+starts on the same CPU skip the timing. ``CLIP_RUNTIME=openvino`` insists on a compiled entry;
+``CLIP_PRECISION`` narrows the candidates to one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .compiled import (
+    PARITY_BAR,
+    PRECISIONS,
+    CompiledEncoder,
+    CompileRefused,
+    RuntimeMissing,
+    compile_entry,
+    find_compiled,
+    import_openvino,
+)
+from .device import cpu_has_native_bf16, resolve_precision
+from .encoder import BatchEncoder, Encoder
+from .errors import ModelNotAvailable
+from .settings import ClipSettings
+from .store import StoreEntry, open_entry, store_home
+
+logger = logging.getLogger(__name__)
+
+DECISION_FILE = "clip_runtime.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeChoice:
+    """What serves and why: shown by ``/health`` as ``runtime_choice``."""
+
+    reason: str
+    measured: dict[str, dict[str, float]] | None = None  # precision → images/s, texts/s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "measured": self.measured}
+
+
+def load_encoder(tag: str, device: torch.device, settings: ClipSettings, threads: int) -> tuple[Encoder, RuntimeChoice]:
+    """The encoder that serves store entry ``tag`` under ``settings`` (see the module docstring)."""
+    entry = open_entry(tag)
+    if entry.runtime != "torch":
+        return CompiledEncoder(entry, threads), RuntimeChoice(f"{tag} is a compiled entry")
+    wanted = settings.runtime
+    if device.type != "cpu" or wanted == "torch":
+        if wanted == "openvino" or settings.precision == "int8":
+            raise ModelNotAvailable(f"CLIP_RUNTIME={wanted} with CLIP_PRECISION={settings.precision} on {device}: "
+                                    "compiled runtimes and int8 run on CPU, with CLIP_RUNTIME=auto or openvino")
+        return _torch_encoder(entry, device, settings.precision), RuntimeChoice(f"CLIP_RUNTIME={wanted} on {device}")
+    try:
+        import_openvino()
+    except RuntimeMissing:
+        if wanted == "openvino" or settings.precision == "int8":
+            raise
+        logger.info("OpenVINO is not installed: serving with torch (%s)", "pip install 'clip-service[openvino]'")
+        return _torch_encoder(entry, device, settings.precision), RuntimeChoice("OpenVINO not installed: torch")
+    with _store_lock():  # one worker compiles and times; the others then read its decision
+        candidates = _compiled_candidates(entry, _candidate_precisions(settings.precision), threads)
+        if not candidates:
+            if wanted == "openvino":
+                raise ModelNotAvailable(f"no compiled entry of {tag} meets the parity bar; see the log above")
+            return _torch_encoder(entry, device, settings.precision), RuntimeChoice("no compiled entry usable: torch")
+        precision, choice = _fastest(entry, candidates, threads, settings.max_batch)
+    logger.info("serving %s through OpenVINO at %s: %s", tag, precision, choice.reason)
+    return CompiledEncoder(candidates[precision], threads), choice
+
+
+def _torch_encoder(entry: StoreEntry, device: torch.device, requested: str) -> BatchEncoder:
+    from .loading import load_entry
+
+    precision = resolve_precision(device, requested)
+    return BatchEncoder(load_entry(entry, device, precision.weights), precision)
+
+
+def _candidate_precisions(requested: str) -> tuple[str, ...]:
+    if requested in PRECISIONS:
+        return (requested,)
+    if requested == "fp16":
+        logger.warning("CLIP_PRECISION=fp16 is not supported on CPU; using fp32 (bf16 is the fast CPU choice)")
+        return ("fp32",)
+    return ("fp32", "bf16", "int8") if cpu_has_native_bf16() else ("fp32", "int8")
+
+
+def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads: int) -> dict[str, StoreEntry]:
+    """Each precision's compiled entry from the store, compiled now when missing; refusals skipped."""
+    found: dict[str, StoreEntry] = {}
+    for precision in precisions:
+        compiled = find_compiled(entry.tag, precision)
+        if compiled is None:
+            logger.warning("no %s compile of %s in the store: compiling it now (once)", precision, entry.tag)
+            try:
+                compiled = open_entry(compile_entry(entry.tag, precision, threads=threads))
+            except (CompileRefused, RuntimeMissing) as exc:  # RuntimeMissing: NNCF (int8) not installed
+                logger.warning("%s", exc)
+                continue
+        parity = compiled.metadata.get("parity", {})
+        if min(parity.get("image_mean", 0.0), parity.get("text_mean", 0.0)) < PARITY_BAR:
+            logger.warning("%s was forced past the parity bar (%s): not served by default", compiled.tag, parity)
+            continue
+        found[precision] = compiled
+    return found
+
+
+def _fastest(entry: StoreEntry, candidates: dict[str, StoreEntry], threads: int,
+             batch: int) -> tuple[str, RuntimeChoice]:
+    """The candidate with the most images/s at ``batch`` on this CPU (timed once, then remembered)."""
+    if len(candidates) == 1:
+        (precision,) = candidates
+        return precision, RuntimeChoice(f"CLIP_PRECISION={precision}")
+    key = "|".join([entry.tag, cpu_name(), f"threads={threads}", f"batch={batch}",
+                    *sorted(c.tag for c in candidates.values())])
+    decisions = _read_decisions()
+    if (measured := decisions.get(key, {}).get("measured")) is None:
+        logger.info("timing %s at batch %d on %s", ", ".join(candidates), batch, cpu_name())
+        measured = {p: _throughput(c, threads, batch) for p, c in candidates.items()}
+        decisions[key] = {"measured": measured, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        _decision_file().write_text(json.dumps(decisions, indent=2))
+        how = "measured now"
+    else:
+        how = f"measured at {decisions[key]['at']}"
+    best = max(measured, key=lambda p: measured[p]["images_per_s"])
+    figures = ", ".join(f"{p} {m['images_per_s']:.1f}" for p, m in measured.items())
+    return best, RuntimeChoice(f"fastest on {cpu_name()} meeting parity {PARITY_BAR} (images/s at batch "
+                               f"{batch}: {figures}; {how})", measured)
+
+
+def _throughput(entry: StoreEntry, threads: int, batch: int, repeats: int = 3) -> dict[str, float]:
+    encoder = CompiledEncoder(entry, threads)
+    size = entry.preprocess_cfg.get("size", 224)
+    h, w = (size, size) if isinstance(size, int) else size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    texts = [f"a photo of item number {i}" for i in range(batch)]
+    encoder.warm_up()
+    rates = {}
+    for name, call in (("images_per_s", lambda: encoder.encode_pixels(pixels)),
+                       ("texts_per_s", lambda: encoder.encode_texts(texts))):
+        call()
+        best = min(_seconds(call) for _ in range(repeats))
+        rates[name] = round(batch / best, 2)
+    return rates
+
+
+def _seconds(call: Any) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), what a timing decision is valid for."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _decision_file() -> Path:
+    return Path(store_home()).parent / DECISION_FILE
+
+
+def _read_decisions() -> dict[str, Any]:
+    try:
+        return json.loads(_decision_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _store_lock() -> Iterator[None]:
+    path = Path(store_home()).parent / "clip_compile.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
