@@ -169,3 +169,11 @@ def make_png(seed: int = 0, size: tuple[int, int] = (64, 64), mode: str = "RGB")
 @pytest.fixture
 def jpeg_bytes() -> bytes:
     return make_jpeg(0)
+
+
+@pytest.fixture(scope="session")
+def compiled_tiny(tiny_tag: str) -> dict[str, str]:
+    """The tiny model compiled for OpenVINO at each precision: precision → store tag."""
+    from clip_runner.compiled import PRECISIONS, compile_entry
+
+    return {precision: compile_entry(tiny_tag, precision, threads=2) for precision in PRECISIONS}

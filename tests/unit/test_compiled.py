@@ -1,0 +1,149 @@
+"""Compiled (OpenVINO) entries of the tiny model: parity with open_clip, what they record, refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_runner import compiled, runtime
+from clip_runner.compiled import CompiledEncoder, CompileRefused, RuntimeMissing, compile_entry
+from clip_runner.errors import ModelNotAvailable
+from clip_runner.images import PixelPipeline
+from clip_runner.settings import ClipSettings
+from clip_runner.store import COMPILED_FILES, list_entries, open_entry, store_home
+from tests.conftest import make_jpeg
+
+ROOT = Path(__file__).resolve().parents[2]
+# Cosine to open_clip's own fp32 encode, per precision: what each precision is held to.
+BOUNDS = {"fp32": 0.9999, "bf16": 0.995, "int8": 0.95}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_compiled_towers_match_open_clip(compiled_tiny: dict[str, str], reference, precision: str) -> None:
+    encoder = CompiledEncoder(open_entry(compiled_tiny[precision]), threads=2)
+    pipeline = PixelPipeline(encoder.entry.preprocess_cfg)
+    blobs = [make_jpeg(seed, size=(120 + seed * 17, 90)) for seed in range(4)]
+    pixels = np.stack([pipeline(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+    texts = ["a red circle", "a blue square on a white background", "ünïcødé 🙂 text"]
+    image_cos = np.sum(encoder.encode_pixels(pixels) * reference.images(blobs), axis=1)
+    text_cos = np.sum(encoder.encode_texts(texts) * reference.texts(texts), axis=1)
+    assert image_cos.min() >= BOUNDS[precision] and text_cos.min() >= BOUNDS[precision], (image_cos, text_cos)
+    if precision != "fp32":  # really computed at a lower precision, not fp32 under another label
+        assert min(image_cos.min(), text_cos.min()) < 0.99999
+
+
+def test_dynamic_batch_rows_equal_single_rows(compiled_tiny: dict[str, str]) -> None:
+    encoder = CompiledEncoder(open_entry(compiled_tiny["fp32"]), threads=2)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    singles = np.concatenate([encoder.encode_pixels(pixels[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(encoder.encode_pixels(pixels), singles, atol=1e-5)
+    assert encoder.encode_texts(["one"] * 7).shape == (7, 32)
+
+
+def test_compiled_entry_records_runtime_parity_and_parent(compiled_tiny: dict[str, str], tiny_tag: str) -> None:
+    entry = open_entry(compiled_tiny["int8"])
+    assert entry.labels | {"runtime": "openvino", "precision": "int8", "parent": tiny_tag, "source": "compiled"} \
+        == entry.labels
+    meta = entry.metadata
+    assert meta["runtime_version"].startswith("20") and meta["compile"]["precision"] == "int8"
+    assert meta["compile"]["calibration"]["images"] == 128 and "nncf" in meta["compile"]["calibration"]["tool"]
+    assert set(meta["parity"]) == {"image_mean", "image_min", "text_mean", "text_min"}
+    assert min(meta["parity"]["image_mean"], meta["parity"]["text_mean"]) >= compiled.PARITY_BAR
+    assert set(meta["files_sha256"]) == set(COMPILED_FILES) and "weights_sha256" not in meta
+    assert meta["embedding_size"] == 32 and not (entry.path / "open_clip_model.safetensors").exists()
+
+
+def test_altered_compiled_files_are_refused_at_load(tiny_tag: str) -> None:
+    tag = compile_entry(tiny_tag, "fp32", threads=2)
+    weights = open_entry(tag).path / "image.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelNotAvailable, match=r"image\.bin sha256 .* does not match"):
+        CompiledEncoder(open_entry(tag), threads=1)
+    bentoml.models.delete(tag)
+
+
+def test_parity_under_the_bar_refuses_and_writes_nothing(tiny_tag: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled, "PARITY_BAR", 1.5)  # no compile reaches it
+    before = {e.tag for e in list_entries()}
+    with pytest.raises(CompileRefused, match=r"int8 compile of .* refused: mean cosine .* nothing was written"):
+        compile_entry(tiny_tag, "int8", threads=2)
+    assert {e.tag for e in list_entries()} == before
+    forced = compile_entry(tiny_tag, "int8", force=True, threads=2)
+    assert forced not in before and open_entry(forced).metadata["parity"]["image_mean"] < 1.5
+    bentoml.models.delete(forced)
+
+
+def test_calibration_folder_is_used_and_unreadable_files_skipped(tiny_tag: str, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    for seed in range(6):
+        (tmp_path / f"{seed}.jpg").write_bytes(make_jpeg(seed, size=(96, 80)))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING, logger="clip_runner.compiled"):
+        tag = compile_entry(tiny_tag, "int8", tmp_path, threads=2)
+    calibration = open_entry(tag).metadata["compile"]["calibration"]
+    assert calibration["images"] == 6 and calibration["image_source"] == str(tmp_path)
+    assert "skipped 1 unreadable files of 7" in caplog.text
+    bentoml.models.delete(tag)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CompileRefused, match="holds no readable images"):
+        compile_entry(tiny_tag, "int8", empty, threads=2)
+
+
+def test_cli_compile_prints_the_new_tag_last(tiny_tag: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "models", "compile", tiny_tag, "--precision", "bf16"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tag = done.stdout.strip().splitlines()[-1]
+    assert tag.split(":")[0] == f"{tiny_tag.split(':')[0]}-openvino-bf16"
+    assert open_entry(tag).labels["parent"] == tiny_tag and open_entry(tag).labels["precision"] == "bf16"
+    bentoml.models.delete(tag)
+
+
+def test_without_openvino_the_error_names_the_extra(tiny_tag: str, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino → ImportError
+    with pytest.raises(RuntimeMissing, match=r"pip install 'clip-service\[openvino\]'"):
+        compile_entry(tiny_tag, "fp32")
+    cpu = torch.device("cpu")
+    with pytest.raises(RuntimeMissing, match=r"clip-service\[openvino\]"):
+        runtime.load_encoder(tiny_tag, cpu, ClipSettings(model_tag=tiny_tag, runtime="openvino"), 1)
+    with caplog.at_level(logging.INFO, logger="clip_runner.runtime"):
+        encoder, choice = runtime.load_encoder(tiny_tag, cpu, ClipSettings(model_tag=tiny_tag, runtime="auto"), 1)
+    assert encoder.describe()["runtime"] == "torch" and "OpenVINO not installed" in choice.reason
+
+
+def test_int8_needs_a_compiled_runtime(tiny_tag: str) -> None:
+    settings = ClipSettings(model_tag=tiny_tag, runtime="torch", precision="int8")
+    with pytest.raises(ModelNotAvailable, match="int8 run on CPU, with CLIP_RUNTIME=auto or openvino"):
+        runtime.load_encoder(tiny_tag, torch.device("cpu"), settings, 1)
+
+
+def test_auto_times_the_candidates_once_and_serves_the_fastest(compiled_tiny: dict[str, str], tiny_tag: str) -> None:
+    settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
+    decisions = Path(store_home()).parent / runtime.DECISION_FILE
+    decisions.unlink(missing_ok=True)
+    encoder, choice = runtime.load_encoder(tiny_tag, torch.device("cpu"), settings, 1)
+    measured = choice.measured
+    assert measured is not None and set(measured) >= {"fp32", "int8"}
+    fastest = max(measured, key=lambda p: measured[p]["images_per_s"])
+    assert encoder.describe() | {"runtime": "openvino", "precision": fastest} == encoder.describe()
+    assert encoder.entry.tag == compiled_tiny[fastest] and "measured now" in choice.reason
+    assert list(json.loads(decisions.read_text()).values())[0]["measured"] == measured
+    again, second = runtime.load_encoder(tiny_tag, torch.device("cpu"), settings, 1)
+    assert second.measured == measured and "measured at" in second.reason and again.entry.tag == encoder.entry.tag
+    pinned, why = runtime.load_encoder(tiny_tag, torch.device("cpu"), settings.model_copy(update={"precision": "fp32"}),
+                                       1)
+    assert pinned.entry.tag == compiled_tiny["fp32"] and why.measured is None
