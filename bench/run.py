@@ -76,8 +76,13 @@ SERVER_START_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 600.0  # the services' own traffic timeout
 IDLE_S = 1.0  # how long a ready server is watched, unloaded, for its idle RSS
 #: Each series by letter (``--series``) and the report section it writes; (a) also writes
-#: "decode". (e) runs only when (b) computes in something other than fp32.
-SERIES = {"a": "limit", "b": "ours", "c": "baseline", "d": "unbatched", "e": "ours_fp32"}
+#: "decode" and "runtimes". (b) is the service as configured by default (on a CPU with OpenVINO:
+#: the fastest compiled precision); (e) and (f) serve through torch, at fp32 and at torch's own
+#: default (bf16 where the CPU has it; (e) is left out when that is fp32); (g)-(i) a compiled
+#: entry at each precision ((h) only where bf16 is native).
+SERIES = {"a": "limit", "b": "ours", "c": "baseline", "d": "unbatched", "e": "ours_fp32", "f": "ours_torch",
+          "g": "ours_openvino_fp32", "h": "ours_openvino_bf16", "i": "ours_openvino_int8"}
+COMPILED_SERIES = {"g": "fp32", "h": "bf16", "i": "int8"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,8 +223,9 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     for key in ("baseline", "unbatched"):
         if "ours" in report and key in report:
             out[f"ours_vs_{key}"] = _compare(ours, report[key] or {})
-    if report.get("ours_fp32") and "baseline" in report:
-        out["ours_fp32_vs_baseline"] = _compare(report["ours_fp32"], report["baseline"] or {})
+    for key in ("ours_fp32", "ours_openvino_fp32"):
+        if report.get(key) and "baseline" in report:
+            out[f"{key}_vs_baseline"] = _compare(report[key], report["baseline"] or {})
     return out
 
 
@@ -278,7 +284,33 @@ GOALS = (
          lambda r: dig(r, "decode", "sizes", "12MP", "cosine")),
     Goal("(b) peak RSS of the process tree (GB)", 1.5, False, ("cpu",), _peak_tree_gb),
     Goal("(b) JPEG images/s end to end", 2000.0, True, ("cuda",), _best_images_per_s),
+    Goal("compiled fp32 / torch fp32, in process", 1.5, True, ("cpu",),
+         lambda r: dig(r, "runtimes", "ratios", "openvino_fp32_vs_torch_fp32")),
+    Goal("(g)/(c) at c=16, both fp32", 1.3, True, ("cpu",),
+         lambda r: dig(r, "ratios", "ours_openvino_fp32_vs_baseline", "ratio")),
+    Goal("best compiled / torch best, in process", 1.5, True, ("cpu",),
+         lambda r: dig(r, "runtimes", "ratios", "best_compiled_vs_torch_best")),
+    Goal("int8 / torch fp32, in process", 2.5, True, ("cpu",),
+         lambda r: dig(r, "runtimes", "ratios", "int8_vs_torch_fp32")),
+    Goal("int8 cosine to fp32, worst tower (mean)", 0.99, True, ("cpu",),
+         lambda r: _worst_mean(dig(r, "runtimes", "rows", "openvino int8", "parity"))),
+    Goal("demo int8 zero-shot top-1 drop (points)", 1.0, False, ("cpu",),
+         lambda r: dig(r, "runtimes", "demo", "top1_drop_points")),
+    Goal("demo int8 mismatch F1 drop (points)", 1.0, False, ("cpu",),
+         lambda r: dig(r, "runtimes", "demo", "f1_drop_points")),
+    Goal("compiled fp32 cosine to torch, worst row", 0.9999, True, ("cpu",),
+         lambda r: _worst_min(dig(r, "runtimes", "rows", "openvino fp32", "parity"))),
+    Goal("(b) peak RSS, compiled model (GB)", 1.2, False, ("cpu",),
+         lambda r: _peak_tree_gb(r) if dig(r, "ours", "runtime") == "openvino" else None),
 )
+
+
+def _worst_mean(parity: dict[str, float] | None) -> float | None:
+    return None if not parity else min(parity["image_mean"], parity["text_mean"])
+
+
+def _worst_min(parity: dict[str, float] | None) -> float | None:
+    return None if not parity else min(parity["image_min"], parity["text_min"])
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -311,7 +343,7 @@ def _compare(ours: dict[str, Any], other: dict[str, Any]) -> dict[str, Any] | No
 
 # ---- (a) the in-process limit ---------------------------------------------------------------------
 
-def _time_calls(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> list[float]:
+def time_calls(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> list[float]:
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(times) < min_calls or time.perf_counter() < deadline:
@@ -393,14 +425,14 @@ def _encode_throughput(encoder: Any, batch_sizes: Sequence[int], seconds: float)
     """Images/s and median batch time for each batch size (batch 1 gives the single-image latency)."""
     import numpy as np
 
-    size = encoder.loaded.entry.preprocess_cfg.get("size", 224)
+    size = encoder.entry.preprocess_cfg.get("size", 224)
     height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(0)
     per_batch: dict[str, dict[str, float]] = {}
     for batch in batch_sizes:
         pixels = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
         encoder.encode_pixels(pixels)  # warm-up: allocator and kernel selection for this shape
-        times = _time_calls(lambda p=pixels: encoder.encode_pixels(p), seconds)
+        times = time_calls(lambda p=pixels: encoder.encode_pixels(p), seconds)
         result = {"images_per_s": round(batch * len(times) / sum(times), 3),
                   "median_ms": round(statistics.median(times) * 1000, 2), "calls": len(times)}
         per_batch[str(batch)] = result
@@ -489,6 +521,9 @@ def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_d
     section: dict[str, Any] = {"title": target.title, "app": target.app, "env": target.env}
     try:
         with serving(target, photos[0], log_dir / f"{target.key}.log") as (url, sampler, ready_s):
+            if target.ready_path == "/health":  # ours: what it serves, as it says
+                health = httpx.get(url + "/health", timeout=10).json()
+                section.update(runtime=health.get("runtime"), precision=health.get("precision"))
             idle_from = time.perf_counter()
             time.sleep(IDLE_S)  # a measurement window, not a wait for a condition
             load_from = time.perf_counter()
@@ -542,8 +577,13 @@ def targets(tag: str, opts: Options) -> list[Target]:
                     "/encode_image", "images", "/readyz", shared),
         "d": dataclasses.replace(ours, key="unbatched", title="ours, CLIP_BATCH_SIZE=1",
                                  env={**ours.env, "CLIP_BATCH_SIZE": "1"}),
-        "e": dataclasses.replace(ours, key="ours_fp32", title="ours, CLIP_PRECISION=fp32",
-                                 env={**ours.env, "CLIP_PRECISION": "fp32"}),
+        "e": dataclasses.replace(ours, key="ours_fp32", title="ours, torch fp32",
+                                 env={**ours.env, "CLIP_RUNTIME": "torch", "CLIP_PRECISION": "fp32"}),
+        "f": dataclasses.replace(ours, key="ours_torch", title="ours, CLIP_RUNTIME=torch",
+                                 env={**ours.env, "CLIP_RUNTIME": "torch"}),
+        **{letter: dataclasses.replace(ours, key=SERIES[letter], title=f"ours, openvino {precision}",
+                                       env={**ours.env, "CLIP_RUNTIME": "openvino", "CLIP_PRECISION": precision})
+           for letter, precision in COMPILED_SERIES.items()},
     }
     return [target for letter, target in every.items() if letter in opts.series]
 
@@ -636,6 +676,16 @@ def _row(title: str, level: dict[str, Any]) -> str:
 def render(report: dict[str, Any]) -> str:
     """The human-readable summary: table, ratios, goals and memory."""
     lines = [HEADER, "-" * len(HEADER), *_limit_rows(report.get("limit"))]
+    if runtimes := report.get("runtimes"):
+        lines += ["", f"(a) runtimes in process at batch {runtimes['batch_size']} ({runtimes['threads']} threads):"]
+        for name, row in runtimes["rows"].items():
+            parity = row.get("parity") or {}
+            cosine = f"cosine to torch fp32 >= {_worst_min(parity):.5f}" if parity else ""
+            lines.append(f"  {name:<16}{row['images_per_s']:>9.1f} img/s{row['texts_per_s']:>9.1f} texts/s  {cosine}")
+        int8, fp32 = runtimes["demo"]["openvino_int8"], runtimes["demo"]["torch_fp32"]
+        lines.append(f"  demo model, int8 vs torch fp32: zero-shot top-1 {int8['zero_shot_top1']:.2%} vs "
+                     f"{fp32['zero_shot_top1']:.2%}, mismatch F1 {int8['mismatch_f1']:.4f} vs {fp32['mismatch_f1']:.4f}")
+        lines.append("")
     for key, label in SECTIONS:
         series = report.get(key) or {}
         for level in series.get("levels") or []:
@@ -685,7 +735,7 @@ def _ratio_lines(ratio: dict[str, Any]) -> str:
                 f"p50 at c=1 minus single-image model latency: {_num(over['overhead_ms'])} ms "
                 f"({_num(over['p50_ms'])} - {_num(over['model_ms'])})"]
     for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)"),
-                       ("ours_fp32_vs_baseline", "(e)/(c)")):
+                       ("ours_fp32_vs_baseline", "(e)/(c)"), ("ours_openvino_fp32_vs_baseline", "(g)/(c)")):
         if key not in ratio:
             continue
         cmp = ratio[key]
@@ -782,8 +832,7 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
                quick: bool) -> tuple[str, Options, dict[str, Any]]:
     """In a child process: the model's tag, the series that make sense, the environment, and
     (a) with the decode table when asked for."""
-    if "e" in opts.series and served_precision(opts.device) == "fp32":  # (e) would be (b) again
-        opts = dataclasses.replace(opts, series=tuple(letter for letter in opts.series if letter != "e"))
+    opts = dataclasses.replace(opts, series=tuple(letter for letter in opts.series if _applies(letter, opts.device)))
     tag = resolve_tag(requested_tag)
     report: dict[str, Any] = {"environment": environment(tag, opts)}
     if "a" in opts.series:
@@ -793,7 +842,58 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
 
         report["decode"] = measure(tag, repeats=3 if quick else 9)
         print(format_table(report["decode"]), flush=True)
+        if opts.device == "cpu" and _has_openvino():
+            from bench import runtimes
+
+            print("(a) runtimes in process, at the service's batch size", flush=True)
+            report["runtimes"] = runtimes.measure(tag, _service_batch(opts.device), opts.limit_s, _threads())
+            report["runtimes"]["ratios"] = runtimes.ratios(report["runtimes"])
+    if opts.device == "cpu" and _has_openvino() and set(opts.series) & {"b", *COMPILED_SERIES}:
+        _prepare_compiled(tag, opts.device)
     return tag, opts, report
+
+
+def _applies(letter: str, device: str) -> bool:
+    """Whether a series means something here: (e) only where torch's default is not fp32 already,
+    (f)-(i) only on a CPU with OpenVINO, (h) only where the CPU has native bf16."""
+    from clip_runner.device import cpu_has_native_bf16
+
+    if letter == "e":
+        return served_precision(device) != "fp32"
+    if letter in ("f", *COMPILED_SERIES):
+        return device == "cpu" and _has_openvino() and (letter != "h" or cpu_has_native_bf16())
+    return True
+
+
+def _has_openvino() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _service_batch(device: str) -> int:
+    from clip_runner.settings import get_settings
+
+    return get_settings().model_copy(update={"device": device}).max_batch
+
+
+def _threads() -> int:
+    from clip_runner.settings import cpu_share, get_settings
+
+    return get_settings().num_threads or cpu_share(1)
+
+
+def _prepare_compiled(tag: str, device: str) -> None:
+    """Compile every precision, and let (b)'s choice be timed, before any server starts: a server's
+    start-up and memory should be a served model's, not a first start's compile."""
+    import torch
+
+    from bench.runtimes import compile_all, compiled_precisions
+    from clip_runner.runtime import load_encoder
+    from clip_runner.settings import get_settings
+
+    compile_all(tag, compiled_precisions())
+    settings = get_settings().model_copy(update={"device": device, "model_tag": tag, "runtime": "auto"})
+    encoder, choice = load_encoder(tag, torch.device(device), settings, _threads())
+    print(f"(b) will serve {encoder.describe()['precision']}: {choice.reason}", flush=True)
 
 
 def _shown(path: Path) -> str:

@@ -38,7 +38,7 @@ import torch
 
 from . import demo_data
 from .calibration import build_pairs, calibrate, encode_texts, fit_threshold, register_calibrated
-from .encoder import BatchEncoder, encode_in_chunks
+from .encoder import BatchEncoder, Encoder, encode_in_chunks
 from .errors import ModelNotAvailable
 from .finetune import TrainConfig, finetune
 from .images import PixelPipeline
@@ -150,18 +150,20 @@ def _f1_at(similarities: np.ndarray, is_mismatch: np.ndarray, threshold: float) 
     return 2 * tp / denominator if denominator else 0.0
 
 
-def evaluate(loaded: LoadedModel, count: int = 1000, seed: int = EVAL_SEED) -> Evaluation:
-    """Zero-shot accuracy and mismatch F1 of ``loaded`` on ``count`` generated images."""
+def evaluate(model: LoadedModel | Encoder, count: int = 1000, seed: int = EVAL_SEED) -> Evaluation:
+    """Zero-shot accuracy and mismatch F1 on ``count`` generated images of a loaded torch model
+    (computed in fp32) or of any encoder (a compiled entry's, say)."""
     if count < 2:
         raise ValueError("evaluation needs at least 2 images")
-    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
+    encoder = model if isinstance(model, Encoder) else BatchEncoder(model, precision="fp32")
+    entry = encoder.entry
+    pipeline = PixelPipeline(entry.preprocess_cfg)
     scenes, pixels = [], []
     for scene, image in demo_data.generate(count, seed):
         scenes.append(scene)
         pixels.append(pipeline(image))
-    encoder = BatchEncoder(loaded, precision="fp32")
     images = encode_in_chunks(encoder.encode_pixels, np.stack(pixels))
-    templates = list(loaded.entry.metadata.get("prompt_templates") or demo_data.PROMPT_TEMPLATES)
+    templates = list(entry.metadata.get("prompt_templates") or demo_data.PROMPT_TEMPLATES)
     labels = list(demo_data.CATEGORIES)
     label_rows = average_prompts(encode_texts(encoder, prompts_for(labels, templates)), len(labels))
     predicted = [labels[i] for i in (images @ label_rows.T).argmax(axis=1)]
@@ -172,7 +174,7 @@ def evaluate(loaded: LoadedModel, count: int = 1000, seed: int = EVAL_SEED) -> E
 
     image_rows, texts, is_mismatch = build_pairs([scene.caption for scene in scenes], None, seed)
     sims = np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts))
-    calibrated = loaded.entry.metadata.get("calibrated_threshold")
+    calibrated = entry.metadata.get("calibrated_threshold")
     threshold = float(calibrated) if calibrated is not None else DEFAULT_THRESHOLD
     best = fit_threshold(sims, is_mismatch)
     return Evaluation(

@@ -1,0 +1,117 @@
+"""The runtimes in process: torch and compiled OpenVINO entries at every precision this CPU has.
+
+Part of ``make bench`` series (a). For each runtime and precision: images/s and texts/s at the
+service's batch size, on the same pixels and texts, one after another in one process (so the
+ratios compare like with like); the compiled entries' recorded parity; and the demo model's
+zero-shot top-1 and mismatch F1 at int8 against torch fp32.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+from typing import Any
+
+import numpy as np
+
+from bench.run import time_calls
+
+TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car", "blue mug")] * 16
+
+
+def compile_all(tag: str, precisions: tuple[str, ...]) -> dict[str, str]:
+    """Each precision's compiled entry of ``tag``: from the store, else compiled now."""
+    from clip_runner.compiled import compile_entry, find_compiled
+
+    tags = {}
+    for precision in precisions:
+        found = find_compiled(tag, precision)
+        tags[precision] = found.tag if found else compile_entry(tag, precision)
+    return tags
+
+
+def compiled_precisions() -> tuple[str, ...]:
+    """The compiled precisions that mean something on this CPU (bf16 only where it is native)."""
+    from clip_runner.device import cpu_has_native_bf16
+
+    return ("fp32", "bf16", "int8") if cpu_has_native_bf16() else ("fp32", "int8")
+
+
+def measure(tag: str, batch: int, seconds: float, threads: int) -> dict[str, Any]:
+    """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8."""
+    import torch
+
+    from clip_runner.compiled import CompiledEncoder
+    from clip_runner.device import cpu_has_native_bf16
+    from clip_runner.encoder import BatchEncoder
+    from clip_runner.loading import load_entry
+    from clip_runner.store import open_entry
+
+    compiled = compile_all(tag, compiled_precisions())
+    rows: dict[str, Any] = {}
+    for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
+        loaded = load_entry(tag, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32)
+        rows[f"torch {precision}"] = _throughput(BatchEncoder(loaded, precision), batch, seconds)
+        del loaded
+        gc.collect()
+    for precision, compiled_tag in compiled.items():
+        entry = open_entry(compiled_tag)
+        rows[f"openvino {precision}"] = {**_throughput(CompiledEncoder(entry, threads), batch, seconds),
+                                         "parity": entry.metadata.get("parity"), "tag": compiled_tag}
+        gc.collect()
+    return {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy()}
+
+
+def _throughput(encoder: Any, batch: int, seconds: float) -> dict[str, float]:
+    size = encoder.entry.preprocess_cfg.get("size", 224)
+    h, w = (size, size) if isinstance(size, int) else size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    texts = TEXTS[:batch]
+    out = {}
+    for name, call in (("images_per_s", lambda: encoder.encode_pixels(pixels)),
+                       ("texts_per_s", lambda: encoder.encode_texts(texts))):
+        call()  # warm-up for this shape
+        times = time_calls(call, seconds)
+        out[name] = round(batch / statistics.median(times), 2)
+    facts = encoder.describe()
+    print(f"  {facts['runtime']:>8} {facts['precision']:<5} {out['images_per_s']:>8.1f} img/s "
+          f"{out['texts_per_s']:>8.1f} texts/s", flush=True)
+    return out
+
+
+def demo_accuracy(count: int = 1000) -> dict[str, Any]:
+    """The demo model's zero-shot top-1 and mismatch F1: torch fp32 against its int8 compile."""
+    import torch
+
+    from clip_runner.compiled import CompiledEncoder
+    from clip_runner.demo import evaluate, register_demo
+    from clip_runner.encoder import BatchEncoder
+    from clip_runner.loading import load_entry
+    from clip_runner.store import open_entry
+
+    tag = register_demo()
+    int8 = open_entry(compile_all(tag, ("int8",))["int8"])
+    reference = evaluate(BatchEncoder(load_entry(tag, torch.device("cpu")), "fp32"), count)
+    quantized = evaluate(CompiledEncoder(int8, torch.get_num_threads()), count)
+    return {"images": count, "torch_fp32": reference.to_json(), "openvino_int8": quantized.to_json(),
+            "parity": int8.metadata.get("parity"),
+            "top1_drop_points": round(100 * (reference.zero_shot_top1 - quantized.zero_shot_top1), 2),
+            "f1_drop_points": round(100 * (reference.mismatch_f1 - quantized.mismatch_f1), 2)}
+
+
+def ratios(runtimes: dict[str, Any]) -> dict[str, float | None]:
+    """In-process speed-ups, images/s: compiled fp32, the best compiled and int8 against torch."""
+    rows = runtimes["rows"]
+
+    def rate(key: str) -> float | None:
+        return rows[key]["images_per_s"] if key in rows else None
+
+    torch_best = max(v["images_per_s"] for k, v in rows.items() if k.startswith("torch"))
+    compiled_best = max((v["images_per_s"] for k, v in rows.items() if k.startswith("openvino")), default=None)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    return {"openvino_fp32_vs_torch_fp32": ratio(rate("openvino fp32"), rate("torch fp32")),
+            "best_compiled_vs_torch_best": ratio(compiled_best, torch_best),
+            "int8_vs_torch_fp32": ratio(rate("openvino int8"), rate("torch fp32"))}
