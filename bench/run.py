@@ -684,7 +684,8 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  {name:<16}{row['images_per_s']:>9.1f} img/s{row['texts_per_s']:>9.1f} texts/s  {cosine}")
         int8, fp32 = runtimes["demo"]["openvino_int8"], runtimes["demo"]["torch_fp32"]
         lines.append(f"  demo model, int8 vs torch fp32: zero-shot top-1 {int8['zero_shot_top1']:.2%} vs "
-                     f"{fp32['zero_shot_top1']:.2%}, mismatch F1 {int8['mismatch_f1']:.4f} vs {fp32['mismatch_f1']:.4f}")
+                     f"{fp32['zero_shot_top1']:.2%}, mismatch F1 {int8['mismatch_f1']:.4f} vs "
+                     f"{fp32['mismatch_f1']:.4f}")
         lines.append("")
     for key, label in SECTIONS:
         series = report.get(key) or {}
