@@ -31,9 +31,12 @@ BLOCK = re.compile(r"(<!-- bench:table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-
                    re.DOTALL)
 #: How each server series is named in the docs (the letter is added in the full tables).
 TITLES = {"ours": "service", "baseline": "transformers baseline", "unbatched": "service, `CLIP_BATCH_SIZE=1`",
-          "ours_fp32": "service, `CLIP_PRECISION=fp32`"}
+          "ours_fp32": "service, torch fp32", "ours_torch": "service, `CLIP_RUNTIME=torch`",
+          **{f"ours_openvino_{p}": f"service, OpenVINO {p}" for p in ("fp32", "bf16", "int8")}}
 SHORT_TITLES = {"ours": "this service", "baseline": "transformers baseline",
-                "unbatched": "this service, batching off", "ours_fp32": "this service at fp32"}
+                "unbatched": "this service, batching off", "ours_fp32": "this service, torch fp32",
+                "ours_torch": "this service, torch", **{f"ours_openvino_{p}": f"this service, OpenVINO {p}"
+                                                       for p in ("fp32", "bf16", "int8")}}
 SERVERS = tuple(key for key in SERIES.values() if key in TITLES)
 LETTER = {key: letter for letter, key in SERIES.items()}
 
@@ -143,11 +146,35 @@ def ratios_block(report: dict[str, Any]) -> str:
                  ["p50 at 1 client − model latency", f"{_num(over['overhead_ms'])} ms ({_num(over['p50_ms'])} − "
                   f"{_num(over['model_ms'])})"]]
     for key, label in (("ours_vs_baseline", "(b)/(c)"), ("ours_vs_unbatched", "(b)/(d)"),
-                       ("ours_fp32_vs_baseline", "(e)/(c), both fp32")):
+                       ("ours_fp32_vs_baseline", "(e)/(c), both fp32"),
+                       ("ours_openvino_fp32_vs_baseline", "(g)/(c), both fp32")):
         if key in ratio:
             at = (ratio[key] or {}).get("concurrency")
             rows.append([f"{label} at {at} clients" if at else label, _comparison(ratio[key])])
     return _table(["ratio", "value"], rows)
+
+
+def runtimes_block(report: dict[str, Any]) -> str:
+    """Torch and each compiled precision in process, and the demo model's accuracy at int8."""
+    runtimes = report.get("runtimes")
+    if not runtimes:
+        return "Not measured in this run (series (a) on a CPU with OpenVINO installed)."
+    rows, base = [], dig(runtimes, "rows", "torch fp32", "images_per_s")
+    for name, row in runtimes["rows"].items():
+        parity = row.get("parity")
+        worst = parity and (min(parity["image_mean"], parity["text_mean"]),
+                            min(parity["image_min"], parity["text_min"]))
+        cosine = f"{worst[0]:.5f} ({worst[1]:.5f})" if worst else "reference" if name == "torch fp32" else "—"
+        rows.append([name.split()[0], name.split()[1], f"{row['images_per_s']:.1f}", f"{row['texts_per_s']:.1f}",
+                     f"{row['images_per_s'] / base:.2f}×" if base else "—", cosine])
+    table = _table(["runtime", "precision", "images/s", "texts/s", "images/s vs torch fp32",
+                    "cosine to torch fp32: worst tower mean (worst row)"], rows)
+    demo = runtimes["demo"]
+    fp32, int8 = demo["torch_fp32"], demo["openvino_int8"]
+    return (f"{table}\n\nIn process at batch {runtimes['batch_size']}, {runtimes['threads']} threads, the same pixels "
+            f"and texts for every row. The demo model on {demo['images']} generated images: zero-shot top-1 "
+            f"{int8['zero_shot_top1']:.2%} at int8 against {fp32['zero_shot_top1']:.2%} at torch fp32, mismatch F1 "
+            f"{int8['mismatch_f1']:.4f} against {fp32['mismatch_f1']:.4f}.")
 
 
 def goals_block(report: dict[str, Any]) -> str:
@@ -207,6 +234,14 @@ def headline_block(report: dict[str, Any]) -> str:
         cmp = ratio["ours_fp32_vs_baseline"]
         lines.append(f"At the baseline's fp32 the service is {cmp['ratio']:.2f}× the baseline at "
                      f"{cmp['concurrency']} clients.")
+    if dig(ratio, "ours_openvino_fp32_vs_baseline", "ratio") is not None:
+        cmp = ratio["ours_openvino_fp32_vs_baseline"]
+        lines.append(f"Compiled with OpenVINO at fp32, the service is {cmp['ratio']:.2f}× the baseline at "
+                     f"{cmp['concurrency']} clients, same arithmetic.")
+    if report.get("runtimes") and dig(report, "ours", "runtime"):
+        ours = report["ours"]
+        lines.append(f"By default it serves {ours['runtime']} {ours['precision']} here, the fastest that meets "
+                     "parity on this CPU (docs/performance.md, \"Runtimes\").")
     if "ours_vs_limit" in ratio:
         over, sat = ratio["overhead_at_c1"], ratio["ours_vs_limit"]
         lines.append(f"In-process limit {limit['best_images_per_s']:.1f} images/s ({limit.get('precision')}, batch "
@@ -231,7 +266,7 @@ def headline_block(report: dict[str, Any]) -> str:
 BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {
     "environment": environment_block, "throughput": throughput_block, "headline": headline_block,
     "results": results_block, "ratios": ratios_block, "goals": goals_block, "memory": memory_block,
-    "decode": decode_block,
+    "decode": decode_block, "runtimes": runtimes_block,
 }
 
 

@@ -32,8 +32,9 @@ def _build(tag: str, cuda: bool = False) -> str:
 
 
 @pytest.fixture(scope="module")
-def bento_tag(tiny_tag: str) -> str:
-    return _build(tiny_tag)
+def bento_tag(compiled_tiny: dict[str, str]) -> str:
+    """The CPU bento as the docs advise: pinned to a compiled entry (int8) of the tiny model."""
+    return _build(compiled_tiny["int8"])
 
 
 def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
@@ -46,14 +47,15 @@ def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
     return text, files
 
 
-def test_built_bento_serves_the_pinned_model(bento_tag: str, tiny_tag: str, tmp_path) -> None:
+def test_built_bento_serves_the_pinned_model(bento_tag: str, compiled_tiny: dict[str, str], tmp_path) -> None:
     # From an empty folder, so what serves is the built bento, not the repo's service.py.
     srv = server.start(bento_tag, env=server_env({}), log=tmp_path / "bento.log", cwd=tmp_path)
     try:
         server.wait_ready(srv, timeout_s=120)
         url = srv.url
         health = httpx.get(f"{url}/health", timeout=10).json()
-        assert health["model"] == tiny_tag and health["status"] == "healthy"
+        assert health["model"] == compiled_tiny["int8"] and health["status"] == "healthy"
+        assert (health["runtime"], health["precision"]) == ("openvino", "int8")
         resp = httpx.post(f"{url}/encode_image", files={"image": ("a.jpg", make_jpeg(1))}, timeout=60)
         assert resp.status_code == 200 and len(resp.json()) == 32
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
@@ -61,12 +63,14 @@ def test_built_bento_serves_the_pinned_model(bento_tag: str, tiny_tag: str, tmp_
         server.stop(srv)
 
 
-def test_cpu_dockerfile(bento_tag: str, tiny_tag: str) -> None:
+def test_cpu_dockerfile(bento_tag: str, compiled_tiny: dict[str, str]) -> None:
     text, files = _dockerfile(bento_tag)
     assert "USER bentoml" in text and "EXPOSE 3000" in text
     assert "ENV CLIP_STRICT_MODEL" in text and "ENV CLIP_DEVICE" in text
-    name, version = tiny_tag.split(":")
-    assert f"models/{name}/{version}/open_clip_model.safetensors" in files
+    name, version = compiled_tiny["int8"].split(":")
+    assert {f"models/{name}/{version}/{part}" for part in ("image.xml", "image.bin", "text.bin")} <= set(files)
+    requirements = (Path(bentoml.get(bento_tag).path) / "env" / "python" / "requirements.txt").read_text()
+    assert "openvino==" in requirements  # the runtime's wheel is installed in the image
     assert "src/bento_model.json" in files and "src/service.py" in files
     assert not any(f.startswith("src/tests/") for f in files)
 
