@@ -28,7 +28,7 @@ def _settings(tag: str) -> ClipSettings:
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("CLIP_")]:
             mp.delenv(name)
-        return ClipSettings(model_tag=tag, device="cpu", precision="fp32")  # as the `server` fixture
+        return ClipSettings(model_tag=tag, device="cpu", precision="fp32", runtime="torch")  # as the `server` fixture
 
 
 @pytest.fixture(scope="module")
