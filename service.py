@@ -138,8 +138,9 @@ def _skip_triton_on_cpu(device: str) -> None:
     only to see whether it is there: 100 MB of resident library in a worker that serves on CPU.
     Without it, torch takes its CPU paths as it would on a machine without triton.
     """
-    on_cpu = device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists())
-    if on_cpu and "triton" not in sys.modules:
+    from clip_runner.hardware import serves_on_cpu  # reads the device nodes: no torch on a CPU machine
+
+    if "triton" not in sys.modules and serves_on_cpu(device):
         sys.modules["triton"] = None  # type: ignore[assignment]  # import triton → ImportError
 
 

@@ -857,7 +857,7 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
 def _applies(letter: str, device: str) -> bool:
     """Whether a series means something here: (e) only where torch's default is not fp32 already,
     (f)-(i) only on a CPU with OpenVINO, (h) only where the CPU has native bf16."""
-    from clip_runner.device import cpu_has_native_bf16
+    from clip_runner.hardware import cpu_has_native_bf16
 
     if letter == "e":
         return served_precision(device) != "fp32"
@@ -885,15 +885,13 @@ def _threads() -> int:
 def _prepare_compiled(tag: str, device: str) -> None:
     """Compile every precision, and let (b)'s choice be timed, before any server starts: a server's
     start-up and memory should be a served model's, not a first start's compile."""
-    import torch
-
     from bench.runtimes import compile_all, compiled_precisions
     from clip_runner.runtime import load_encoder
     from clip_runner.settings import get_settings
 
     compile_all(tag, compiled_precisions())
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag, "runtime": "auto"})
-    encoder, choice = load_encoder(tag, torch.device(device), settings, _threads())
+    encoder, choice = load_encoder(tag, settings, _threads())
     print(f"(b) will serve {encoder.describe()['precision']}: {choice.reason}", flush=True)
 
 

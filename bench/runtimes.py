@@ -21,7 +21,8 @@ TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car
 
 def compile_all(tag: str, precisions: tuple[str, ...]) -> dict[str, str]:
     """Each precision's compiled entry of ``tag``: from the store, else compiled now."""
-    from clip_runner.compiled import compile_entry, find_compiled
+    from clip_runner.compiled import find_compiled
+    from clip_runner.compiler import compile_entry
 
     tags = {}
     for precision in precisions:
@@ -32,7 +33,7 @@ def compile_all(tag: str, precisions: tuple[str, ...]) -> dict[str, str]:
 
 def compiled_precisions() -> tuple[str, ...]:
     """The compiled precisions that mean something on this CPU (bf16 only where it is native)."""
-    from clip_runner.device import cpu_has_native_bf16
+    from clip_runner.hardware import cpu_has_native_bf16
 
     return ("fp32", "bf16", "int8") if cpu_has_native_bf16() else ("fp32", "int8")
 
@@ -42,8 +43,8 @@ def measure(tag: str, batch: int, seconds: float, threads: int) -> dict[str, Any
     import torch
 
     from clip_runner.compiled import CompiledEncoder
-    from clip_runner.device import cpu_has_native_bf16
     from clip_runner.encoder import BatchEncoder
+    from clip_runner.hardware import cpu_has_native_bf16
     from clip_runner.loading import load_entry
     from clip_runner.store import open_entry
 

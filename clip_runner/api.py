@@ -29,7 +29,7 @@ from .errors import InputError, InvalidInput, PayloadTooLarge
 from .settings import ClipSettings
 
 if TYPE_CHECKING:
-    from .loading import ServedModel
+    from .runtime import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ClipAPI:
     @classmethod
     def load(cls, settings: ClipSettings) -> ClipAPI:
         """Resolve, load and warm up the configured model, then serve it."""
-        from .loading import ServedModel
+        from .runtime import ServedModel
 
         return cls(ServedModel.load(settings), settings)
 

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from .hardware import cpu_has_native_bf16
 from .settings import cpu_share
 
 logger = logging.getLogger(__name__)
@@ -38,17 +39,6 @@ class Precision:
     name: str
     weights: torch.dtype = torch.float32
     autocast: torch.dtype | None = None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX).
-
-    Without it oneDNN emulates bf16 and is slower than fp32, so ``auto`` stays fp32.
-    """
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private helpers: a torch without them gets the safe answer
-        return False
 
 
 def resolve_precision(device: torch.device, requested: str = "auto") -> Precision:

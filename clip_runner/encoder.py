@@ -1,7 +1,9 @@
 """Batched encoding: preprocessed pixels or texts in, L2-normalised float32 rows out.
 
 The encoder runs one whole batch per call. It never sees undecoded bytes (those are
-validated per request before batching), so one bad upload cannot fail a batch.
+validated per request before batching), so one bad upload cannot fail a batch. torch is
+imported by :class:`BatchEncoder` when one is made, not by this module: a worker serving a
+compiled entry (:class:`~clip_runner.compiled.CompiledEncoder`) never loads it.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .device import Precision, resolve_precision
-from .loading import LoadedModel
 from .store import StoreEntry
+
+if TYPE_CHECKING:
+    import torch
+
+    from .device import Precision
+    from .loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class BatchEncoder(Encoder):
 
     def __init__(self, loaded: LoadedModel, precision: Precision | str = "auto") -> None:
         """Wrap ``loaded``, casting its weights to ``precision`` (a no-op when loaded so)."""
+        from .device import resolve_precision
+
         self.loaded = loaded
         self.entry = loaded.entry
         self.device = loaded.device
@@ -100,6 +107,8 @@ def unit_rows(features: np.ndarray, expected_rows: int) -> np.ndarray:
 @contextlib.contextmanager
 def inference(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.inference_mode()``, plus autocast to ``dtype`` when one is given (CUDA)."""
+    import torch
+
     with torch.inference_mode():
         if dtype is None:
             yield
@@ -109,17 +118,19 @@ def inference(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]
 
 
 def normalize(pixels: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
-              device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+              device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """(N, H, W, 3) uint8 → (N, 3, H, W) normalised ``dtype`` (arithmetic in fp32), on ``device``.
 
     Same arithmetic as torchvision's ToTensor + Normalize, but once per batch and on the
-    target device (the uint8 copy to a GPU is 4× smaller than a float one).
+    target device (the uint8 copy to a GPU is 4× smaller than a float one). ``dtype``: fp32 when None.
     """
+    import torch
+
     batch = torch.as_tensor(pixels).to(device, non_blocking=True)
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return batch.sub_(mean_t).div_(std_t).to(dtype)
+    return batch.sub_(mean_t).div_(std_t).to(dtype or torch.float32)
 
 
 def encode_in_chunks(encode: Callable[[Any], np.ndarray], items: Sequence[Any], size: int = 64) -> np.ndarray:

@@ -1,6 +1,9 @@
-"""Hardware-aware default model: pick the largest CLIP the accelerator comfortably holds.
+"""Facts about this machine, and the hardware-aware default model they lead to.
 
-Used only when no model is configured. The decision, its inputs and the chosen model are
+:func:`serves_on_cpu` and the CPU facts (:func:`cpu_name`, :func:`cpu_has_native_bf16`) are
+read without importing torch, so a worker serving a compiled entry never loads it. The default
+model (the largest CLIP the accelerator comfortably holds) applies only when no model is
+configured. The decision, its inputs and the chosen model are
 logged and written beside the model store (``$BENTOML_HOME/clip_hardware.json``) so that
 operators can see why a model was chosen; ``/health`` shows it too.
 """
@@ -9,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
+import platform
 from pathlib import Path
 from typing import Any
-
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +56,62 @@ class DefaultChoice:
                 "facts": dataclasses.asdict(self.facts)}
 
 
+NVIDIA_DEVICE_NODE = Path("/dev/nvidiactl")  # present wherever an NVIDIA driver is loaded
+
+
+def serves_on_cpu(device: str = "auto") -> bool:
+    """Whether ``CLIP_DEVICE`` puts the model on the CPU: ``cpu``, or ``auto`` with no usable GPU.
+
+    ``auto`` imports torch only where an NVIDIA driver is present (to ask CUDA); on a machine
+    without one the answer needs no torch.
+    """
+    if device != "auto":
+        return device == "cpu"
+    if not NVIDIA_DEVICE_NODE.exists():
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where the system does not say)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    Without it bf16 is emulated and slower than fp32, so no ``auto`` choice picks it.
+    """
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def detect_hardware(device: str = "auto") -> HardwareFacts:
     """Free/total memory of the CUDA device that would serve (none when CPU is forced or absent)."""
-    if device == "cpu" or not torch.cuda.is_available():
+    if serves_on_cpu(device):
         return HardwareFacts(cuda_available=False)
+    import torch
+
     index = torch.device(device).index if device.startswith("cuda:") else 0
     try:
         free, total = torch.cuda.mem_get_info(index)

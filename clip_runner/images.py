@@ -10,8 +10,10 @@ message names the field and the rule; Pillow's own exceptions never escape.
 :class:`PixelPipeline` is the PIL half of open_clip's eval transform (resize, crop, mode),
 driven by the model's own preprocess config; it runs per request, in a thread, before
 batching, and gives a small ``uint8`` HWC array. The tensor half (scale, mean, std) runs once
-per batch on the inference device (:func:`clip_runner.encoder.normalize`). Together they
-compute exactly what open_clip's ``preprocess`` does. :class:`UploadPreparer` is the two in a
+per batch on the inference device (:func:`clip_runner.encoder.normalize`, or inside a compiled
+graph). Together they compute exactly what open_clip's ``preprocess`` does. The common
+layouts (shortest side to a square, or squash) run on Pillow alone, so serving a compiled
+entry never imports torch; the others run open_clip's own transform. :class:`UploadPreparer` is the two in a
 row, with the service's limits: what every upload goes through.
 """
 
@@ -19,14 +21,13 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import io
 import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image, ImageOps
-from torchvision import transforms as T
 
 from .errors import InvalidImage, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
@@ -315,23 +316,31 @@ def _value_range(mode: str, values: np.ndarray) -> tuple[float, float]:
 # ---- model input ----------------------------------------------------------------------------
 
 _TENSOR_STEPS = ("ToTensor", "MaybeToTensor", "Normalize")
+#: open_clip's ``PreprocessCfg`` defaults (a unit test holds them equal), for keys a config omits.
+PREPROCESS_DEFAULTS: dict[str, Any] = {
+    "size": 224, "mode": "RGB", "mean": (0.48145466, 0.4578275, 0.40821073),
+    "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic", "resize_mode": "shortest",
+    "fill_color": 0,
+}
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 class PixelPipeline:
     """PIL image → ``uint8`` array of shape (H, W, 3) at the model's input size."""
 
     def __init__(self, preprocess_cfg: dict[str, Any]) -> None:
-        cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), preprocess_cfg))
-        steps = list(image_transform_v2(cfg, is_train=False).transforms)
-        names = [type(step).__name__ for step in steps]
-        split = next(i for i, name in enumerate(names) if name in _TENSOR_STEPS)
-        if names[split:] not in (["ToTensor", "Normalize"], ["MaybeToTensor", "Normalize"]):
-            raise ValueError(f"unexpected open_clip transform layout: {names}")
-        self._pil_steps = T.Compose(steps[:split])
-        self.mean = tuple(float(m) for m in cfg.mean)
-        self.std = tuple(float(s) for s in cfg.std)
-        size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
+        cfg = {**PREPROCESS_DEFAULTS, **{k: v for k, v in preprocess_cfg.items() if k in PREPROCESS_DEFAULTS}}
+        self.mean = tuple(float(m) for m in cfg["mean"])
+        self.std = tuple(float(s) for s in cfg["std"])
+        size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
         self.size: tuple[int, int] = (int(size[0]), int(size[1]))
+        square = self.size[0] == self.size[1]
+        if cfg["interpolation"] in _RESAMPLING and cfg["mode"] == "RGB" and (
+                cfg["resize_mode"] == "squash" or (cfg["resize_mode"] == "shortest" and square)):
+            self._pil_steps = functools.partial(_resize_and_crop, size=self.size, crop=cfg["resize_mode"] == "shortest",
+                                                resample=_RESAMPLING[cfg["interpolation"]])
+        else:
+            self._pil_steps = _open_clip_steps(preprocess_cfg)
 
     def draft_side(self, factor: float = 1.0) -> int:
         """Shortest side a reduced-size JPEG decode must keep: ``factor`` × the model input side.
@@ -351,6 +360,37 @@ class PixelPipeline:
         if pixels.shape != (*self.size, 3):
             raise ValueError(f"preprocess produced {pixels.shape}, expected {(*self.size, 3)}")
         return pixels
+
+
+def _resize_and_crop(image: Image.Image, size: tuple[int, int], crop: bool,
+                     resample: Image.Resampling) -> Image.Image:
+    """torchvision's ``Resize`` (+ ``CenterCrop``) on a PIL image, as open_clip's eval transform
+    composes them: the shorter side to the square's side then the centre crop, or (``crop``
+    False) a squash to ``size``. Same sizes, same rounding, same Pillow resampling."""
+    height, width = size
+    if crop:
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = height, int(height * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        image = image.resize((new_w, new_h), resample)
+        top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+        return image.crop((left, top, left + width, top + height))
+    return image.resize((width, height), resample)
+
+
+def _open_clip_steps(preprocess_cfg: dict[str, Any]) -> Any:
+    """The PIL steps of open_clip's own eval transform, for layouts :func:`_resize_and_crop` has not."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+    from torchvision import transforms as T
+
+    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), preprocess_cfg))
+    steps = list(image_transform_v2(cfg, is_train=False).transforms)
+    names = [type(step).__name__ for step in steps]
+    split = next(i for i, name in enumerate(names) if name in _TENSOR_STEPS)
+    if names[split:] not in (["ToTensor", "Normalize"], ["MaybeToTensor", "Normalize"]):
+        raise ValueError(f"unexpected open_clip transform layout: {names}")
+    return T.Compose(steps[:split])
 
 
 @dataclasses.dataclass(frozen=True)

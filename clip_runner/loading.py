@@ -10,19 +10,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import open_clip
 import torch
 
 from .errors import ModelNotAvailable
 from .store import CONFIG_FILE, WEIGHTS_FILE, StoreEntry, open_entry, verify_files
-
-if TYPE_CHECKING:
-    from .encoder import Encoder
-    from .resolve import Resolution
-    from .runtime import RuntimeChoice
-    from .settings import ClipSettings
 
 logger = logging.getLogger(__name__)
 
@@ -153,53 +147,3 @@ def _copy_weights(model: torch.nn.Module, weights: Path) -> None:
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                       "U8": torch.uint8, "BOOL": torch.bool}
-
-
-@dataclasses.dataclass
-class ServedModel:
-    """The model a worker serves: resolved, loaded in its runtime and precision, warm."""
-
-    resolution: Resolution
-    encoder: Encoder
-    threads: int
-    choice: RuntimeChoice
-
-    @classmethod
-    def load(cls, settings: ClipSettings) -> ServedModel:
-        """Resolve (registering if needed), load and warm up the configured model.
-
-        Inference threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
-        """
-        from .device import configure_threads, page_out_gpu_libraries, pick_device
-        from .resolve import resolve_model
-        from .runtime import load_encoder
-
-        threads = configure_threads(settings.num_threads, settings.workers)
-        resolution = resolve_model(settings)
-        device = pick_device(settings.device)
-        encoder, choice = load_encoder(resolution.tag, device, settings, threads)
-        encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
-        if device.type == "cpu":
-            page_out_gpu_libraries()
-        facts = encoder.describe()
-        logger.info("serving %s (%s) on %s: %s at %s", encoder.entry.tag, resolution.reason, facts["device_name"],
-                    facts["runtime"], facts["precision"])
-        return cls(resolution, encoder, threads, choice)
-
-    def info(self) -> dict[str, Any]:
-        """What is served, where, why and how: the body of ``/health`` (less the live fields)."""
-        entry, resolution = self.encoder.entry, self.resolution
-        return {
-            "model": entry.tag,
-            "arch": entry.labels.get("arch"),
-            "pretrained": entry.labels.get("pretrained"),
-            "source": entry.labels.get("source"),
-            **self.encoder.describe(),
-            "embedding_size": entry.embedding_size,
-            "reason": resolution.reason,
-            "fallback": resolution.fallback,
-            "hardware": resolution.hardware,
-            "runtime_choice": self.choice.to_dict(),
-            "torch_threads": self.threads,
-            "image_size": entry.metadata.get("image_size"),
-        }

@@ -8,6 +8,9 @@ timed at the serving batch size, and the fastest serves. The decision and its me
 logged, shown by ``/health`` and kept beside the model store (``clip_runtime.json``) so later
 starts on the same CPU skip the timing. ``CLIP_RUNTIME=openvino`` insists on a compiled entry;
 ``CLIP_PRECISION`` narrows the candidates to one.
+
+:class:`ServedModel` is what a worker serves: the resolved model, loaded in its runtime,
+warm. A worker serving a compiled entry imports no torch (unless it has to compile one).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import datetime as dt
 import fcntl
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .compiled import (
     PARITY_BAR,
@@ -32,15 +35,17 @@ from .compiled import (
     CompiledEncoder,
     CompileRefused,
     RuntimeMissing,
-    compile_entry,
     find_compiled,
     import_openvino,
 )
-from .device import cpu_has_native_bf16, resolve_precision
-from .encoder import BatchEncoder, Encoder
+from .encoder import Encoder
 from .errors import ModelNotAvailable
-from .settings import ClipSettings
+from .hardware import cpu_has_native_bf16, cpu_name, serves_on_cpu
+from .settings import ClipSettings, cpu_share
 from .store import StoreEntry, open_entry, store_home
+
+if TYPE_CHECKING:
+    from .resolve import Resolution
 
 logger = logging.getLogger(__name__)
 
@@ -58,39 +63,94 @@ class RuntimeChoice:
         return {"reason": self.reason, "measured": self.measured}
 
 
-def load_encoder(tag: str, device: torch.device, settings: ClipSettings, threads: int) -> tuple[Encoder, RuntimeChoice]:
+@dataclasses.dataclass
+class ServedModel:
+    """The model a worker serves: resolved, loaded in its runtime and precision, warm."""
+
+    resolution: Resolution
+    encoder: Encoder
+    threads: int
+    choice: RuntimeChoice
+
+    @classmethod
+    def load(cls, settings: ClipSettings) -> ServedModel:
+        """Resolve (registering if needed), load and warm up the configured model.
+
+        Inference threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
+        """
+        from .resolve import resolve_model
+
+        threads = settings.num_threads or cpu_share(settings.workers)
+        resolution = resolve_model(settings)
+        encoder, choice = load_encoder(resolution.tag, settings, threads)
+        encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
+        facts = encoder.describe()
+        if facts["device"] == "cpu" and sys.modules.get("torch") is not None:  # torch was imported
+            from .device import page_out_gpu_libraries
+
+            page_out_gpu_libraries()
+        logger.info("serving %s (%s) on %s: %s at %s", encoder.entry.tag, resolution.reason, facts["device_name"],
+                    facts["runtime"], facts["precision"])
+        return cls(resolution, encoder, threads, choice)
+
+    def info(self) -> dict[str, Any]:
+        """What is served, where, why and how: the body of ``/health`` (less the live fields)."""
+        entry, resolution = self.encoder.entry, self.resolution
+        return {
+            "model": entry.tag,
+            "arch": entry.labels.get("arch"),
+            "pretrained": entry.labels.get("pretrained"),
+            "source": entry.labels.get("source"),
+            **self.encoder.describe(),
+            "embedding_size": entry.embedding_size,
+            "reason": resolution.reason,
+            "fallback": resolution.fallback,
+            "hardware": resolution.hardware,
+            "runtime_choice": self.choice.to_dict(),
+            "threads": self.threads,
+            "image_size": entry.metadata.get("image_size"),
+        }
+
+
+def load_encoder(tag: str, settings: ClipSettings, threads: int) -> tuple[Encoder, RuntimeChoice]:
     """The encoder that serves store entry ``tag`` under ``settings`` (see the module docstring)."""
     entry = open_entry(tag)
     if entry.runtime != "torch":
         return CompiledEncoder(entry, threads), RuntimeChoice(f"{tag} is a compiled entry")
     wanted = settings.runtime
-    if device.type != "cpu" or wanted == "torch":
+    if wanted == "torch" or not serves_on_cpu(settings.device):
         if wanted == "openvino" or settings.precision == "int8":
-            raise ModelNotAvailable(f"CLIP_RUNTIME={wanted} with CLIP_PRECISION={settings.precision} on {device}: "
-                                    "compiled runtimes and int8 run on CPU, with CLIP_RUNTIME=auto or openvino")
-        return _torch_encoder(entry, device, settings.precision), RuntimeChoice(f"CLIP_RUNTIME={wanted} on {device}")
+            raise ModelNotAvailable(f"CLIP_RUNTIME={wanted} with CLIP_PRECISION={settings.precision} on "
+                                    f"CLIP_DEVICE={settings.device}: compiled runtimes and int8 run on CPU, with "
+                                    "CLIP_RUNTIME=auto or openvino")
+        return _torch_encoder(entry, settings, threads), RuntimeChoice(f"CLIP_RUNTIME={wanted}, CLIP_DEVICE="
+                                                                       f"{settings.device}")
     try:
         import_openvino()
     except RuntimeMissing:
         if wanted == "openvino" or settings.precision == "int8":
             raise
         logger.info("OpenVINO is not installed: serving with torch (%s)", "pip install 'clip-service[openvino]'")
-        return _torch_encoder(entry, device, settings.precision), RuntimeChoice("OpenVINO not installed: torch")
+        return _torch_encoder(entry, settings, threads), RuntimeChoice("OpenVINO not installed: torch")
     with _store_lock():  # one worker compiles and times; the others then read its decision
         candidates = _compiled_candidates(entry, _candidate_precisions(settings.precision), threads)
         if not candidates:
             if wanted == "openvino":
                 raise ModelNotAvailable(f"no compiled entry of {tag} meets the parity bar; see the log above")
-            return _torch_encoder(entry, device, settings.precision), RuntimeChoice("no compiled entry usable: torch")
+            return _torch_encoder(entry, settings, threads), RuntimeChoice("no compiled entry usable: torch")
         precision, choice = _fastest(entry, candidates, threads, settings.max_batch)
     logger.info("serving %s through OpenVINO at %s: %s", tag, precision, choice.reason)
     return CompiledEncoder(candidates[precision], threads), choice
 
 
-def _torch_encoder(entry: StoreEntry, device: torch.device, requested: str) -> BatchEncoder:
+def _torch_encoder(entry: StoreEntry, settings: ClipSettings, threads: int) -> Encoder:
+    from .device import configure_threads, pick_device, resolve_precision
+    from .encoder import BatchEncoder
     from .loading import load_entry
 
-    precision = resolve_precision(device, requested)
+    configure_threads(threads)
+    device = pick_device(settings.device)
+    precision = resolve_precision(device, settings.precision)
     return BatchEncoder(load_entry(entry, device, precision.weights), precision)
 
 
@@ -111,6 +171,8 @@ def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads
         if compiled is None:
             logger.warning("no %s compile of %s in the store: compiling it now (once)", precision, entry.tag)
             try:
+                from .compiler import compile_entry  # torch: only when something must be compiled
+
                 compiled = open_entry(compile_entry(entry.tag, precision, threads=threads))
             except (CompileRefused, RuntimeMissing) as exc:  # RuntimeMissing: NNCF (int8) not installed
                 logger.warning("%s", exc)
@@ -166,17 +228,6 @@ def _seconds(call: Any) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), what a timing decision is valid for."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _decision_file() -> Path:

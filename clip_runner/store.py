@@ -23,14 +23,14 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import bentoml
-import open_clip
-import torch
-from safetensors.torch import save_file
 
 from .errors import ModelNotAvailable
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def describe(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]) -> dict[str, Any]:
     """Metadata derived from a model and its configs."""
+    import open_clip
     size = preprocess_cfg.get("size", model_cfg["vision_cfg"].get("image_size", 224))
     return {
         "embedding_size": int(model_cfg["embed_dim"]),
@@ -161,6 +162,8 @@ def save_entry(
     metadata = describe(model, model_cfg, preprocess_cfg)
     metadata.update(extra_metadata or {})
     labels = {"arch": arch, "pretrained": pretrained, "source": source}
+    from safetensors.torch import save_file
+
     with bentoml.models.create(name, labels=labels, metadata=metadata) as ref:
         out = Path(ref.path)
         weights = out / WEIGHTS_FILE

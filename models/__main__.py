@@ -72,7 +72,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _compile(args: argparse.Namespace) -> None:
-    from clip_runner.compiled import compile_entry
+    from clip_runner.compiler import compile_entry
     from clip_runner.device import configure_threads
 
     tag = compile_entry(args.tag, args.precision, Path(args.calibration) if args.calibration else None,

@@ -174,6 +174,7 @@ def jpeg_bytes() -> bytes:
 @pytest.fixture(scope="session")
 def compiled_tiny(tiny_tag: str) -> dict[str, str]:
     """The tiny model compiled for OpenVINO at each precision: precision → store tag."""
-    from clip_runner.compiled import PRECISIONS, compile_entry
+    from clip_runner.compiled import PRECISIONS
+    from clip_runner.compiler import compile_entry
 
     return {precision: compile_entry(tiny_tag, precision, threads=2) for precision in PRECISIONS}

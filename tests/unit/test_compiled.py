@@ -12,11 +12,11 @@ from pathlib import Path
 import bentoml
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clip_runner import compiled, runtime
-from clip_runner.compiled import CompiledEncoder, CompileRefused, RuntimeMissing, compile_entry
+from clip_runner.compiled import CompiledEncoder, CompileRefused, RuntimeMissing
+from clip_runner.compiler import compile_entry
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.images import PixelPipeline
 from clip_runner.settings import ClipSettings
@@ -59,7 +59,7 @@ def test_compiled_entry_records_runtime_parity_and_parent(compiled_tiny: dict[st
     assert meta["compile"]["calibration"]["images"] == 128 and "nncf" in meta["compile"]["calibration"]["tool"]
     assert set(meta["parity"]) == {"image_mean", "image_min", "text_mean", "text_min"}
     assert min(meta["parity"]["image_mean"], meta["parity"]["text_mean"]) >= compiled.PARITY_BAR
-    assert set(meta["files_sha256"]) == set(COMPILED_FILES) and "weights_sha256" not in meta
+    assert set(meta["files_sha256"]) == {*COMPILED_FILES, "tokenizer.json"} and "weights_sha256" not in meta
     assert meta["embedding_size"] == 32 and not (entry.path / "open_clip_model.safetensors").exists()
 
 
@@ -117,33 +117,71 @@ def test_without_openvino_the_error_names_the_extra(tiny_tag: str, monkeypatch: 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino → ImportError
     with pytest.raises(RuntimeMissing, match=r"pip install 'clip-service\[openvino\]'"):
         compile_entry(tiny_tag, "fp32")
-    cpu = torch.device("cpu")
     with pytest.raises(RuntimeMissing, match=r"clip-service\[openvino\]"):
-        runtime.load_encoder(tiny_tag, cpu, ClipSettings(model_tag=tiny_tag, runtime="openvino"), 1)
+        runtime.load_encoder(tiny_tag, ClipSettings(model_tag=tiny_tag, runtime="openvino", device="cpu"), 1)
     with caplog.at_level(logging.INFO, logger="clip_runner.runtime"):
-        encoder, choice = runtime.load_encoder(tiny_tag, cpu, ClipSettings(model_tag=tiny_tag, runtime="auto"), 1)
+        settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
+        encoder, choice = runtime.load_encoder(tiny_tag, settings, 1)
     assert encoder.describe()["runtime"] == "torch" and "OpenVINO not installed" in choice.reason
 
 
 def test_int8_needs_a_compiled_runtime(tiny_tag: str) -> None:
     settings = ClipSettings(model_tag=tiny_tag, runtime="torch", precision="int8")
     with pytest.raises(ModelNotAvailable, match="int8 run on CPU, with CLIP_RUNTIME=auto or openvino"):
-        runtime.load_encoder(tiny_tag, torch.device("cpu"), settings, 1)
+        runtime.load_encoder(tiny_tag, settings, 1)
 
 
 def test_auto_times_the_candidates_once_and_serves_the_fastest(compiled_tiny: dict[str, str], tiny_tag: str) -> None:
     settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
     decisions = Path(store_home()).parent / runtime.DECISION_FILE
     decisions.unlink(missing_ok=True)
-    encoder, choice = runtime.load_encoder(tiny_tag, torch.device("cpu"), settings, 1)
+    encoder, choice = runtime.load_encoder(tiny_tag, settings, 1)
     measured = choice.measured
     assert measured is not None and set(measured) >= {"fp32", "int8"}
     fastest = max(measured, key=lambda p: measured[p]["images_per_s"])
     assert encoder.describe() | {"runtime": "openvino", "precision": fastest} == encoder.describe()
     assert encoder.entry.tag == compiled_tiny[fastest] and "measured now" in choice.reason
     assert list(json.loads(decisions.read_text()).values())[0]["measured"] == measured
-    again, second = runtime.load_encoder(tiny_tag, torch.device("cpu"), settings, 1)
+    again, second = runtime.load_encoder(tiny_tag, settings, 1)
     assert second.measured == measured and "measured at" in second.reason and again.entry.tag == encoder.entry.tag
-    pinned, why = runtime.load_encoder(tiny_tag, torch.device("cpu"), settings.model_copy(update={"precision": "fp32"}),
-                                       1)
+    pinned, why = runtime.load_encoder(tiny_tag, settings.model_copy(update={"precision": "fp32"}), 1)
     assert pinned.entry.tag == compiled_tiny["fp32"] and why.measured is None
+
+
+NO_TORCH_PROBE = """
+import asyncio, io, sys
+sys.modules["torch"] = None  # any import of torch now fails loudly
+import httpx
+from PIL import Image
+from clip_http.app import local_app
+from clip_runner.settings import ClipSettings
+
+jpeg = io.BytesIO()
+Image.new("RGB", (120, 90), (200, 30, 30)).save(jpeg, "JPEG")
+
+async def main(tag):
+    local = local_app(ClipSettings(model_tag=tag, device="cpu"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=local.app), base_url="http://in-process") as http:
+        image = await http.post("/encode_image", files={"image": ("a.jpg", jpeg.getvalue())})
+        text = await http.post("/encode_text", json={"text": ["a red circle"]})
+        health = (await http.get("/health")).json()
+    local.close()
+    print(image.status_code, text.status_code, health["runtime"], health["precision"])
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_serving_a_compiled_entry_imports_no_torch(compiled_tiny: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_PROBE, compiled_tiny["int8"]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-4:] == ["200", "200", "openvino", "int8"]
+
+
+def test_native_bf16_is_read_as_torch_reads_it() -> None:
+    import torch
+
+    from clip_runner.hardware import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16() == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

@@ -447,3 +447,33 @@ def test_mutated_bytes_only_ever_raise_input_errors(fmt: str) -> None:
             assert err.status in (400, 413, 415) and "'photo'" in err.message
         else:
             assert image.mode == "RGB"
+
+
+# ---- model input: the Pillow path against open_clip's own transform ------------------------------
+
+@pytest.mark.parametrize("cfg", [{}, {"size": 64}, {"size": 240, "interpolation": "bilinear"},
+                                 {"size": [224, 224], "resize_mode": "squash"}, {"size": 336}])
+def test_pillow_pipeline_equals_open_clips_transform_pixel_for_pixel(cfg: dict) -> None:
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    from clip_runner.images import PixelPipeline
+
+    reference = image_transform_v2(PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), cfg)), is_train=False)
+    pil_steps = reference.transforms[: [type(t).__name__ for t in reference.transforms].index("MaybeToTensor")]
+    ours, rng = PixelPipeline(cfg), np.random.default_rng(0)
+    for w, h in [(640, 480), (480, 640), (224, 224), (225, 223), (1, 300), (300, 1), (97, 1201), (63, 65)]:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        expected = image
+        for step in pil_steps:
+            expected = step(expected)
+        assert np.array_equal(ours(image), np.asarray(expected.convert("RGB"))), (cfg, (w, h))
+
+
+def test_preprocess_defaults_are_open_clips() -> None:
+    import dataclasses
+
+    from open_clip.transform import PreprocessCfg
+
+    from clip_runner.images import PREPROCESS_DEFAULTS
+
+    assert PREPROCESS_DEFAULTS == dataclasses.asdict(PreprocessCfg())
