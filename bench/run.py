@@ -847,7 +847,8 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
             from bench import runtimes
 
             print("(a) runtimes in process, at the service's batch size", flush=True)
-            report["runtimes"] = runtimes.measure(tag, _service_batch(opts.device), opts.limit_s, _threads())
+            report["runtimes"] = runtimes.measure(tag, _service_batch(opts.device), opts.limit_s, _threads(),
+                                                  demo_images=200 if quick else 1000)
             report["runtimes"]["ratios"] = runtimes.ratios(report["runtimes"])
     if opts.device == "cpu" and _has_openvino() and set(opts.series) & {"b", *COMPILED_SERIES}:
         _prepare_compiled(tag, opts.device)

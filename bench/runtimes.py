@@ -38,7 +38,7 @@ def compiled_precisions() -> tuple[str, ...]:
     return ("fp32", "bf16", "int8") if cpu_has_native_bf16() else ("fp32", "int8")
 
 
-def measure(tag: str, batch: int, seconds: float, threads: int) -> dict[str, Any]:
+def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int = 1000) -> dict[str, Any]:
     """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8."""
     import torch
 
@@ -60,7 +60,7 @@ def measure(tag: str, batch: int, seconds: float, threads: int) -> dict[str, Any
         rows[f"openvino {precision}"] = {**_throughput(CompiledEncoder(entry, threads), batch, seconds),
                                          "parity": entry.metadata.get("parity"), "tag": compiled_tag}
         gc.collect()
-    return {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy()}
+    return {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy(demo_images)}
 
 
 def _throughput(encoder: Any, batch: int, seconds: float) -> dict[str, float]:

@@ -66,20 +66,27 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     assert all((plots / name).read_bytes().startswith(b"\x89PNG") for name in ("throughput.png", "latency.png"))
     assert "(b)/(a) at saturation" in run.stdout
     # Every CPU goal is judged (the values of a tiny model mean nothing; that they are there does).
-    assert len(report["goals"]) == 6 and all(goal["value"] is not None for goal in report["goals"])
+    from bench.run import GOALS
+
+    assert len(report["goals"]) == sum("cpu" in goal.devices for goal in GOALS)
+    assert all(goal["value"] is not None for goal in report["goals"]), report["goals"]
     assert "goals:" in run.stdout and report["decode"]["sizes"]["12MP"]["reference_range_ms"][0] > 0
     unbatched = report["unbatched"]
     assert run.returncode == 0, run.stderr[-3000:]
     assert all(lv["ok"] > 0 and lv["batch_sizes"] == {"1": lv["ok"]} for lv in unbatched["levels"])
     assert report["ratios"]["ours_vs_unbatched"]["ratio"] is not None
-    # What ran is recorded: every series (e only where (b) is not fp32), the commit and the CPU.
+    # The runtimes: torch and every compiled precision in process, and (b) serving a compiled entry.
+    assert {"torch fp32", "openvino fp32", "openvino int8"} <= set(report["runtimes"]["rows"])
+    assert report["ours"]["runtime"] == "openvino" and report["runtimes"]["demo"]["images"] > 0
+    # What ran is recorded: every series (e only where torch's default is not fp32, h only with
+    # native bf16), the commit and the CPU.
     env = report["environment"]
-    if report["limit"]["precision"] != "fp32":  # bf16 on this CPU: the like-for-like fp32 run too
-        assert env["series"] == ["a", "b", "c", "d", "e"]
-        assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in report["ours_fp32"]["levels"])
-        assert report["ratios"]["ours_fp32_vs_baseline"]["ratio"] is not None
-    else:
-        assert env["series"] == ["a", "b", "c", "d"] and "ours_fp32" not in report
+    native_bf16 = report["limit"]["precision"] != "fp32"
+    assert env["series"] == (["a", "b", "c", "d", "e", "f", "g", "h", "i"] if native_bf16 else
+                             ["a", "b", "c", "d", "f", "g", "i"])
+    for key in ("ours_torch", "ours_openvino_fp32", "ours_openvino_int8", *(("ours_fp32",) if native_bf16 else ())):
+        assert all(lv["ok"] > 0 and lv["errors"] == 0 for lv in report[key]["levels"]), key
+    assert report["ratios"]["ours_openvino_fp32_vs_baseline"]["ratio"] is not None
     assert env["levels"] == [1, 16] and env["git_commit"] and env["cpu_model"]
 
 
