@@ -4,12 +4,19 @@ Part of ``make bench`` series (a). For each runtime and precision: images/s and 
 service's batch size, on the same pixels and texts, one after another in one process (so the
 ratios compare like with like); the compiled entries' recorded parity; and the demo model's
 zero-shot top-1 and mismatch F1 at int8 against torch fp32.
+
+ONNX Runtime, the other CPU runtime the field uses, is measured beside them when installed (the
+dev extra has it): the same towers exported with ``torch.onnx``, at fp32 and with ONNX Runtime's
+dynamic int8 quantization. It is the evidence for serving OpenVINO only (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import statistics
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +67,8 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
         rows[f"openvino {precision}"] = {**_throughput(CompiledEncoder(entry, threads), batch, seconds),
                                          "parity": entry.metadata.get("parity"), "tag": compiled_tag}
         gc.collect()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        rows.update(onnxruntime_rows(tag, batch, seconds, threads))
     return {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy(demo_images)}
 
 
@@ -116,3 +125,74 @@ def ratios(runtimes: dict[str, Any]) -> dict[str, float | None]:
     return {"openvino_fp32_vs_torch_fp32": ratio(rate("openvino fp32"), rate("torch fp32")),
             "best_compiled_vs_torch_best": ratio(compiled_best, torch_best),
             "int8_vs_torch_fp32": ratio(rate("openvino int8"), rate("torch fp32"))}
+
+
+class OnnxEncoder:
+    """Both towers in ONNX Runtime sessions, with the encoder interface the rows are timed through."""
+
+    def __init__(self, entry: Any, image: Path, text: Path, threads: int, precision: str) -> None:
+        import onnxruntime as ort
+
+        from clip_runner.tokenizer import TOKENIZER_FILE, ClipTokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.entry, self.precision = entry, precision
+        self._image, self._text = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                                   for path in (image, text))
+        self.tokenizer = ClipTokenizer(image.parent / TOKENIZER_FILE, int(entry.metadata.get("context_length", 77)))
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        from clip_runner.encoder import unit_rows
+
+        return unit_rows(self._image.run(None, {"pixels": pixels})[0], len(pixels))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        from clip_runner.encoder import unit_rows
+
+        return unit_rows(self._text.run(None, {"tokens": self.tokenizer(texts)})[0], len(texts))
+
+    def describe(self) -> dict[str, str]:
+        return {"runtime": "onnxruntime", "precision": self.precision}
+
+
+def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict[str, Any]:
+    """ONNX Runtime fp32 and dynamic int8, timed and checked for parity like the OpenVINO rows."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from clip_runner.compiled import Parity
+    from clip_runner.compiler import ImageTower, TextTower, parity_set
+    from clip_runner.encoder import BatchEncoder
+    from clip_runner.images import PixelPipeline
+    from clip_runner.loading import load_entry
+    from clip_runner.tokenizer import write_tokenizer
+
+    loaded = load_entry(tag, torch.device("cpu"))
+    pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
+    pixels, texts = parity_set(pipeline)
+    reference = BatchEncoder(loaded, "fp32")
+    expected = (reference.encode_pixels(pixels), reference.encode_texts(texts))
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="clip-onnx-") as tmp:
+        folder = Path(tmp)
+        write_tokenizer(loaded.tokenizer, folder)
+        h, w = pipeline.size
+        tokens = loaded.tokenizer(["a photo of a cat"])
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX export
+        with torch.no_grad():
+            torch.onnx.export(ImageTower(loaded.model, pipeline.mean, pipeline.std).eval(),
+                              (torch.zeros(1, h, w, 3, dtype=torch.uint8),), str(folder / "image.onnx"),
+                              input_names=["pixels"], dynamic_axes={"pixels": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(TextTower(loaded.model).eval(), (tokens,), str(folder / "text.onnx"),
+                              input_names=["tokens"], dynamic_axes={"tokens": {0: "batch"}}, dynamo=False)
+        torch.backends.mha.set_fastpath_enabled(True)
+        for name in ("image", "text"):
+            quantize_dynamic(folder / f"{name}.onnx", folder / f"{name}.int8.onnx", weight_type=QuantType.QInt8)
+        for precision, suffix in (("fp32", ".onnx"), ("int8", ".int8.onnx")):
+            encoder = OnnxEncoder(loaded.entry, folder / f"image{suffix}", folder / f"text{suffix}", threads, precision)
+            parity = Parity.between(expected, (encoder.encode_pixels(pixels), encoder.encode_texts(texts)))
+            rows[f"onnxruntime {precision}"] = {**_throughput(encoder, batch, seconds), "parity": parity.to_json()}
+            del encoder
+            gc.collect()
+    return rows

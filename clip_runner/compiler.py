@@ -51,7 +51,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 _PARITY_SEED, _CALIBRATION_SEED = 7_000_001, 7_100_003  # apart from each other and the demo's seeds
 
 
-class _ImageTower(torch.nn.Module):
+class ImageTower(torch.nn.Module):
     """(N, H, W, 3) uint8 → image features: ToTensor + Normalize compiled into the graph."""
 
     def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -65,7 +65,9 @@ class _ImageTower(torch.nn.Module):
         return self.model.encode_image(batch.permute(0, 3, 1, 2))
 
 
-class _TextTower(torch.nn.Module):
+class TextTower(torch.nn.Module):
+    """(N, context_length) int64 tokens → text features."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -149,10 +151,10 @@ def _convert(ov: Any, model: torch.nn.Module, tokenizer: Any, pipeline: PixelPip
     h, w = pipeline.size
     tokens = tokenizer(["a photo of a cat"])
     with torch.no_grad():
-        image = ov.convert_model(_ImageTower(model, pipeline.mean, pipeline.std).eval(),
+        image = ov.convert_model(ImageTower(model, pipeline.mean, pipeline.std).eval(),
                                  example_input=torch.zeros(1, h, w, 3, dtype=torch.uint8),
                                  input=[([-1, h, w, 3], ov.Type.u8)])
-        text = ov.convert_model(_TextTower(model).eval(), example_input=tokens,
+        text = ov.convert_model(TextTower(model).eval(), example_input=tokens,
                                 input=[([-1, tokens.shape[1]], ov.Type.i64)])
     return {"image": image, "text": text}
 
