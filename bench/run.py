@@ -611,6 +611,7 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
     """Facts a reader needs to interpret the numbers, and what this run was asked to measure."""
     import torch
 
+    from clip_runner.hardware import cpu_name
     from clip_runner.settings import available_cpus
     from clip_runner.store import open_entry
 
@@ -619,7 +620,7 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
     return {
         "model_tag": tag, "arch": entry.labels.get("arch"), "source": entry.labels.get("source"),
         "device": opts.device, "precision": served_precision(opts.device), "gpu": gpu,
-        "cpu_model": cpu_model(), "cpus": available_cpus(), "platform": platform.platform(),
+        "cpu_model": cpu_name(), "cpus": available_cpus(), "platform": platform.platform(),
         "python": platform.python_version(), "torch": str(torch.__version__), **git_state(),
         "payload": {"route": "one JPEG per request (ours: /encode_image)",
                     "mix": {label: f"{PHOTO_SIZES[label][0]}x{PHOTO_SIZES[label][1]}" for label in PAYLOAD_SIZES},
@@ -627,17 +628,6 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
         "series": list(opts.series), "levels": list(opts.levels), "warmup_s": opts.warmup_s,
         "duration_s": opts.duration_s, "requests_per_level": opts.requests,
     }
-
-
-def cpu_model() -> str | None:
-    """The CPU's marketing name (``model name`` in /proc/cpuinfo), where the system says it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def git_state() -> dict[str, Any]:

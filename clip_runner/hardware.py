@@ -74,16 +74,22 @@ def serves_on_cpu(device: str = "auto") -> bool:
     return not torch.cuda.is_available()
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where the system does not say)."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line whose key is one of ``keys`` (None: none, or no file)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            if key.strip() in keys:
+                return value.strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where the system does not say)."""
+    return frozenset((_cpuinfo("flags", "Features") or "").split())  # x86, ARM
 
 
 def cpu_has_native_bf16() -> bool:
@@ -97,13 +103,7 @@ def cpu_has_native_bf16() -> bool:
 @functools.cache
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what the platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def detect_hardware(device: str = "auto") -> HardwareFacts:

@@ -105,13 +105,9 @@ class ClipSettings(BaseSettings):
         """
         if self.batch_size is not None:
             return self.batch_size
-        if self.device == "cpu":
-            return CPU_BATCH_SIZE
-        if self.device.startswith("cuda"):
-            return CUDA_BATCH_SIZE
-        import torch  # only here: clients read these settings without needing torch
+        from .hardware import serves_on_cpu  # asks torch only where an NVIDIA driver is present
 
-        return CUDA_BATCH_SIZE if torch.cuda.is_available() else CPU_BATCH_SIZE
+        return CPU_BATCH_SIZE if serves_on_cpu(self.device) else CUDA_BATCH_SIZE
 
     @property
     def decode_thread_count(self) -> int:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -62,6 +63,9 @@ def test_auto_compiles_at_first_start_and_serves_the_fastest(tmp_path) -> None:
         assert "measured now" in health["runtime_choice"]["reason"]
         log = (tmp_path / "serve.log").read_text()
         assert "compiling it now" in log and "serving" in log
+        # The compiles ran in child processes: the worker that serves holds no torch.
+        workers = psutil.Process(srv.proc.pid).children(recursive=True)
+        assert workers and not any("libtorch_cpu" in m.path for w in workers for m in w.memory_maps())
         resp = httpx.post(f"{srv.url}/encode_image", files={"image": ("a.jpg", make_jpeg(3))}, timeout=60)
         assert resp.status_code == 200 and len(resp.json()) == 32
     finally:

@@ -38,3 +38,14 @@ def test_decision_is_recorded(tmp_path) -> None:
     assert path.name == DECISION_FILE
     assert body["arch"] == "ViT-B-16" and body["served_tag"] == "clip-vit-b-16-openai:abc"
     assert body["facts"]["free_vram_gib"] == 5.5 and "5.5 GiB" in body["rule"]
+
+
+def test_serves_on_cpu_reads_the_device_nodes_before_torch(monkeypatch, tmp_path) -> None:
+    import sys
+
+    from clip_runner import hardware
+
+    monkeypatch.setattr(hardware, "NVIDIA_DEVICE_NODE", tmp_path / "nvidiactl")  # no driver loaded
+    monkeypatch.setitem(sys.modules, "torch", None)  # so torch cannot be what answers
+    assert hardware.serves_on_cpu("auto") and hardware.serves_on_cpu("cpu")
+    assert not hardware.serves_on_cpu("cuda") and not hardware.serves_on_cpu("cuda:1")
