@@ -55,13 +55,12 @@ def _list(_: argparse.Namespace) -> None:
     if not entries:
         print("no CLIP models in the store; register one with `python -m models register`")
         return
-    print(f"{'TAG':48} {'ARCH':16} {'PRETRAINED':14} {'SOURCE':12} {'DIM':>5} {'SIZE':>9}")
+    print(f"{'TAG':56} {'ARCH':14} {'PRETRAINED':12} {'SOURCE':12} {'RUNTIME':14} {'DIM':>5} {'SIZE':>9}")
     for e in entries:
-        size = f"{e.metadata.get('weights_bytes', 0) / 1e6:.1f} MB"
-        print(
-            f"{e.tag:48} {e.labels.get('arch', '?')[:16]:16} {e.labels.get('pretrained', '?')[:14]:14} "
-            f"{e.labels.get('source', '?'):12} {e.embedding_size:>5} {size:>9}"
-        )
+        size = f"{sum((e.path / name).stat().st_size for name in e.model_files) / 1e6:.1f} MB"
+        runtime = e.runtime if e.runtime == "torch" else f"{e.runtime} {e.labels.get('precision', '')}"
+        print(f"{e.tag:56} {e.labels.get('arch', '?')[:14]:14} {e.labels.get('pretrained', '?')[:12]:12} "
+              f"{e.labels.get('source', '?')[:12]:12} {runtime:14} {e.embedding_size:>5} {size:>9}")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -110,6 +110,9 @@ def test_cli_compile_prints_the_new_tag_last(tiny_tag: str) -> None:
     tag = done.stdout.strip().splitlines()[-1]
     assert tag.split(":")[0] == f"{tiny_tag.split(':')[0]}-openvino-bf16"
     assert open_entry(tag).labels["parent"] == tiny_tag and open_entry(tag).labels["precision"] == "bf16"
+    listing = subprocess.run([sys.executable, "-m", "models", "list"], cwd=ROOT, capture_output=True, text=True)
+    row = next(line for line in listing.stdout.splitlines() if line.startswith(tag))
+    assert "compiled" in row and "openvino bf16" in row
     bentoml.models.delete(tag)
 
 
