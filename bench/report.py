@@ -81,7 +81,7 @@ def environment_block(report: dict[str, Any]) -> str:
             f"{env.get('gpu') or 'no GPU'}; {env.get('arch')} ({env.get('source')}), torch {env.get('torch')}, "
             f"Python {env.get('python')}{threads}"
             f"{f', `CLIP_BATCH_SIZE` {batch}' if batch else ''}. The service computes in "
-            f"{env.get('precision') or limit.get('precision', '?')}. Series {', '.join(env.get('series') or [])} at "
+            f"{limit.get('precision') or env.get('precision') or '?'}. Series {', '.join(env.get('series') or [])} at "
             f"{levels} clients, {env.get('warmup_s'):g} s warm-up + {env.get('duration_s'):g} s per level. "
             f"One run at commit {env.get('git_commit')}{' (with uncommitted changes)' if env.get('git_dirty') else ''}"
             f": every figure in the tables below comes from it.")
@@ -252,9 +252,8 @@ def headline_block(report: dict[str, Any]) -> str:
     rss = dig(report, "ours", "rss")
     if rss and rss["peak_tree_mb"] is not None:
         lines.append(f"Memory: the service's process tree peaks at {rss['peak_tree_mb'] / 1000:.2f} GB; idle, the "
-                     f"supervisor holds {_num(rss['idle_mb']['supervisor'], '.0f')} MB and its "
-                     f"{'worker' if rss['processes'] <= 2 else str(rss['processes'] - 1) + ' workers'} "
-                     f"{_num(rss['idle_mb']['workers'], '.0f')} MB.")
+                     f"supervisor holds {_num(rss['idle_mb']['supervisor'], '.0f')} MB and the process holding the "
+                     f"model {_num(rss['idle_mb']['workers'], '.0f')} MB.")
     big = dig(report, "decode", "sizes", "12MP")
     if big:
         lines.append(f"A 12 MP photo decodes and preprocesses in {big['ours_ms']:.1f} ms instead of "

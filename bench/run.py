@@ -355,20 +355,17 @@ def time_calls(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> l
 
 def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: float,
                   photos: Sequence[bytes] = ()) -> dict[str, Any]:
-    """Batched encode throughput through ``BatchEncoder`` on preprocessed uint8 pixels; with
-    ``photos``, also decode + encode of those JPEGs in process (see :func:`_pipeline_throughput`)."""
-    import torch
-
-    from clip_runner.device import configure_threads, pick_device
-    from clip_runner.encoder import BatchEncoder
-    from clip_runner.loading import load_entry
+    """Batched encode throughput of the encoder the service serves (runtime and precision as its
+    settings pick them) on preprocessed uint8 pixels; with ``photos``, also decode + encode of
+    those JPEGs in process (see :func:`_pipeline_throughput`)."""
+    from clip_runner.runtime import load_encoder
     from clip_runner.settings import get_settings
 
-    settings = get_settings()
-    threads = configure_threads(settings.num_threads)  # what the process holding the model does
-    loaded = load_entry(tag, pick_device(device))
-    encoder = BatchEncoder(loaded, settings.precision)
-    precision = encoder.precision.name
+    settings = get_settings().model_copy(update={"device": device, "model_tag": tag})
+    threads = _threads()  # what the process holding the model uses
+    encoder, _ = load_encoder(tag, settings, threads)
+    facts = encoder.describe()
+    precision = facts["precision"] if facts["runtime"] == "torch" else f"{facts['runtime']} {facts['precision']}"
     # The service runs each batch on the micro-batcher's model thread; do the same: the main
     # thread's OpenMP team can be much slower on a busy machine.
     with ThreadPoolExecutor(1) as pool:
@@ -376,9 +373,10 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
         with_decode = (pool.submit(_pipeline_throughput, encoder, photos, settings, seconds).result()
                        if photos else None)
     del encoder
-    del loaded
     gc.collect()
-    if torch.cuda.is_available():
+    if device.startswith("cuda"):
+        import torch
+
         torch.cuda.empty_cache()  # the servers get the whole GPU
     best = max(per_batch, key=lambda b: per_batch[b]["images_per_s"])
     return {"per_batch_size": per_batch, "best_batch_size": int(best),
@@ -399,7 +397,7 @@ def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: ClipSe
 
     from clip_runner.images import UploadPreparer
 
-    prepare = UploadPreparer.from_settings(encoder.loaded.entry.preprocess_cfg, settings)
+    prepare = UploadPreparer.from_settings(encoder.entry.preprocess_cfg, settings)
     batch, threads = settings.max_batch, settings.decode_thread_count
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as decoders:
         def submit(first: int) -> list[Any]:
@@ -826,6 +824,8 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
     opts = dataclasses.replace(opts, series=tuple(letter for letter in opts.series if _applies(letter, opts.device)))
     tag = resolve_tag(requested_tag)
     report: dict[str, Any] = {"environment": environment(tag, opts)}
+    if opts.device == "cpu" and _has_openvino() and set(opts.series) & {"a", "b", *COMPILED_SERIES}:
+        report["environment"]["precision"] = _prepare_compiled(tag, opts.device)
     if "a" in opts.series:
         print("(a) in-process limit", flush=True)
         report["limit"] = measure_limit(tag, opts.device, opts.limit_batch_sizes, opts.limit_s, photos)
@@ -840,8 +840,6 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
             report["runtimes"] = runtimes.measure(tag, _service_batch(opts.device), opts.limit_s, _threads(),
                                                   demo_images=200 if quick else 1000)
             report["runtimes"]["ratios"] = runtimes.ratios(report["runtimes"])
-    if opts.device == "cpu" and _has_openvino() and set(opts.series) & {"b", *COMPILED_SERIES}:
-        _prepare_compiled(tag, opts.device)
     return tag, opts, report
 
 
@@ -873,9 +871,9 @@ def _threads() -> int:
     return get_settings().num_threads or cpu_share(1)
 
 
-def _prepare_compiled(tag: str, device: str) -> None:
-    """Compile every precision, and let (b)'s choice be timed, before any server starts: a server's
-    start-up and memory should be a served model's, not a first start's compile."""
+def _prepare_compiled(tag: str, device: str) -> str:
+    """Compile every precision, and let the service's choice be timed, before (a) and any server:
+    a server's start-up and memory should be a served model's, not a first start's compile."""
     from bench.runtimes import compile_all, compiled_precisions
     from clip_runner.runtime import load_encoder
     from clip_runner.settings import get_settings
@@ -883,7 +881,10 @@ def _prepare_compiled(tag: str, device: str) -> None:
     compile_all(tag, compiled_precisions())
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag, "runtime": "auto"})
     encoder, choice = load_encoder(tag, settings, _threads())
-    print(f"(b) will serve {encoder.describe()['precision']}: {choice.reason}", flush=True)
+    facts = encoder.describe()
+    served = facts["precision"] if facts["runtime"] == "torch" else f"{facts['runtime']} {facts['precision']}"
+    print(f"the service serves {served}: {choice.reason}", flush=True)
+    return served
 
 
 def _shown(path: Path) -> str:

@@ -83,7 +83,11 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     # What ran is recorded: every series (e only where torch's default is not fp32, h only with
     # native bf16), the commit and the CPU.
     env = report["environment"]
-    native_bf16 = report["limit"]["precision"] != "fp32"
+    from clip_runner.hardware import cpu_has_native_bf16
+
+    native_bf16 = cpu_has_native_bf16()
+    served = f"openvino {report['ours']['precision']}"  # (a) measures what (b) serves
+    assert report["limit"]["precision"] == report["environment"]["precision"] == served
     assert env["series"] == (["a", "b", "c", "d", "e", "f", "g", "h", "i"] if native_bf16 else
                              ["a", "b", "c", "d", "f", "g", "i"])
     for key in ("ours_torch", "ours_openvino_fp32", "ours_openvino_int8", *(("ours_fp32",) if native_bf16 else ())):
