@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.run import SERIES, dig
 from bench.server import ROOT
+from clip_runner.compiled import Parity
 
 REPORT = ROOT / "docs" / "bench" / "bench.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
@@ -162,9 +163,9 @@ def runtimes_block(report: dict[str, Any]) -> str:
     rows, base = [], dig(runtimes, "rows", "torch fp32", "images_per_s")
     for name, row in runtimes["rows"].items():
         parity = row.get("parity")
-        worst = parity and (min(parity["image_mean"], parity["text_mean"]),
-                            min(parity["image_min"], parity["text_min"]))
-        cosine = f"{worst[0]:.5f} ({worst[1]:.5f})" if worst else "reference" if name == "torch fp32" else "—"
+        worst = parity and Parity(**parity)
+        cosine = (f"{worst.worst_mean:.5f} ({worst.worst_min:.5f})" if worst
+                  else "reference" if name == "torch fp32" else "—")
         rows.append([name.split()[0], name.split()[1], f"{row['images_per_s']:.1f}", f"{row['texts_per_s']:.1f}",
                      f"{row['images_per_s'] / base:.2f}×" if base else "—", cosine])
     table = _table(["runtime", "precision", "images/s", "texts/s", "images/s vs torch fp32",

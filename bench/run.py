@@ -293,24 +293,24 @@ GOALS = (
     Goal("int8 / torch fp32, in process", 2.5, True, ("cpu",),
          lambda r: dig(r, "runtimes", "ratios", "int8_vs_torch_fp32")),
     Goal("int8 cosine to fp32, worst tower (mean)", 0.99, True, ("cpu",),
-         lambda r: _worst_mean(dig(r, "runtimes", "rows", "openvino int8", "parity"))),
+         lambda r: _parity(r, "openvino int8", "worst_mean")),
     Goal("demo int8 zero-shot top-1 drop (points)", 1.0, False, ("cpu",),
          lambda r: dig(r, "runtimes", "demo", "top1_drop_points")),
     Goal("demo int8 mismatch F1 drop (points)", 1.0, False, ("cpu",),
          lambda r: dig(r, "runtimes", "demo", "f1_drop_points")),
     Goal("compiled fp32 cosine to torch, worst row", 0.9999, True, ("cpu",),
-         lambda r: _worst_min(dig(r, "runtimes", "rows", "openvino fp32", "parity"))),
+         lambda r: _parity(r, "openvino fp32", "worst_min")),
     Goal("(b) peak RSS, compiled model (GB)", 1.2, False, ("cpu",),
          lambda r: _peak_tree_gb(r) if dig(r, "ours", "runtime") == "openvino" else None),
 )
 
 
-def _worst_mean(parity: dict[str, float] | None) -> float | None:
-    return None if not parity else min(parity["image_mean"], parity["text_mean"])
+def _parity(report: dict[str, Any], row: str, figure: str) -> float | None:
+    """``figure`` (a :class:`~clip_runner.compiled.Parity` property) of a runtimes row's parity."""
+    from clip_runner.compiled import Parity
 
-
-def _worst_min(parity: dict[str, float] | None) -> float | None:
-    return None if not parity else min(parity["image_min"], parity["text_min"])
+    parity = dig(report, "runtimes", "rows", row, "parity")
+    return None if not parity else getattr(Parity(**parity), figure)
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -667,8 +667,7 @@ def render(report: dict[str, Any]) -> str:
     if runtimes := report.get("runtimes"):
         lines += ["", f"(a) runtimes in process at batch {runtimes['batch_size']} ({runtimes['threads']} threads):"]
         for name, row in runtimes["rows"].items():
-            parity = row.get("parity") or {}
-            cosine = f"cosine to torch fp32 >= {_worst_min(parity):.5f}" if parity else ""
+            cosine = f"cosine to torch fp32 >= {_parity(report, name, 'worst_min'):.5f}" if row.get("parity") else ""
             lines.append(f"  {name:<16}{row['images_per_s']:>9.1f} img/s{row['texts_per_s']:>9.1f} texts/s  {cosine}")
         int8, fp32 = runtimes["demo"]["openvino_int8"], runtimes["demo"]["torch_fp32"]
         lines.append(f"  demo model, int8 vs torch fp32: zero-shot top-1 {int8['zero_shot_top1']:.2%} vs "

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -72,13 +72,17 @@ class Parity(MetadataRecord):
 
     @property
     def worst_mean(self) -> float:
+        """The worse tower's mean cosine: what :data:`PARITY_BAR` is held against."""
         return min(self.image_mean, self.text_mean)
+
+    @property
+    def worst_min(self) -> float:
+        """The single least-alike row of either tower."""
+        return min(self.image_min, self.text_min)
 
 
 class CompiledEncoder(Encoder):
     """Serves a compiled entry: one OpenVINO infer request per tower, one batch at a time."""
-
-    runtime: ClassVar[str] = RUNTIME
 
     def __init__(self, entry: StoreEntry, threads: int, *, verify: bool = True) -> None:
         """Compile ``entry``'s towers for this CPU with ``threads`` inference threads."""
@@ -88,7 +92,6 @@ class CompiledEncoder(Encoder):
             verify_files(entry)
         self.entry = entry
         self.precision = entry.labels.get("precision", "fp32")
-        self.threads = threads
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
         core = ov.Core()
@@ -127,8 +130,6 @@ def find_compiled(parent_tag: str, precision: str) -> StoreEntry | None:
         if (labels.get("parent"), labels.get("runtime"), labels.get("precision")) == (parent_tag, RUNTIME, precision):
             return entry
     return None
-
-
 
 
 def _tokenizer(entry: StoreEntry) -> Any:

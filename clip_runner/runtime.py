@@ -35,6 +35,7 @@ from .compiled import (
     PRECISIONS,
     CompiledEncoder,
     CompileRefused,
+    Parity,
     RuntimeMissing,
     find_compiled,
     import_openvino,
@@ -176,8 +177,8 @@ def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads
             except CompileRefused as exc:
                 logger.warning("%s", exc)
                 continue
-        parity = compiled.metadata.get("parity", {})
-        if min(parity.get("image_mean", 0.0), parity.get("text_mean", 0.0)) < PARITY_BAR:
+        parity = compiled.metadata.get("parity")
+        if not parity or Parity(**parity).worst_mean < PARITY_BAR:
             logger.warning("%s was forced past the parity bar (%s): not served by default", compiled.tag, parity)
             continue
         found[precision] = compiled
