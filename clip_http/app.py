@@ -1,6 +1,10 @@
 """The HTTP routes: each reads its fields and hands them to :class:`clip_runner.api.ClipAPI`.
 
 The app is plain FastAPI (exact control over multipart parsing, error bodies and headers).
+Every image route takes the same field names as a multipart form (files, repeated text fields)
+or as a JSON object (images as base64, a ``data:`` URI or, when enabled, a URL; lists as
+arrays): :func:`read_form` gives a :class:`Form` over either, so a route's logic never knows
+which it got and answers the same. ``clip_http.openai_api`` adds OpenAI's ``/v1`` routes.
 ``service.py`` mounts it in the BentoML service, whose worker puts the loaded ``ClipAPI`` in
 ``app.state.api``; :func:`local_app` does the same in any process (the in-process client), so
 both run exactly these routes. Importing this module loads neither torch nor open_clip.
@@ -8,19 +12,22 @@ both run exactly these routes. Importing this module loads neither torch nor ope
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import bentoml
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from clip_runner.api import ClipAPI, Timings
-from clip_runner.errors import InvalidInput
+from clip_runner.errors import InvalidInput, UnsupportedMediaType
 from clip_runner.settings import ClipSettings
 
 from .middleware import install
+from .openapi import request_body
 
 _MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # What Server-Timing reports per request, on BentoML's /metrics (its collector merges workers).
@@ -40,7 +47,8 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 Route = Callable[[Timings], Awaitable[Any]]
 
 
-def _api(request: Request) -> ClipAPI:
+def api_of(request: Request) -> ClipAPI:
+    """The loaded model's API, which the serving worker put in ``app.state.api``."""
     return request.app.state.api  # type: ignore[no-any-return]
 
 
@@ -63,92 +71,159 @@ async def respond(route: Route) -> JSONResponse:
     })
 
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+class Form:
+    """A request's fields by name: ``one`` for a single value, ``many`` for a list."""
+
+    def __init__(self, values: Mapping[str, list[Any]], *, json: bool) -> None:
+        self.values = values
+        self.json = json
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> Form:
+        """A JSON object: arrays are lists, anything else one value (null is absent)."""
+        return cls({k: v if isinstance(v, list) else [v] for k, v in payload.items() if v is not None}, json=True)
+
+    def one(self, name: str) -> Any:
+        """The field's value (a form's last one, as FastAPI reads forms), or None when absent.
+
+        A JSON array where one value is expected is handed over as is, for the route to refuse."""
+        values = self.values.get(name) or []
+        if self.json and len(values) != 1:
+            return values or None
+        return values[-1] if values else None
+
+    def many(self, name: str) -> list[Any] | None:
+        """The field's values (repeated form fields or a JSON array), or None when absent."""
+        return list(self.values.get(name) or []) or None
+
+
+@contextlib.asynccontextmanager
+async def read_form(request: Request, max_part_bytes: int) -> AsyncIterator[Form]:
+    """The request's fields, for the duration of the route (uploaded files are closed after)."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind in FORM_TYPES:
+        # A text field may hold a base64 image: let it be as large as the body may be.
+        async with request.form(max_part_size=max_part_bytes) as form:
+            yield Form({key: form.getlist(key) for key in form}, json=False)
+    elif kind == "application/json" or kind.endswith("+json"):
+        yield Form.from_json(await json_object(request))
+    elif not kind and not await request.body():
+        yield Form({}, json=False)  # nothing sent: each required field says so
+    else:
+        raise UnsupportedMediaType(f"send multipart/form-data or application/json, not {kind or 'untyped data'}")
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying what it is instead."""
+    try:
+        payload = json.loads(await request.body())
+    except ValueError:
+        raise InvalidInput("the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the JSON body must be an object of fields, not {type(payload).__name__}")
+    return payload
+
+
 def create_app(settings: ClipSettings) -> FastAPI:
     """The routes behind the guards that ``settings`` configure; ``app.state.api`` serves them."""
     app = FastAPI(title="clip-service", version="0.1.0",
                   description="OpenCLIP image and text embeddings, similarity, mismatch detection "
-                  "and zero-shot classification, with adaptive batching.")
+                  "and zero-shot classification, with adaptive batching. Image routes take a multipart "
+                  "form or JSON with base64 images; /v1/embeddings speaks OpenAI's embeddings API.")
     install(app, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes,
             max_concurrency=settings.max_concurrency)
-    for method, path, handler in ROUTES:
-        app.add_api_route(path, handler, methods=[method])
+    from . import openai_api  # it builds on this module's helpers
+
+    for method, path, handler, body in ROUTES + openai_api.ROUTES:
+        app.add_api_route(path, handler, methods=[method], openapi_extra=body)
     return app
 
 
-Api = Depends(_api)
+FormLogic = Callable[[ClipAPI, Form, Timings], Awaitable[Any]]
 
 
-async def encode_image(image: UploadFile | None = File(None), api: ClipAPI = Api) -> JSONResponse:
+def form_route(logic: FormLogic) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """A route that reads its fields (multipart or JSON) and runs ``logic`` on them."""
+    async def route(request: Request) -> JSONResponse:
+        api = api_of(request)
+        async with read_form(request, api.settings.max_request_bytes) as form:
+            return await respond(lambda t: logic(api, form, t))
+
+    route.__name__, route.__doc__ = logic.__name__, logic.__doc__  # OpenAPI's operation name and text
+    return route
+
+
+@form_route
+def encode_image(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """One image → its L2-normalised embedding (a JSON array of D floats)."""
-    return await respond(lambda t: api.encode_image(image, "image", t))
+    return api.encode_image(form.one("image"), "image", t)
 
 
-async def encode_images(images: list[UploadFile] | None = File(None), api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def encode_images(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Several images → ``{"embeddings": [...|null], "errors": [null|"why"]}``."""
-    return await respond(lambda t: api.encode_images(images, "images", t))
+    return api.encode_images(form.many("images"), "images", t)
 
 
-async def encode_text(request: Request, api: ClipAPI = Api) -> JSONResponse:
+async def encode_text(request: Request) -> JSONResponse:
     """``{"text": "..."}`` → one embedding; ``{"text": [...]}`` → one per text."""
     body = await request.body()
-    return await respond(lambda t: api.encode_text(body, t))
+    return await respond(lambda t: api_of(request).encode_text(body, t))
 
 
-async def similarity(image: UploadFile | None = File(None), texts: list[str] | None = Form(None),
-                     api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def similarity(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Cosine similarity of one image with 1..N texts, plus softmax probabilities."""
-    return await respond(lambda t: api.similarity(image, texts, t))
+    return api.similarity(form.one("image"), form.many("texts"), t)
 
 
-async def analyze(image: UploadFile | None = File(None), text: str | None = Form(None),
-                  threshold: str | None = Form(None), api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def analyze(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Image–text similarity and a mismatch verdict against the threshold."""
-    return await respond(lambda t: api.analyze(image, "image", text, threshold, t))
+    return api.analyze(form.one("image"), "image", form.one("text"), form.one("threshold"), t)
 
 
-async def clip_analyze(file: UploadFile | None = File(None), text: str | None = Form(None),
-                       threshold: str | None = Form(None), api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def clip_analyze(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Compatibility path for ``/analyze`` (image field ``file``)."""
-    return await respond(lambda t: api.analyze(file, "file", text, threshold, t))
+    return api.analyze(form.one("file"), "file", form.one("text"), form.one("threshold"), t)
 
 
-async def analyze_batch(images: list[UploadFile] | None = File(None), texts: list[str] | None = Form(None),
-                        threshold: str | None = Form(None), api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def analyze_batch(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Paired ``images`` and ``texts`` → one analyze result per pair."""
-    return await respond(lambda t: api.analyze_batch(images, "images", texts, threshold, t))
+    return api.analyze_batch(form.many("images"), "images", form.many("texts"), form.one("threshold"), t)
 
 
-async def clip_analyze_batch(request: Request, api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def clip_analyze_batch(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Compatibility path for ``/analyze_batch``: repeated ``file``/``files`` and ``text``/``texts``."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidInput("send multipart/form-data with repeated 'file' and 'text' fields; "
-                           "image paths or URLs are never read by the server")
-    form = await request.form()
-    files = form.getlist("file") + form.getlist("files")
-    if any(isinstance(f, str) for f in files):
-        raise InvalidInput("field 'file' must hold file uploads, not text (paths and URLs are "
-                           "never read by the server)", field="file")
-    texts = [t for t in form.getlist("text") + form.getlist("texts") if isinstance(t, str)]
-    threshold = form.get("threshold")
-    threshold = threshold if isinstance(threshold, str) else None
-    return await respond(lambda t: api.analyze_batch(files, "file", texts, threshold, t))  # type: ignore[arg-type]
+    if form.many("items"):
+        raise InvalidInput("'items' is not read: image paths are never read by the server; send the images "
+                           "in 'file' (files, base64 or URLs) and their texts in 'text'", field="items")
+    files = (form.many("file") or []) + (form.many("files") or [])
+    texts = (form.many("text") or []) + (form.many("texts") or [])
+    return api.analyze_batch(files, "file", texts, form.one("threshold"), t)
 
 
-async def classify(image: UploadFile | None = File(None), categories: list[str] | None = Form(None),
-                   top_k: str | None = Form(None), api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def classify(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Zero-shot classification over the default categories or the given ones."""
-    return await respond(lambda t: api.classify(image, "image", categories, top_k, t))
+    return api.classify(form.one("image"), "image", form.many("categories"), form.one("top_k"), t)
 
 
-async def clip_classify(file: UploadFile | None = File(None), categories: list[str] | None = Form(None),
-                        top_k: str | None = Form(None), api: ClipAPI = Api) -> JSONResponse:
+@form_route
+def clip_classify(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Compatibility path for ``/classify`` (image field ``file``)."""
-    return await respond(lambda t: api.classify(file, "file", categories, top_k, t))
+    return api.classify(form.one("file"), "file", form.many("categories"), form.one("top_k"), t)
 
 
-async def categories(api: ClipAPI = Api) -> dict[str, Any]:
+async def categories(request: Request) -> dict[str, Any]:
     """The default label set used by ``/classify``."""
-    return api.categories_body()
+    return api_of(request).categories_body()
 
 
 async def health(request: Request) -> JSONResponse:
@@ -160,14 +235,24 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-ROUTES: tuple[tuple[str, str, Callable[..., Any]], ...] = (
-    ("POST", "/encode_image", encode_image), ("POST", "/encode_images", encode_images),
-    ("POST", "/encode_text", encode_text), ("POST", "/similarity", similarity),
-    ("POST", "/analyze", analyze), ("POST", "/analyze_batch", analyze_batch),
-    ("POST", "/classify", classify), ("GET", "/categories", categories), ("GET", "/health", health),
-    ("POST", "/clip/analyze", clip_analyze), ("POST", "/clip/analyze-batch", clip_analyze_batch),
-    ("POST", "/clip/classify", clip_classify), ("GET", "/clip/categories", categories),
-    ("GET", "/clip/health", health),
+_ANALYZE = {"text": "text", "threshold": "number?"}
+_CLASSIFY = {"categories": "texts?", "top_k": "integer?"}
+# (method, path, handler, OpenAPI request body): image routes take a form or JSON, documented both ways.
+ROUTES: tuple[tuple[str, str, Callable[..., Any], dict[str, Any] | None], ...] = (
+    ("POST", "/encode_image", encode_image, request_body({"image": "image"})),
+    ("POST", "/encode_images", encode_images, request_body({"images": "images"})),
+    ("POST", "/encode_text", encode_text, request_body({"text": "texts"}, form=False)),
+    ("POST", "/similarity", similarity, request_body({"image": "image", "texts": "texts"})),
+    ("POST", "/analyze", analyze, request_body({"image": "image", **_ANALYZE})),
+    ("POST", "/analyze_batch", analyze_batch,
+     request_body({"images": "images", "texts": "texts", "threshold": "number?"})),
+    ("POST", "/classify", classify, request_body({"image": "image", **_CLASSIFY})),
+    ("GET", "/categories", categories, None), ("GET", "/health", health, None),
+    ("POST", "/clip/analyze", clip_analyze, request_body({"file": "image", **_ANALYZE})),
+    ("POST", "/clip/analyze-batch", clip_analyze_batch, request_body(
+        {"file": "images", "files": "images?", "text": "texts", "texts": "texts?", "threshold": "number?"})),
+    ("POST", "/clip/classify", clip_classify, request_body({"file": "image", **_CLASSIFY})),
+    ("GET", "/clip/categories", categories, None), ("GET", "/clip/health", health, None),
 )
 
 

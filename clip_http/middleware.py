@@ -8,7 +8,8 @@
   ``Content-Length`` says so, and while streaming when a client lies about it or sends
   chunked data, so the limit holds whatever the headers claim.
 * :func:`install` adds them with the error handlers: every refusal is JSON
-  ``{"error", "status", "field"?}`` with the right status, never a bare 500.
+  ``{"error", "status", "field"?}`` with the right status, never a bare 500; on ``/v1/*``
+  it is OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (:func:`error_body`).
 
 Plain ASGI classes rather than ``@app.middleware("http")`` functions: those re-stream every
 request and response through an extra task, which costs CPU on every request.
@@ -26,8 +27,9 @@ import bentoml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from clip_runner.errors import InputError, Overloaded, Unauthorized
+from clip_runner.errors import InputError, Overloaded
 
 logger = logging.getLogger("clip_service")
 
@@ -50,9 +52,30 @@ def refused(reason: str) -> None:
     REFUSED.labels(reason=reason).inc()
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[str, str]] = ()) -> None:
-    """Send a complete JSON response."""
-    payload = json.dumps(body).encode()
+# OpenAI's error "type" and "code" for a status (their SDKs map the status to an exception class).
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_OPENAI_CODES = {401: "invalid_api_key", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                 413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded",
+                 503: "overloaded"}
+
+
+def error_body(path: str, status: int, message: str, field: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """The JSON body of every error: ``{"error", "status", "field"?}``, or OpenAI's shape on ``/v1/*``."""
+    if path.startswith("/v1/"):
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return {"error": {"message": message, "type": kind, "param": field,
+                          "code": code or _OPENAI_CODES.get(status)}}
+    body: dict[str, Any] = {"error": message, "status": status}
+    if field:
+        body["field"] = field
+    return body
+
+
+async def send_error(scope: Scope, send: Send, status: int, message: str,
+                     headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Send a complete JSON error response, shaped for the request's path."""
+    payload = json.dumps(error_body(scope.get("path", ""), status, message)).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -73,9 +96,8 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> dict[str, Any]:
-        return {"error": f"request body exceeds the limit of {self.max_bytes / 1e6:.1f} MB "
-                         "(CLIP_MAX_REQUEST_BYTES)", "status": 413}
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.max_bytes / 1e6:.1f} MB (CLIP_MAX_REQUEST_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,10 +105,10 @@ class BodyLimit:
         try:
             declared = _content_length(scope)
         except ValueError:
-            return await send_json(send, 400, {"error": "invalid Content-Length header", "status": 400})
+            return await send_error(scope, send, 400, "invalid Content-Length header")
         if declared is not None and declared > self.max_bytes:
             refused("body_too_large")
-            return await send_json(send, 413, self._too_large())
+            return await send_error(scope, send, 413, self._too_large())
         state = {"received": 0, "over": False, "responded": False}
 
         async def limited_receive() -> Message:
@@ -106,7 +128,7 @@ class BodyLimit:
                 if not state["responded"]:
                     state["responded"] = True
                     refused("body_too_large")
-                    await send_json(send, 413, self._too_large(), [("connection", "close")])
+                    await send_error(scope, send, 413, self._too_large(), [("connection", "close")])
                 return
             if message["type"] == "http.response.start":
                 state["responded"] = True
@@ -119,7 +141,7 @@ class BodyLimit:
                 raise
         if state["over"] and not state["responded"]:
             refused("body_too_large")
-            await send_json(send, 413, self._too_large(), [("connection", "close")])
+            await send_error(scope, send, 413, self._too_large(), [("connection", "close")])
 
 
 class AdmissionLimit:
@@ -140,10 +162,9 @@ class AdmissionLimit:
         limit = self.max_in_flight
         if self.in_flight >= limit:
             self.refused += 1
-            body = {"error": f"server is at capacity ({limit} requests in flight); "
-                             f"retry after {self.retry_after_s}s", "status": 429}
+            message = f"server is at capacity ({limit} requests in flight); retry after {self.retry_after_s}s"
             refused("overload")
-            return await send_json(send, 429, body, [("retry-after", str(self.retry_after_s))])
+            return await send_error(scope, send, 429, message, [("retry-after", str(self.retry_after_s))])
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
@@ -169,28 +190,34 @@ class ApiKeyAuth:
         # Constant-time comparison: response timing must not reveal how much of a key matched.
         if hmac.compare_digest(given.encode(), self.api_key.encode()):
             return await self.app(scope, receive, send)
-        err = Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>' "
-                           "or 'X-API-Key: <key>')")
         refused("unauthorized")
-        await send_json(send, 401, err.to_dict(), [("WWW-Authenticate", "Bearer")])
+        await send_error(scope, send, 401, "missing or invalid API key (send 'Authorization: Bearer <key>' "
+                         "or 'X-API-Key: <key>')", [("WWW-Authenticate", "Bearer")])
 
 
-async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status)
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, exc.status, exc.message, exc.field, exc.code),
+                        status_code=exc.status)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "form")]
         problems.append(f"field '{'.'.join(loc) or 'body'}': {err.get('msg', 'invalid')}")
-    return JSONResponse({"error": "; ".join(problems), "status": 400}, status_code=400)
+    return JSONResponse(error_body(request.url.path, 400, "; ".join(problems)), status_code=400)
 
 
-async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (unknown path, wrong method, unparseable form), in our shape."""
+    return JSONResponse(error_body(request.url.path, exc.status_code, str(exc.detail)),
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
     """The model's queue is full or it is shutting down: 503 + Retry-After."""
     refused("model_queue_full")
-    return JSONResponse({"error": str(exc), "status": 503}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(error_body(request.url.path, 503, str(exc)), status_code=503, headers={"Retry-After": "1"})
 
 
 def install(app: FastAPI, *, api_key: str | None, max_request_bytes: int, max_concurrency: int) -> None:
@@ -198,6 +225,7 @@ def install(app: FastAPI, *, api_key: str | None, max_request_bytes: int, max_co
     app.add_exception_handler(InputError, _input_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(AdmissionLimit, max_in_flight=max_concurrency)
     app.add_middleware(ApiKeyAuth, api_key=api_key)

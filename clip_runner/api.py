@@ -3,7 +3,9 @@
 :class:`ClipAPI` serves one loaded model. The HTTP routes (``clip_http.app``) hand it the raw
 request fields; it checks them against the limits, reads the uploads, decodes them in a thread
 pool (per request, in parallel, outside the model's batch), sends pixels and texts through the
-micro-batcher, and turns unit embeddings into the contract's JSON bodies. It knows nothing of
+micro-batcher, and turns unit embeddings into the contract's JSON bodies. An image field is an
+uploaded file or text standing for an image (base64, a ``data:`` URI, an image URL), which
+:class:`~clip_runner.references.ImageReferences` reads: the routes answer the same either way. It knows nothing of
 HTTP, and importing it loads neither torch nor open_clip: :meth:`ClipAPI.load` does, in the
 worker that serves.
 """
@@ -26,6 +28,7 @@ from . import scoring
 from .batcher import Batch, MicroBatcher
 from .categories import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
 from .errors import InputError, InvalidInput, PayloadTooLarge
+from .references import FORMS, ImageReferences
 from .settings import ClipSettings
 
 if TYPE_CHECKING:
@@ -40,6 +43,10 @@ class Upload(Protocol):
     """An uploaded file as the web framework hands it over (e.g. FastAPI's ``UploadFile``)."""
 
     async def read(self, size: int = -1) -> bytes: ...
+
+
+ImageField = Upload | str  # an uploaded file, or text standing for an image (see ImageReferences)
+Item = tuple[str, Any, str]  # ("text" or "image", the value, its field name) of /v1/embeddings
 
 
 @dataclasses.dataclass
@@ -77,6 +84,7 @@ class ClipAPI:
         entry = model.encoder.entry
         metadata = entry.metadata
         self._prepare = UploadPreparer.from_settings(entry.preprocess_cfg, settings)
+        self.references = ImageReferences.from_settings(settings)
         self.max_batch = settings.max_batch  # resolved once: it may probe the device
         self.embedding_size = entry.embedding_size
         self.logit_scale = float(metadata.get("logit_scale", 100.0))
@@ -102,21 +110,31 @@ class ClipAPI:
 
     # ---- fields -----------------------------------------------------------------------------
 
-    async def read_upload(self, upload: Upload | None, field: str) -> bytes:
-        """An uploaded file's bytes: a missing field is refused, nothing is read past the limit."""
+    async def read_upload(self, upload: ImageField | None, field: str) -> bytes:
+        """An image field's bytes: a missing field is refused, nothing is read past the limit."""
         if upload is None:
-            raise InvalidInput(f"field '{field}' is required: send the image as a multipart file", field=field)
+            raise InvalidInput(f"field '{field}' is required: send the image as a file, or as {FORMS}", field=field)
+        if not hasattr(upload, "read"):  # text (JSON or a form's text field): base64, data: URI or URL
+            return await self.references.read(upload, field)
         return self._within_limit(await upload.read(self.settings.max_image_bytes + 1), field)
 
-    async def read_uploads(self, uploads: Sequence[Upload] | None, field: str) -> list[bytes]:
-        """1..CLIP_MAX_IMAGES uploads; an oversized one fails the request (the caller's contract)."""
+    async def read_uploads(self, uploads: Sequence[ImageField] | None, field: str) -> list[bytes]:
+        """1..CLIP_MAX_IMAGES image fields; one that cannot be read fails the request (the caller's contract)."""
         if not uploads:
-            raise InvalidInput(f"field '{field}' is required: send one or more multipart files", field=field)
+            raise InvalidInput(f"field '{field}' is required: send one or more images", field=field)
         if len(uploads) > self.settings.max_images:
-            raise InvalidInput(f"field '{field}' has {len(uploads)} files; the limit is "
-                               f"{self.settings.max_images}", field=field)
-        return [self._within_limit(await u.read(self.settings.max_image_bytes + 1), f"{field}[{i}]")
-                for i, u in enumerate(uploads)]
+            raise InvalidInput(f"field '{field}' has {len(uploads)} images; the limit is "
+                               f"{self.settings.max_images} (CLIP_MAX_IMAGES)", field=field)
+        return await self._read_all([(u, f"{field}[{i}]") for i, u in enumerate(uploads)])
+
+    async def _read_all(self, fields: Sequence[tuple[ImageField, str]]) -> list[bytes]:
+        """Read image fields concurrently (URL fetches overlap); the first failure in order is raised."""
+        results = await asyncio.gather(*(self.read_upload(value, field) for value, field in fields),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
 
     def _within_limit(self, data: bytes, field: str) -> bytes:
         limit = self.settings.max_image_bytes
@@ -183,13 +201,13 @@ class ClipAPI:
         finally:
             timings.decode_ms += (time.perf_counter() - start) * 1000
 
-    async def prepare_many(self, blobs: Sequence[bytes], field: str,
+    async def prepare_many(self, blobs: Sequence[bytes], fields: Sequence[str],
                            timings: Timings) -> list[np.ndarray | InputError]:
-        """Decode several uploads in parallel; a failure is returned in place, not raised."""
+        """Decode several images in parallel (one field name each); a failure is returned in place, not raised."""
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self._pool, self._prepare, blob, f"{field}[{i}]")
-                   for i, blob in enumerate(blobs)]
+        futures = [loop.run_in_executor(self._pool, self._prepare, blob, field)
+                   for blob, field in zip(blobs, fields, strict=True)]
         results = await asyncio.gather(*futures, return_exceptions=True)
         timings.decode_ms += (time.perf_counter() - start) * 1000
         for result in results:
@@ -218,25 +236,25 @@ class ClipAPI:
             chunks.append(batch.rows)
         return np.concatenate(chunks)
 
-    async def _image_row(self, upload: Upload | None, field: str, timings: Timings) -> np.ndarray:
+    async def _image_row(self, upload: ImageField | None, field: str, timings: Timings) -> np.ndarray:
         pixels = await self.prepare(await self.read_upload(upload, field), field, timings)
         return (await self.embed_pixels([pixels], timings))[0]
 
     async def _image_rows(self, blobs: list[bytes], field: str,
                           timings: Timings) -> list[np.ndarray | InputError]:
         """One unit row per upload, or the InputError that upload raised (others still run)."""
-        prepared = await self.prepare_many(blobs, field, timings)
+        prepared = await self.prepare_many(blobs, [f"{field}[{i}]" for i in range(len(blobs))], timings)
         good = [p for p in prepared if not isinstance(p, InputError)]
         rows = iter(await self.embed_pixels(good, timings)) if good else iter(())
         return [p if isinstance(p, InputError) else next(rows) for p in prepared]
 
     # ---- routes -----------------------------------------------------------------------------
 
-    async def encode_image(self, upload: Upload | None, field: str, timings: Timings) -> list[float]:
+    async def encode_image(self, upload: ImageField | None, field: str, timings: Timings) -> list[float]:
         """``/encode_image``: one upload → its unit embedding."""
         return (await self._image_row(upload, field, timings)).tolist()
 
-    async def encode_images(self, uploads: Sequence[Upload] | None, field: str,
+    async def encode_images(self, uploads: Sequence[ImageField] | None, field: str,
                             timings: Timings) -> dict[str, Any]:
         """``/encode_images``: ``{"embeddings": [...|None], "errors": [None|"why"]}``."""
         rows = await self._image_rows(await self.read_uploads(uploads, field), field, timings)
@@ -256,7 +274,7 @@ class ClipAPI:
             return (await self.embed_texts(self.check_texts(text, "text"), timings)).tolist()
         return (await self.embed_texts([self.check_text(text, "text")], timings))[0].tolist()
 
-    async def similarity(self, upload: Upload | None, texts: Any, timings: Timings) -> dict[str, Any]:
+    async def similarity(self, upload: ImageField | None, texts: Any, timings: Timings) -> dict[str, Any]:
         """``/similarity``: cosine of one image with 1..N texts, plus softmax probabilities."""
         checked = self.check_texts(texts, "texts")
         image, text_rows = await asyncio.gather(
@@ -269,7 +287,7 @@ class ClipAPI:
             "best_match": max(results, key=lambda r: r["similarity"])["text"],
         }
 
-    async def analyze(self, upload: Upload | None, field: str, text: Any, threshold: Any,
+    async def analyze(self, upload: ImageField | None, field: str, text: Any, threshold: Any,
                       timings: Timings) -> dict[str, Any]:
         """``/analyze``: image–text similarity and the mismatch verdict."""
         if not text:
@@ -279,7 +297,7 @@ class ClipAPI:
             self._image_row(upload, field, timings), self.embed_texts([checked], timings))
         return {"text": checked, **scoring.analyze_pair(float(text_rows[0] @ image), limit)}
 
-    async def analyze_batch(self, uploads: Sequence[Upload] | None, field: str, texts: Any,
+    async def analyze_batch(self, uploads: Sequence[ImageField] | None, field: str, texts: Any,
                             threshold: Any, timings: Timings) -> dict[str, Any]:
         """``/analyze_batch``: one analyze result per (image, text) pair; a bad image fails its pair."""
         blobs = await self.read_uploads(uploads, field)
@@ -295,7 +313,7 @@ class ClipAPI:
                    for text, row, text_row in zip(checked, rows, text_rows, strict=True)]
         return {"results": results}
 
-    async def classify(self, upload: Upload | None, field: str, categories: Any, top_k: Any,
+    async def classify(self, upload: ImageField | None, field: str, categories: Any, top_k: Any,
                        timings: Timings) -> dict[str, Any]:
         """``/classify``: zero-shot over the request's categories, else the served label set."""
         labels = self.categories
@@ -312,6 +330,33 @@ class ClipAPI:
             "categories_source": "request" if categories else "default",
             "num_categories": len(labels),
         }
+
+    async def embed(self, items: Sequence[Item], timings: Timings) -> tuple[np.ndarray, list[int]]:
+        """``/v1/embeddings``: texts and images in one list → unit rows in order, and the tokens of each
+        (0 for an image). Any bad item fails the request, named by its field (OpenAI's contract)."""
+        texts = [(i, self.check_text(value, field)) for i, (kind, value, field) in enumerate(items) if kind == "text"]
+        images = [(i, value, field) for i, (kind, value, field) in enumerate(items) if kind == "image"]
+        for kind, count, limit, name in (("texts", len(texts), self.settings.max_texts, "CLIP_MAX_TEXTS"),
+                                         ("images", len(images), self.settings.max_images, "CLIP_MAX_IMAGES")):
+            if count > limit:
+                raise InvalidInput(f"{count} {kind} in one request; the limit is {limit} ({name})", field="input")
+        fields = [field for _, _, field in images]
+        prepared = await self.prepare_many(await self._read_all([(value, field) for _, value, field in images]),
+                                           fields, timings)
+        for pixels in prepared:
+            if isinstance(pixels, InputError):
+                raise pixels
+        strings = [text for _, text in texts]
+        counts = asyncio.get_running_loop().run_in_executor(self._pool, self.model.encoder.token_counts, strings)
+        image_rows, text_rows, text_tokens = await asyncio.gather(
+            self.embed_pixels(prepared, timings), self.embed_texts(strings, timings), counts)  # type: ignore[arg-type]
+        rows = np.zeros((len(items), self.embedding_size), np.float32)
+        rows[[i for i, _, _ in images]] = image_rows
+        rows[[i for i, _ in texts]] = text_rows
+        tokens = [0] * len(items)
+        for (i, _), count in zip(texts, text_tokens, strict=True):
+            tokens[i] = count
+        return rows, tokens
 
     def categories_body(self) -> dict[str, Any]:
         """``/categories``: the default label set."""

@@ -34,6 +34,7 @@ class Encoder:
     """
 
     entry: StoreEntry
+    tokenizer: Callable[[list[str]], Any]  # texts → (N, context_length) token ids, zero-padded
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 → (N, D) float32, unit rows."""
@@ -46,6 +47,11 @@ class Encoder:
     def describe(self) -> dict[str, Any]:
         """Runtime, device, precision and load time, for ``/health`` and logs."""
         raise NotImplementedError
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model reads per text: start and end tokens included, cut at the context length."""
+        ids = np.asarray(self.tokenizer(list(texts)))
+        return [int(np.flatnonzero(row)[-1]) + 1 if row.any() else 0 for row in ids]
 
     def warm_up(self) -> None:
         """Run one image and one text: the first call pays for lazy initialisation."""
@@ -64,6 +70,7 @@ class BatchEncoder(Encoder):
 
         self.loaded = loaded
         self.entry = loaded.entry
+        self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         if isinstance(precision, str):
             precision = resolve_precision(self.device, precision)
@@ -85,7 +92,7 @@ class BatchEncoder(Encoder):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """N texts → (N, D) float32, unit rows."""
-        tokens = self.loaded.tokenizer(list(texts)).to(self.device)
+        tokens = self.tokenizer(list(texts)).to(self.device)
         with inference(self.device, self.precision.autocast):
             features = self.loaded.model.encode_text(tokens)
         return unit_rows(features.float().cpu().numpy(), len(texts))

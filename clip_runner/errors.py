@@ -13,18 +13,12 @@ class InputError(ValueError):
     """A request input that cannot be served. ``status`` is the HTTP status to answer."""
 
     status: int = 400
+    code: str | None = None  # a machine-readable slug, for error shapes that carry one (OpenAI's)
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON body for an error response."""
-        body: dict[str, object] = {"error": self.message, "status": self.status}
-        if self.field:
-            body["field"] = self.field
-        return body
 
 
 class InvalidInput(InputError):
@@ -51,10 +45,17 @@ class InvalidImage(InputError):
     status = 400
 
 
-class Unauthorized(InputError):
-    """A missing or wrong API key."""
+class UrlForbidden(InputError):
+    """An image URL the server will not fetch: a host off the allow-list, or a non-public address."""
 
-    status = 401
+    status = 403
+
+
+class ModelNotFound(InputError):
+    """A request named a model this server does not serve (``/v1/embeddings``)."""
+
+    status = 404
+    code = "model_not_found"
 
 
 class ModelNotAvailable(RuntimeError):

@@ -78,6 +78,14 @@ class ClipSettings(BaseSettings):
         64, ge=1, description="Requests in flight per public worker; the excess gets 429 + Retry-After."
     )
 
+    # Image URLs in JSON bodies and /v1/embeddings (clip_runner.fetch): off unless enabled.
+    allow_image_urls: bool = Field(False, description="Fetch images given as http(s) URLs (public addresses only).")
+    image_url_hosts: str | None = Field(
+        None, description="Comma-separated host[:port] allow-list for image URLs; when set, only these "
+        "hosts are fetched, and they may be private.")
+    image_url_timeout: float = Field(10.0, gt=0, le=600, description="Seconds one image URL fetch may take, "
+                                     "redirects included.")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_key: str | None = Field(None, description="When set, callers must send it.")
 
@@ -88,6 +96,14 @@ class ClipSettings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
             return value
         raise ValueError("CLIP_DEVICE must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("image_url_hosts")
+    @classmethod
+    def _check_hosts(cls, value: str | None) -> str | None:
+        from .fetch import parse_hosts
+
+        parse_hosts(value)  # a malformed entry stops the server at start, not at the first fetch
+        return value
 
     @property
     def model_configured(self) -> bool:

@@ -1,0 +1,241 @@
+"""Image URLs → bytes, fetched so that a caller cannot reach what the server can but they cannot.
+
+Off unless ``CLIP_ALLOW_IMAGE_URLS=true``. What makes a fetch safe, each in one place here:
+
+* only ``http`` and ``https``, no credentials in the URL, and with ``CLIP_IMAGE_URL_HOSTS`` set,
+  only the hosts (and ports) it names;
+* the address check runs where the socket is opened (:class:`_CheckedBackend`): every name is
+  resolved here, every address it resolves to must be public (not loopback, private,
+  link-local, metadata, shared, reserved or multicast), and the connection goes to the very
+  address that was checked, so DNS rebinding and redirects cannot slip past it. Redirects are
+  followed by hand, at most :data:`MAX_REDIRECTS`, each hop checked again. A host named in the
+  allow-list may be private (an intranet object store): the operator named it;
+* connect and total timeouts (``CLIP_IMAGE_URL_TIMEOUT``), the byte limit enforced while the
+  body streams (and up front from ``Content-Length``), and a content type that must be an image
+  (or unlabelled bytes);
+* fetches are asyncio tasks on httpcore (httpx's transport layer): they wait on sockets without
+  holding the event loop, name resolution runs in a thread, and one request's fetches run
+  concurrently. Environment proxies are never used (a proxy would connect on our behalf).
+
+Every refusal is an :class:`~clip_runner.errors.InputError` naming the field and the reason:
+403 for a forbidden host or address, 413 for a body over the limit, 415 for a non-image
+content type, 400 for the rest (timeouts, unreachable hosts, upstream errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpcore
+
+from .errors import InputError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UrlForbidden
+
+logger = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 3
+CONNECT_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 64  # per worker; further fetches wait for a free connection (within the timeout)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNLABELLED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public(address: str) -> bool:
+    """Whether ``address`` is a globally routable unicast address (v4, or v6 and what it embeds)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if embedded is not None:
+            ip = embedded
+    return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local
+                                 or ip.is_reserved or ip.is_unspecified)
+
+
+def parse_hosts(entries: str | None) -> frozenset[tuple[str, int | None]] | None:
+    """``CLIP_IMAGE_URL_HOSTS`` (``host[:port],...``) → {(host, port or None)}; None when unset."""
+    if entries is None or not entries.strip():
+        return None
+    hosts = set()
+    for entry in (e.strip() for e in entries.split(",")):
+        if not entry:
+            continue
+        parts = urlsplit(f"//{entry}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"CLIP_IMAGE_URL_HOSTS: {entry!r} has an invalid port") from None
+        if not parts.hostname or parts.path or parts.username:
+            raise ValueError(f"CLIP_IMAGE_URL_HOSTS: {entry!r} is not host or host:port")
+        hosts.add((parts.hostname.lower(), port))
+    return frozenset(hosts)
+
+
+def display(url: str) -> str:
+    """A URL as messages and logs show it: no query (it may carry a signature), at most 120 chars."""
+    parts = urlsplit(url)
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return shown if len(shown) <= 120 else shown[:117] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One checked hop: scheme, host (lower case) and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+class UrlFetcher:
+    """Fetches image URLs under one policy; one per served model, shared by all its requests."""
+
+    def __init__(self, hosts: frozenset[tuple[str, int | None]] | None, timeout_s: float) -> None:
+        self.hosts = hosts
+        self.timeout_s = timeout_s
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=MAX_CONNECTIONS, retries=0, network_backend=_CheckedBackend(self))
+
+    def listed(self, host: str, port: int) -> bool:
+        """Whether the allow-list names ``host`` (on ``port``, or on any port)."""
+        return self.hosts is not None and ((host, port) in self.hosts or (host, None) in self.hosts)
+
+    def target(self, url: str, field: str) -> Target:
+        """The checks a URL passes before any connection: scheme, credentials, allow-list."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise InvalidInput(f"field '{field}': only http and https URLs are fetched, not {scheme or 'this'}",
+                               field=field)
+        try:
+            port = parts.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise InvalidInput(f"field '{field}': the URL has an invalid port", field=field) from None
+        host = (parts.hostname or "").lower()
+        if not host:
+            raise InvalidInput(f"field '{field}': the URL has no host", field=field)
+        if parts.username is not None:
+            raise InvalidInput(f"field '{field}': URLs with credentials are not fetched", field=field)
+        if self.hosts is not None and not self.listed(host, port):
+            raise UrlForbidden(f"field '{field}': host {host}:{port} is not in CLIP_IMAGE_URL_HOSTS", field=field)
+        return Target(scheme, host, port)
+
+    async def fetch(self, url: str, field: str, max_bytes: int) -> bytes:
+        """The image bytes at ``url`` (redirects followed), or an InputError naming ``field``."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._follow(url, field, max_bytes)
+        except TimeoutError:
+            raise InvalidInput(f"field '{field}': fetching {display(url)} took longer than {self.timeout_s:g} s "
+                               "(CLIP_IMAGE_URL_TIMEOUT)", field=field) from None
+        except InputError:
+            raise
+        except (httpcore.ConnectError, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
+            reason = str(exc).strip() or type(exc).__name__
+            raise InvalidInput(f"field '{field}': could not fetch {display(url)}: {reason}", field=field) from None
+
+    async def _follow(self, url: str, field: str, max_bytes: int) -> bytes:
+        for _ in range(MAX_REDIRECTS + 1):
+            self.target(url, field)
+            timeout = {"connect": min(CONNECT_TIMEOUT_S, self.timeout_s), "read": self.timeout_s,
+                       "write": self.timeout_s, "pool": self.timeout_s}
+            headers = [(b"Accept", b"image/*"), (b"Accept-Encoding", b"identity"), (b"User-Agent", b"clip-service")]
+            try:
+                async with self._pool.stream("GET", url, headers=headers, extensions={"timeout": timeout}) as response:
+                    location = _header(response.headers, b"location")
+                    if response.status in _REDIRECTS and location:
+                        url = urljoin(url, location)
+                        continue
+                    if response.status != 200:
+                        raise InvalidInput(f"field '{field}': {display(url)} answered HTTP {response.status}",
+                                           field=field)
+                    return await _body(response, url, field, max_bytes)
+            except _Refused as exc:
+                raise UrlForbidden(f"field '{field}': {display(url)} is not fetched: {exc}", field=field) from None
+        raise InvalidInput(f"field '{field}': more than {MAX_REDIRECTS} redirects from {display(url)}", field=field)
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._pool.aclose()
+
+
+async def _body(response: httpcore.Response, url: str, field: str, max_bytes: int) -> bytes:
+    """The body, refused by content type or size before it all arrives."""
+    kind = _header(response.headers, b"content-type").split(";", 1)[0].strip().lower()
+    if not kind.startswith("image/") and kind not in _UNLABELLED:
+        raise UnsupportedMediaType(f"field '{field}': {display(url)} is {kind}, not an image", field=field)
+    declared = _header(response.headers, b"content-length")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(url, field, max_bytes)
+    body = bytearray()
+    async for chunk in response.aiter_stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(url, field, max_bytes)
+    return bytes(body)
+
+
+def _too_large(url: str, field: str, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"field '{field}': {display(url)} is larger than the limit of "
+                           f"{max_bytes / 1e6:.1f} MB (CLIP_MAX_IMAGE_BYTES)", field=field)
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+class _Refused(Exception):
+    """The backend would not connect; :meth:`UrlFetcher.fetch` turns it into a 403 naming the field."""
+
+
+class _CheckedBackend(httpcore.AsyncNetworkBackend):
+    """Opens each connection to an address it resolved and checked itself."""
+
+    def __init__(self, fetcher: UrlFetcher) -> None:
+        self.fetcher = fetcher
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        address = await self.address(host.lower(), port)
+        stream = await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                              socket_options=socket_options)
+        peer = stream.get_extra_info("server_addr")
+        if not peer or ipaddress.ip_address(peer[0]) != ipaddress.ip_address(address):  # never expected
+            await stream.aclose()
+            raise _Refused(f"connected to {peer} instead of the checked {address}")
+        return stream
+
+    async def address(self, host: str, port: int) -> str:
+        """The address to connect to: every address ``host`` resolves to must be public, unless
+        the allow-list names it."""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not self.fetcher.listed(host, port):
+            private = [a for a in addresses if not is_public(a)]
+            if private:
+                logger.warning("image URL refused: %s resolves to non-public %s", host, ", ".join(private))
+                raise _Refused(f"{host} resolves to {private[0]}, which is not a public address (only public "
+                               "addresses are fetched; CLIP_IMAGE_URL_HOSTS may name a private host)")
+        return addresses[0]
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        raise _Refused("unix sockets are never used for image URLs")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)

@@ -1,0 +1,89 @@
+"""An image field given as text → the image's bytes: base64, a ``data:`` URI, or an image URL.
+
+JSON bodies (and ``/v1/embeddings``) carry images as text; so may a multipart text field. Three
+forms are read, each checked before any work: bare base64 (standard or URL-safe alphabet,
+padding optional, whitespace ignored), a ``data:image/...;base64,`` URI, and an ``http(s)``
+URL, which is fetched by :class:`~clip_runner.fetch.UrlFetcher` only when
+``CLIP_ALLOW_IMAGE_URLS`` is on. Anything else (a path, another scheme) is refused: the server
+never opens paths. The size limit is checked on the encoded length, before decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from .fetch import UrlFetcher, parse_hosts
+
+if TYPE_CHECKING:
+    from .settings import ClipSettings
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]{0,15}://", re.IGNORECASE)
+_UNLABELLED = frozenset({"", "application/octet-stream"})
+FORMS = "base64 image bytes, a data:image/...;base64, URI or an http(s) URL"
+URLS_OFF = ("image URLs are off on this server: send the image as base64, or start the server with "
+            "CLIP_ALLOW_IMAGE_URLS=true (and CLIP_IMAGE_URL_HOSTS=host,... to name the hosts it may fetch from)")
+
+
+class ImageReferences:
+    """Reads image fields given as text, under the service's byte limit and URL policy."""
+
+    def __init__(self, max_bytes: int, fetcher: UrlFetcher | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.fetcher = fetcher
+
+    @classmethod
+    def from_settings(cls, settings: ClipSettings) -> ImageReferences:
+        """``CLIP_MAX_IMAGE_BYTES``; a fetcher only with ``CLIP_ALLOW_IMAGE_URLS`` on."""
+        fetcher = (UrlFetcher(parse_hosts(settings.image_url_hosts), settings.image_url_timeout)
+                   if settings.allow_image_urls else None)
+        return cls(settings.max_image_bytes, fetcher)
+
+    async def read(self, value: Any, field: str) -> bytes:
+        """The image bytes ``value`` stands for; an InputError naming ``field`` when it cannot be read."""
+        if not isinstance(value, str):
+            raise InvalidInput(f"field '{field}' must be a string: {FORMS}", field=field)
+        text = value.strip()
+        if not text:
+            raise InvalidInput(f"field '{field}' is empty", field=field)
+        if text[:5].lower() == "data:":
+            return self._data_uri(text, field)
+        if _SCHEME.match(text):
+            if self.fetcher is None:
+                raise InvalidInput(f"field '{field}' is a URL, but {URLS_OFF}", field=field)
+            return await self.fetcher.fetch(text, field, self.max_bytes)
+        return self._base64(text, field)
+
+    def _data_uri(self, text: str, field: str) -> bytes:
+        header, comma, data = text[5:].partition(",")
+        params = [p.strip().lower() for p in header.split(";")]
+        if not comma:
+            raise InvalidInput(f"field '{field}': a data: URI needs a comma before its data", field=field)
+        if not params[0].startswith("image/") and params[0] not in _UNLABELLED:
+            raise UnsupportedMediaType(f"field '{field}': the data: URI is {params[0]}, not an image", field=field)
+        if "base64" not in params[1:]:
+            raise InvalidInput(f"field '{field}': the data: URI must be base64 (data:image/png;base64,...)",
+                               field=field)
+        return self._base64(data, field)
+
+    def _base64(self, text: str, field: str) -> bytes:
+        compact = "".join(text.split())
+        if len(compact) // 4 * 3 > self.max_bytes + 2:  # the decoded size, known before decoding
+            raise PayloadTooLarge(f"field '{field}': the image is about {len(compact) * 3 // 4 / 1e6:.1f} MB, "
+                                  f"larger than the limit of {self.max_bytes / 1e6:.1f} MB (CLIP_MAX_IMAGE_BYTES)",
+                                  field=field)
+        urlsafe = "-" in compact or "_" in compact
+        try:
+            return base64.b64decode(compact + "=" * (-len(compact) % 4), altchars=b"-_" if urlsafe else None,
+                                    validate=True)
+        except (binascii.Error, ValueError):
+            hint = " (image paths are never opened by the server)" if compact[:1] in "/.~\\" else ""
+            raise InvalidInput(f"field '{field}' is not valid base64{hint}; send {FORMS}", field=field) from None
+
+    async def aclose(self) -> None:
+        """Close the fetcher's pooled connections."""
+        if self.fetcher is not None:
+            await self.fetcher.aclose()
