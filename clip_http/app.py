@@ -139,6 +139,8 @@ def create_app(settings: ClipSettings) -> FastAPI:
 
     for method, path, handler, body in ROUTES + openai_api.ROUTES:
         app.add_api_route(path, handler, methods=[method], openapi_extra=body)
+    path, handler, methods = openai_api.CATCH_ALL
+    app.add_api_route(path, handler, methods=methods, include_in_schema=False)
     return app
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from clip_runner.api import ClipAPI, Item, Timings
@@ -154,8 +154,16 @@ async def model(request: Request, model_id: str) -> dict[str, Any]:
     return _model_card(api)
 
 
+async def not_served(request: Request) -> None:
+    """Any other ``/v1`` path: a 404 in OpenAI's shape, naming what is served."""
+    raise HTTPException(404, f"{request.method} {request.url.path} is not served here; this server serves "
+                             "POST /v1/embeddings, GET /v1/models and GET /v1/models/{id}")
+
+
 ROUTES: tuple[tuple[str, str, Callable[..., Any], dict[str, Any] | None], ...] = (
     ("POST", "/v1/embeddings", embeddings, EMBEDDINGS_BODY),
     ("GET", "/v1/models", models, None),
     ("GET", "/v1/models/{model_id:path}", model, None),
 )
+# Last, so that only paths (and methods) the routes above do not serve reach it.
+CATCH_ALL = ("/v1/{rest:path}", not_served, ["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -29,6 +29,7 @@ import dataclasses
 import ipaddress
 import logging
 import socket
+import weakref
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -45,6 +46,7 @@ MAX_CONNECTIONS = 64  # per worker; further fetches wait for a free connection (
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNLABELLED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_HEADERS = [(b"Accept", b"image/*"), (b"Accept-Encoding", b"identity"), (b"User-Agent", b"clip-service")]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -101,8 +103,16 @@ class UrlFetcher:
     def __init__(self, hosts: frozenset[tuple[str, int | None]] | None, timeout_s: float) -> None:
         self.hosts = hosts
         self.timeout_s = timeout_s
-        self._pool = httpcore.AsyncConnectionPool(
-            max_connections=MAX_CONNECTIONS, retries=0, network_backend=_CheckedBackend(self))
+        # One pool per event loop: pooled connections belong to the loop that opened them.
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpcore.AsyncConnectionPool] = \
+            weakref.WeakKeyDictionary()
+
+    def _pool(self) -> httpcore.AsyncConnectionPool:
+        loop = asyncio.get_running_loop()
+        if loop not in self._pools:
+            self._pools[loop] = httpcore.AsyncConnectionPool(
+                max_connections=MAX_CONNECTIONS, retries=0, network_backend=_CheckedBackend(self))
+        return self._pools[loop]
 
     def listed(self, host: str, port: int) -> bool:
         """Whether the allow-list names ``host`` (on ``port``, or on any port)."""
@@ -145,11 +155,10 @@ class UrlFetcher:
     async def _follow(self, url: str, field: str, max_bytes: int) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
             self.target(url, field)
-            timeout = {"connect": min(CONNECT_TIMEOUT_S, self.timeout_s), "read": self.timeout_s,
-                       "write": self.timeout_s, "pool": self.timeout_s}
-            headers = [(b"Accept", b"image/*"), (b"Accept-Encoding", b"identity"), (b"User-Agent", b"clip-service")]
+            timeouts = {"timeout": {"connect": min(CONNECT_TIMEOUT_S, self.timeout_s), "read": self.timeout_s,
+                                    "write": self.timeout_s, "pool": self.timeout_s}}
             try:
-                async with self._pool.stream("GET", url, headers=headers, extensions={"timeout": timeout}) as response:
+                async with self._pool().stream("GET", url, headers=_HEADERS, extensions=timeouts) as response:
                     location = _header(response.headers, b"location")
                     if response.status in _REDIRECTS and location:
                         url = urljoin(url, location)
@@ -161,10 +170,6 @@ class UrlFetcher:
             except _Refused as exc:
                 raise UrlForbidden(f"field '{field}': {display(url)} is not fetched: {exc}", field=field) from None
         raise InvalidInput(f"field '{field}': more than {MAX_REDIRECTS} redirects from {display(url)}", field=field)
-
-    async def aclose(self) -> None:
-        """Close pooled connections."""
-        await self._pool.aclose()
 
 
 async def _body(response: httpcore.Response, url: str, field: str, max_bytes: int) -> bytes:

@@ -82,8 +82,3 @@ class ImageReferences:
         except (binascii.Error, ValueError):
             hint = " (image paths are never opened by the server)" if compact[:1] in "/.~\\" else ""
             raise InvalidInput(f"field '{field}' is not valid base64{hint}; send {FORMS}", field=field) from None
-
-    async def aclose(self) -> None:
-        """Close the fetcher's pooled connections."""
-        if self.fetcher is not None:
-            await self.fetcher.aclose()

@@ -178,3 +178,22 @@ def compiled_tiny(tiny_tag: str) -> dict[str, str]:
     from clip_runner.compiler import compile_entry
 
     return {precision: compile_entry(tiny_tag, precision, threads=2) for precision in PRECISIONS}
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[Any]:
+    """A local HTTP server with an image and hostile answers (tests.image_server)."""
+    from tests.image_server import ImageServer
+
+    server = ImageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def internet(monkeypatch: pytest.MonkeyPatch, image_server: Any) -> Any:
+    """The simulated internet of tests.image_server, for this test; gives the image server."""
+    from tests.image_server import simulate_internet
+
+    simulate_internet(monkeypatch, image_server)
+    return image_server

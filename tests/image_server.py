@@ -1,12 +1,23 @@
-"""A local HTTP server that image-URL tests fetch from: an image, and the hostile answers a server may give."""
+"""A local HTTP server that image-URL tests fetch from (an image, and the hostile answers a server may
+give), and a simulated internet: fake DNS names, and one public address that reaches that server."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import httpcore
+import pytest
+
+from tests.conftest import make_jpeg
+
+IMAGE = make_jpeg(3)  # what /cat.jpg serves
+PUBLIC = "93.184.216.34"  # a public address; the simulated internet delivers it to the local server
+NAMES = {"images.example": [PUBLIC], "intranet.example": ["10.1.2.3"], "mixed.example": [PUBLIC, "127.0.0.1"]}
 
 
 class ImageServer:
@@ -18,7 +29,7 @@ class ImageServer:
     URL, ``/loop`` a redirect to itself.
     """
 
-    def __init__(self, image: bytes) -> None:
+    def __init__(self, image: bytes = IMAGE) -> None:
         self.image = image
         self.hits: Counter[str] = Counter()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -108,3 +119,41 @@ class ImageServer:
                 self.close_connection = True
 
         return Handler
+
+
+class _Peer(httpcore.AsyncNetworkStream):
+    """A local connection that reports the public address it stands for."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream, address: str) -> None:
+        self.stream, self.address = stream, address
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self.stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self.stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    def get_extra_info(self, info: str) -> object:
+        return (self.address, 80) if info == "server_addr" else self.stream.get_extra_info(info)
+
+
+def simulate_internet(monkeypatch: pytest.MonkeyPatch, image_server: ImageServer) -> None:
+    """Fake DNS for NAMES, and connections to PUBLIC reach ``image_server``: the fetcher's checks
+    run unchanged (only the resolver and the socket's far end are simulated)."""
+    real_resolve, real_connect = socket.getaddrinfo, httpcore.AnyIOBackend.connect_tcp
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host in NAMES:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in NAMES[host]]
+        return real_resolve(host, port, *args, **kwargs)
+
+    async def connect_tcp(self, host, port, **kwargs):
+        if host == PUBLIC:
+            return _Peer(await real_connect(self, "127.0.0.1", image_server.port, **kwargs), PUBLIC)
+        return await real_connect(self, host, port, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)

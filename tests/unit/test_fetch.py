@@ -8,68 +8,15 @@ to that local server and fakes a few DNS names: the fetcher's own checks run unc
 from __future__ import annotations
 
 import base64
-import socket
-from collections.abc import Iterator
 
-import httpcore
 import pytest
 
 from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UrlForbidden
 from clip_runner.fetch import UrlFetcher, display, is_public, parse_hosts
 from clip_runner.references import ImageReferences
-from tests.conftest import make_jpeg
-from tests.image_server import ImageServer
+from tests.image_server import IMAGE, ImageServer
 
-IMAGE = make_jpeg(3)
 B64 = base64.b64encode(IMAGE).decode()
-PUBLIC = "93.184.216.34"  # a public address; the test network delivers it to the local server
-NAMES = {"images.example": [PUBLIC], "intranet.example": ["10.1.2.3"], "mixed.example": [PUBLIC, "127.0.0.1"]}
-
-
-@pytest.fixture(scope="module")
-def image_server() -> Iterator[ImageServer]:
-    server = ImageServer(IMAGE)
-    yield server
-    server.close()
-
-
-class _Peer(httpcore.AsyncNetworkStream):
-    """A local connection that reports the public address it stands for."""
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream, address: str) -> None:
-        self.stream, self.address = stream, address
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self.stream.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self.stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    def get_extra_info(self, info: str) -> object:
-        return (self.address, 80) if info == "server_addr" else self.stream.get_extra_info(info)
-
-
-@pytest.fixture
-def internet(monkeypatch: pytest.MonkeyPatch, image_server: ImageServer) -> ImageServer:
-    """Fake DNS for NAMES; connections to PUBLIC:80 reach the local image server."""
-    real_resolve, real_connect = socket.getaddrinfo, httpcore.AnyIOBackend.connect_tcp
-
-    def getaddrinfo(host, port, *args, **kwargs):
-        if host in NAMES:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in NAMES[host]]
-        return real_resolve(host, port, *args, **kwargs)
-
-    async def connect_tcp(self, host, port, **kwargs):
-        if host == PUBLIC:
-            return _Peer(await real_connect(self, "127.0.0.1", image_server.port, **kwargs), PUBLIC)
-        return await real_connect(self, host, port, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
-    return image_server
 
 
 async def _read(value: object, *, max_bytes: int = 1_000_000, fetcher: UrlFetcher | None = None) -> bytes:
