@@ -49,11 +49,11 @@ def served_model(api: ClipAPI, requested: Any) -> str:
 
 def request_items(payload: dict[str, Any]) -> list[Item]:
     """``input`` (strings, ``{"text"}``/``{"image"}`` items) or vLLM's ``messages`` → the items to embed."""
-    if ("input" in payload) == ("messages" in payload):
+    if "messages" in payload and payload.get("input") in (None, "", []):  # the SDK requires some input
+        return [_message_item(payload["messages"])]
+    if "messages" in payload or "input" not in payload:
         raise InvalidInput("send either 'input' (texts or image items) or 'messages' (one image_url or text part)",
                            field="input")
-    if "messages" in payload:
-        return [_message_item(payload["messages"])]
     given = payload["input"]
     values = given if isinstance(given, list) else [given]
     if not values:
