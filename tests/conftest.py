@@ -166,6 +166,23 @@ def make_png(seed: int = 0, size: tuple[int, int] = (64, 64), mode: str = "RGB")
     return buf.getvalue()
 
 
+def assert_same(a: Any, b: Any, path: str = "body") -> None:
+    """Equal JSON (or arrays), floats to 1e-5 (a batch's composition may move the last bits)."""
+    a, b = (x.tolist() if isinstance(x, np.ndarray) else x for x in (a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-5), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
 @pytest.fixture
 def jpeg_bytes() -> bytes:
     return make_jpeg(0)

@@ -1,8 +1,9 @@
 """``CLIPEmbedder``: the embedding API existing backend code calls, over the clip service.
 
-Files in, unit float32 vectors out. Image embeddings go through the service's batch route
-(``/encode_images``), served over HTTP or in-process as :func:`clip_client.env.from_env` chooses
-unless a client is given.
+Files (or image URLs the service fetches) in, unit float32 vectors out. Image embeddings go
+through the service's batch route (``/encode_images``), served over HTTP or in-process as
+:func:`clip_client.env.from_env` chooses unless a client is given; ``LOCAL_CLIP_JSON_IMAGES=true``
+sends them as base64 JSON instead of multipart uploads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .env import ClientSettings, from_env
-from .http import ClipClient, ClipServiceError, ImageInput, import_full
+from .http import ClipClient, ClipServiceError, ImageInput, import_full, is_url
 
 if TYPE_CHECKING:
     from clip_runner.settings import ClipSettings
@@ -74,23 +75,23 @@ class CLIPEmbedder:
     # ---- images -----------------------------------------------------------------------------
 
     async def generate_embedding(self, image_path: PathLike) -> np.ndarray | None:
-        """The (D,) unit embedding of one image file.
+        """The (D,) unit embedding of one image file (or ``http(s)`` URL, fetched by the service).
 
         Raises ``FileNotFoundError`` when the file does not exist; returns ``None`` (and logs a
         warning) when it exists but is unreadable or not a usable image.
         """
-        return await asyncio.to_thread(self._embed_file, Path(image_path))
+        return await asyncio.to_thread(self._embed_file, _source(image_path))
 
     async def generate_embeddings_batch(self, image_paths: Sequence[PathLike], batch_size: int = 32,
                                         show_progress: bool = True) -> list[np.ndarray | None]:
-        """One (D,) embedding per path, in order; ``None`` where a file is missing or unusable.
+        """One (D,) embedding per path (or URL), in order; ``None`` where a file is missing or unusable.
 
         Files are read and sent ``batch_size`` at a time (the service accepts at most
         ``CLIP_MAX_IMAGES``, 32 by default, per request).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        paths = [Path(p) for p in image_paths]
+        paths = [_source(p) for p in image_paths]
         results: list[np.ndarray | None] = []
         with tqdm(total=len(paths), desc="embedding images", unit="img", disable=not show_progress) as bar:
             for start in range(0, len(paths), batch_size):
@@ -103,8 +104,8 @@ class CLIPEmbedder:
         """The (D,) unit embedding of an image given as bytes, a path or a PIL image. Blocking."""
         return self.backend.encode_image(image)
 
-    def _embed_file(self, path: Path) -> np.ndarray | None:
-        if not path.exists():
+    def _embed_file(self, path: Path | str) -> np.ndarray | None:
+        if isinstance(path, Path) and not path.exists():
             raise FileNotFoundError(errno.ENOENT, "image file not found", str(path))
         data = _read(path)
         if data is None:
@@ -117,7 +118,7 @@ class CLIPEmbedder:
             logger.warning("%s: not a usable image: %s", path, exc.message)
             return None
 
-    def _embed_chunk(self, paths: list[Path]) -> list[np.ndarray | None]:
+    def _embed_chunk(self, paths: list[Path | str]) -> list[np.ndarray | None]:
         read = [(i, blob) for i, path in enumerate(paths) if (blob := _read(path)) is not None]
         out: list[np.ndarray | None] = [None] * len(paths)
         if not read:
@@ -172,8 +173,15 @@ def _local_settings(model_name: str | None, device: str, settings: ClipSettings 
     return type(base)(**{**base.model_dump(exclude_unset=True), **updates})
 
 
-def _read(path: Path) -> bytes | None:
-    """The file's bytes, or ``None`` (with a warning) when it is missing or cannot be read."""
+def _source(image: PathLike) -> Path | str:
+    """A path as a ``Path``; an image URL stays a string (the service fetches it)."""
+    return image if is_url(image) else Path(image)  # type: ignore[return-value]
+
+
+def _read(path: Path | str) -> bytes | str | None:
+    """The file's bytes (a URL as is), or ``None`` (with a warning) when it is missing or cannot be read."""
+    if isinstance(path, str):
+        return path
     try:
         return path.read_bytes()
     except OSError as exc:

@@ -40,7 +40,8 @@ class ClientSettings:
     ``use_local_clip``: true calls the service at ``local_clip_url``, false loads the model
     in-process. ``local_clip_api_key`` is sent as ``Authorization: Bearer <key>``;
     ``local_clip_timeout`` is the seconds to wait for an answer; ``local_clip_retries`` how many
-    times connection errors and 429/503 answers are retried.
+    times connection errors and 429/503 answers are retried; ``local_clip_json_images`` sends
+    images as base64 in JSON bodies instead of multipart uploads.
     """
 
     use_local_clip: bool = False
@@ -48,6 +49,7 @@ class ClientSettings:
     local_clip_api_key: str | None = None
     local_clip_timeout: float = 60.0
     local_clip_retries: int = 3
+    local_clip_json_images: bool = False
 
     def __post_init__(self) -> None:
         if not self.local_clip_timeout > 0:
@@ -109,6 +111,6 @@ def _chosen(kind: type[C], settings: ClipSettings | None, client: ClientSettings
     if cfg.use_local_clip:
         logger.info("CLIP: using the service at %s (USE_LOCAL_CLIP=true)", cfg.local_clip_url)
         return kind(cfg.local_clip_url, api_key=cfg.local_clip_api_key, timeout=cfg.timeout(),
-                    retry=cfg.retry_policy())
+                    retry=cfg.retry_policy(), json_images=cfg.local_clip_json_images)
     logger.info("CLIP: loading the model in-process (USE_LOCAL_CLIP is not true)")
     return kind.in_process(settings)

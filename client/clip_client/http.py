@@ -3,7 +3,9 @@
 Every route of the HTTP contract is a method, written once in :class:`AsyncClipClient`;
 :class:`ClipClient` runs the same coroutines on a private event loop. Embeddings come back as
 float32 numpy arrays and JSON results as typed dicts. Images may be given as bytes, a path or a
-PIL image. Connection errors and 429/503 answers are retried with exponential backoff
+PIL image, or an ``http(s)`` URL string for the service to fetch (when it allows image URLs).
+Images go as multipart uploads, or as base64 in JSON bodies with ``json_images=True`` (a request
+that holds a URL always goes as JSON). Connection errors and 429/503 answers are retried with exponential backoff
 (``Retry-After`` is honoured); every failure is raised as :class:`ClipServiceError` carrying the
 server's own error text.
 
@@ -14,6 +16,7 @@ network, same checks and answers); it needs the full clip-service install.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import email.utils
 import functools
@@ -61,7 +64,8 @@ class PILImage(Protocol):
 
 
 ImageInput: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str] | PILImage"
-"""An image to send: encoded bytes, a file path, or a PIL image (sent losslessly as PNG)."""
+"""An image to send: encoded bytes, a file path, a PIL image (sent losslessly as PNG), or an
+``http(s)://`` URL string, which the service fetches (``CLIP_ALLOW_IMAGE_URLS``)."""
 
 # Failures after which the request certainly or very probably never reached the model. Every
 # route is a pure computation, so repeating one is safe; read timeouts are not retried because
@@ -190,13 +194,19 @@ def image_bytes(image: ImageInput) -> bytes:
     raise TypeError(f"an image must be bytes, a path or a PIL image, not {type(image).__name__}")
 
 
+def is_url(image: object) -> bool:
+    """Whether ``image`` is an image URL for the service to fetch (a string starting http:// or https://)."""
+    return isinstance(image, str) and image[:8].lower().startswith(("http://", "https://"))
+
+
+def image_text(image: ImageInput) -> str:
+    """An image as a JSON body carries it: a URL as given, anything else as base64 of its bytes."""
+    return image if is_url(image) else base64.b64encode(image_bytes(image)).decode("ascii")  # type: ignore[return-value]
+
+
 def _upload(field: str, image: ImageInput, index: int = 0) -> tuple[str, tuple[str, bytes, str]]:
     name = Path(image).name if isinstance(image, (str, os.PathLike)) else f"image{index}"
     return field, (name, image_bytes(image), "application/octet-stream")
-
-
-def _uploads(field: str, images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [_upload(field, image, i) for i, image in enumerate(images)]
 
 
 def text_list(texts: Sequence[str], field: str) -> list[str]:
@@ -206,13 +216,22 @@ def text_list(texts: Sequence[str], field: str) -> list[str]:
     return list(texts)
 
 
-def _form(threshold: float | None = None, **fields: Any) -> dict[str, Any]:
+def image_request(images: Mapping[str, ImageInput | list[ImageInput]], *, as_json: bool,
+                  **fields: Any) -> dict[str, Any]:
+    """httpx arguments for a route's image fields and other fields (None ones left out): a multipart
+    form, or (``as_json``, or any image a URL) a JSON object with base64 images."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    flat = [i for value in images.values() for i in (value if isinstance(value, list) else [value])]
+    if as_json or any(is_url(image) for image in flat):
+        texts = {name: [image_text(i) for i in value] if isinstance(value, list) else image_text(value)
+                 for name, value in images.items()}
+        return {"json": {**texts, **fields}}
+    files = [_upload(name, image, i) for name, value in images.items()
+             for i, image in enumerate(value if isinstance(value, list) else [value])]
     # List fields go as one JSON array: a single text that starts with "[" or holds a comma
     # would otherwise be read as an array or split into several categories.
-    form = {k: json.dumps(v) if isinstance(v, list) else v for k, v in fields.items() if v is not None}
-    if threshold is not None:
-        form["threshold"] = str(threshold)
-    return form
+    form = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in fields.items()}
+    return {"files": files, "data": form}
 
 
 def _vector(body: Any) -> np.ndarray:
@@ -327,15 +346,18 @@ class AsyncClipClient:
     """Asyncio client for the clip service; use as an async context manager or ``await close()``.
 
     Use it from one event loop (httpx connection pools belong to the loop that opened them).
-    ``transport`` is passed to httpx (e.g. to route through a custom transport).
+    ``transport`` is passed to httpx (e.g. to route through a custom transport). ``json_images``
+    sends images as base64 in JSON bodies instead of multipart uploads (a third larger; for
+    proxies and gateways that only pass JSON).
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
                  headers: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, json_images: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.json_images = json_images
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
                                        headers=_headers(api_key, headers), transport=transport)
         self._release: Callable[[], None] | None = None  # what close() also frees (an in-process app)
@@ -390,13 +412,16 @@ class AsyncClipClient:
                            self.base_url, why, wait, attempt + 1, self.retry.attempts)
             await asyncio.sleep(wait)
 
+    def _images(self, images: Mapping[str, ImageInput | list[ImageInput]], **fields: Any) -> dict[str, Any]:
+        return image_request(images, as_json=self.json_images, **fields)
+
     async def encode_image(self, image: ImageInput) -> np.ndarray:
         """One image → its unit embedding, shape (D,)."""
-        return await self._send("POST", "/encode_image", _vector, files=[_upload("image", image)])
+        return await self._send("POST", "/encode_image", _vector, **self._images({"image": image}))
 
     async def encode_images(self, images: Sequence[ImageInput]) -> EncodedImages:
         """Several images in one request; a bad image fails only its own entry."""
-        return await self._send("POST", "/encode_images", _encoded_images, files=_uploads("images", images))
+        return await self._send("POST", "/encode_images", _encoded_images, **self._images({"images": list(images)}))
 
     async def encode_text(self, text: str | Sequence[str]) -> np.ndarray:
         """A text → (D,); a list of texts → (N, D). Unit rows."""
@@ -405,27 +430,26 @@ class AsyncClipClient:
 
     async def similarity(self, image: ImageInput, texts: Sequence[str]) -> SimilarityResult:
         """Cosine similarity of one image with each text, plus softmax probabilities."""
-        return await self._send("POST", "/similarity", _as_is, data=_form(texts=text_list(texts, "texts")),
-                                files=[_upload("image", image)])
+        return await self._send("POST", "/similarity", _as_is,
+                                **self._images({"image": image}, texts=text_list(texts, "texts")))
 
     async def analyze(self, image: ImageInput, text: str, threshold: float | None = None) -> AnalyzeResult:
         """Image–text similarity and the mismatch verdict (server threshold unless given)."""
-        return await self._send("POST", "/analyze", _as_is, data=_form(threshold, text=text),
-                                files=[_upload("image", image)])
+        return await self._send("POST", "/analyze", _as_is,
+                                **self._images({"image": image}, text=text, threshold=threshold))
 
     async def analyze_batch(self, images: Sequence[ImageInput], texts: Sequence[str],
                             threshold: float | None = None) -> list[AnalyzeResult | AnalyzeItemError]:
         """``analyze`` for each (image, text) pair, in order; a bad image fails only its pair."""
-        return await self._send("POST", "/analyze_batch", lambda body: body["results"],
-                                data=_form(threshold, texts=text_list(texts, "texts")),
-                                files=_uploads("images", images))
+        return await self._send("POST", "/analyze_batch", lambda body: body["results"], **self._images(
+            {"images": list(images)}, texts=text_list(texts, "texts"), threshold=threshold))
 
     async def classify(self, image: ImageInput, categories: Sequence[str] | None = None,
                        top_k: int | None = None) -> ClassifyResult:
         """Zero-shot classification over the given categories (default: the service's label set)."""
         labels = None if categories is None else text_list(categories, "categories")
-        form = _form(categories=labels, top_k=None if top_k is None else str(top_k))
-        return await self._send("POST", "/classify", _as_is, data=form, files=[_upload("image", image)])
+        return await self._send("POST", "/classify", _as_is,
+                                **self._images({"image": image}, categories=labels, top_k=top_k))
 
     async def categories(self) -> list[str]:
         """The default label set ``classify`` uses."""
@@ -477,9 +501,9 @@ class ClipClient:
     def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
                  headers: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, json_images: bool = False) -> None:
         self._wrap(AsyncClipClient(base_url, api_key=api_key, timeout=timeout, retry=retry, headers=headers,
-                                   transport=transport))
+                                   transport=transport, json_images=json_images))
 
     def _wrap(self, client: AsyncClipClient) -> None:
         self._async = client

@@ -3,6 +3,7 @@ allow-listed local server, and hostile inputs sent while good requests are in fl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import PINNED_FP32, make_jpeg
+from tests.conftest import PINNED_FP32, assert_same, make_jpeg
 from tests.e2e.conftest import Server, start_server, stop_server, wait_for
 from tests.image_server import IMAGE, ImageServer
 
@@ -138,3 +139,40 @@ def test_urls_are_off_by_default_and_the_error_says_how_to_turn_them_on(server: 
     v1 = httpx.post(f"{server.url}/v1/embeddings", json={"input": [{"image": "https://example.com/cat.jpg"}]},
                     timeout=30)
     assert v1.status_code == 400 and v1.json()["error"]["param"] == "input[0].image"
+
+
+class _Recording(httpx.AsyncHTTPTransport):
+    """The content type of every request the client sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.kinds.append(request.headers.get("content-type", "").split(";")[0])
+        return await super().handle_async_request(request)
+
+
+def test_the_clients_send_json_images_and_urls(url_server: Server, image_server: ImageServer, tmp_path) -> None:
+    from clip_client import ClipClient
+    from clip_client.embedder import CLIPEmbedder
+
+    images = [make_jpeg(51), make_jpeg(52, size=(70, 120))]
+    recording = _Recording()
+    with ClipClient(url_server.url, api_key=KEY) as forms, \
+            ClipClient(url_server.url, api_key=KEY, json_images=True, transport=recording) as as_json:
+        calls = [("encode_image", (images[0],)), ("similarity", (images[0], ["a cat", "a car"])),
+                 ("analyze", (images[1], "a cat", 0.2)), ("classify", (images[1], ["cat", "dog"], 1)),
+                 ("analyze_batch", (images, ["one", "two"]))]
+        for name, args in calls:
+            assert_same(getattr(as_json, name)(*args), getattr(forms, name)(*args))
+        both = as_json.encode_images(images)
+        np.testing.assert_allclose(both.embeddings, forms.encode_images(images).embeddings, atol=1e-5)
+        assert set(recording.kinds) == {"application/json"} and len(recording.kinds) == len(calls) + 1
+        url = image_server.url("/cat.jpg")
+        np.testing.assert_allclose(forms.encode_image(url), forms.encode_image(IMAGE), atol=1e-5)
+        path = tmp_path / "cat.jpg"
+        path.write_bytes(IMAGE)
+        embedder = CLIPEmbedder(backend=forms)
+        by_path, by_url = asyncio.run(embedder.generate_embeddings_batch([path, url], show_progress=False))
+        np.testing.assert_allclose(by_path, by_url, atol=1e-5)

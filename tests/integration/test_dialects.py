@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import make_jpeg
+from tests.conftest import assert_same, make_jpeg
 from tests.image_server import ImageServer
 
 IMAGES = [make_jpeg(21, size=(120, 90)), make_jpeg(22, size=(64, 100))]
@@ -18,22 +18,6 @@ IMAGES = [make_jpeg(21, size=(120, 90)), make_jpeg(22, size=(64, 100))]
 def b64(data: bytes, uri: bool = False) -> str:
     text = base64.b64encode(data).decode()
     return f"data:image/jpeg;base64,{text}" if uri else text
-
-
-def assert_same(a: Any, b: Any, path: str = "body") -> None:
-    """Equal JSON, floats to 1e-5 (a batch's composition may move the last bits)."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, abs=1e-5), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 # (path, image fields: name → one image or a list, other fields as a form sends them, as JSON sends them)
