@@ -134,7 +134,7 @@ def create_app(settings: ClipSettings) -> FastAPI:
                   "and zero-shot classification, with adaptive batching. Image routes take a multipart "
                   "form or JSON with base64 images; /v1/embeddings speaks OpenAI's embeddings API.")
     install(app, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes,
-            max_concurrency=settings.max_concurrency)
+            max_concurrency=settings.max_concurrency, cors_origins=settings.cors_origins)
     from . import openai_api  # it builds on this module's helpers
 
     for method, path, handler, body in ROUTES + openai_api.ROUTES:

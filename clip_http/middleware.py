@@ -7,6 +7,8 @@
 * :class:`BodyLimit` refuses a body larger than the limit with 413: at once when
   ``Content-Length`` says so, and while streaming when a client lies about it or sends
   chunked data, so the limit holds whatever the headers claim.
+* with ``CLIP_CORS_ORIGINS`` set, Starlette's CORS middleware answers browsers' preflights
+  (outermost: a preflight carries no API key);
 * :func:`install` adds them with the error handlers: every refusal is JSON
   ``{"error", "status", "field"?}`` with the right status, never a bare 500; on ``/v1/*``
   it is OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (:func:`error_body`).
@@ -26,6 +28,7 @@ from typing import Any
 import bentoml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -220,8 +223,9 @@ async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
     return JSONResponse(error_body(request.url.path, 503, str(exc)), status_code=503, headers={"Retry-After": "1"})
 
 
-def install(app: FastAPI, *, api_key: str | None, max_request_bytes: int, max_concurrency: int) -> None:
-    """Error handlers, then the guards; the last added middleware runs first (auth)."""
+def install(app: FastAPI, *, api_key: str | None, max_request_bytes: int, max_concurrency: int,
+            cors_origins: str | None = None) -> None:
+    """Error handlers, then the guards; the last added middleware runs first (CORS, then auth)."""
     app.add_exception_handler(InputError, _input_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
@@ -229,3 +233,7 @@ def install(app: FastAPI, *, api_key: str | None, max_request_bytes: int, max_co
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     app.add_middleware(AdmissionLimit, max_in_flight=max_concurrency)
     app.add_middleware(ApiKeyAuth, api_key=api_key)
+    if cors_origins:  # outermost: a browser's preflight carries no API key
+        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in cors_origins.split(",") if o.strip()],
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+                           expose_headers=["X-Batch-Size", "Server-Timing"])

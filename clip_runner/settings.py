@@ -86,6 +86,9 @@ class ClipSettings(BaseSettings):
     image_url_timeout: float = Field(10.0, gt=0, le=600, description="Seconds one image URL fetch may take, "
                                      "redirects included.")
 
+    cors_origins: str | None = Field(
+        None, description="Comma-separated origins whose web pages may call the service (CORS), or *.")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_key: str | None = Field(None, description="When set, callers must send it.")
 

@@ -189,6 +189,22 @@ def test_v1_api_key_is_the_sdks_bearer_token(client_with, tiny_tag: str) -> None
     assert "status" in guarded.post("/encode_text", json={"text": "x"}).json()  # our own shape off /v1
 
 
+def test_a_browser_page_may_call_from_an_allowed_origin(client_with, tiny_tag: str) -> None:
+    browser = client_with(model_tag=tiny_tag, api_key="k", cors_origins="https://app.example")
+    preflight = browser.options("/v1/embeddings", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 200  # no API key on a preflight
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    call = browser.post("/encode_image", json={"image": b64(IMAGES[0])},
+                        headers={"Origin": "https://app.example", "Authorization": "Bearer k"})
+    assert call.status_code == 200 and call.headers["access-control-allow-origin"] == "https://app.example"
+    assert "X-Batch-Size" in call.headers["access-control-expose-headers"]
+    other = browser.post("/encode_text", json={"text": "x"}, headers={"Origin": "https://evil.example",
+                                                                       "Authorization": "Bearer k"})
+    assert "access-control-allow-origin" not in other.headers
+
+
 # ---- hostile image fields -------------------------------------------------------------------
 
 
