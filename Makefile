@@ -46,7 +46,7 @@ soak: $(STAMP)
 	$(BIN)/python -m bench.soak
 
 # Headless locust against a running server (`make serve` in another shell); CSV + HTML reports
-# in bench_results/loadtest/. LOADTEST_TAGS picks scenarios: image, text, mixed or a route name.
+# in bench_results/loadtest/. LOADTEST_TAGS picks scenarios: image, text, mixed, openai or a route name.
 LOADTEST_HOST ?= http://localhost:3000
 LOADTEST_USERS ?= 16
 LOADTEST_SPAWN_RATE ?= 4

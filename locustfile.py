@@ -10,7 +10,9 @@ Scenarios are locust tags, chosen with ``--tags`` (or ``LOADTEST_TAGS`` for ``ma
 * ``text`` — ``/encode_text``
 * ``mixed`` — routes that take an image and texts: ``/similarity``, ``/analyze``,
   ``/analyze_batch``, ``/classify``
-* one tag per route, named after it without the slash (``encode_image``, ``classify``, ...)
+* ``openai`` — ``/v1/embeddings``: texts, or photos as base64 items of ``input``
+* one tag per route, named after it without the slash (``encode_image``, ``classify``, ...;
+  ``v1_embeddings``)
 
 Users loop without think time: the point is throughput. Any 4xx/5xx, and any 200 whose body
 does not have the documented shape, counts as a failure; the payloads are always valid.
@@ -24,6 +26,7 @@ a realistic upload. ``LOADTEST_IMAGES=dir`` uses the JPEG/PNG/WebP files in ``di
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import random
@@ -62,6 +65,11 @@ class Photo:
     name: str
     data: bytes
     pixels: int
+
+    @functools.cached_property
+    def base64(self) -> str:
+        """The bytes as a JSON body carries them (encoded once, not per request)."""
+        return base64.b64encode(self.data).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -260,8 +268,19 @@ class ClassifyUser(ClipUser):
                   files=[_file("image", self.photo())], data=data)
 
 
+class OpenAIEmbeddingsUser(ClipUser):
+    """``POST /v1/embeddings``: half 1..16 texts, half 1..4 photos as base64 ``{"image"}`` items."""
+
+    @tag("openai", "v1_embeddings")
+    @task
+    def embeddings(self) -> None:
+        items: list[Any] = self.texts() if self.rng.random() < 0.5 else [{"image": p.base64} for p in self.photos()]
+        self.post("/v1/embeddings", lambda b: _has_keys("data", "usage")(b) and _is_vectors(
+            [d["embedding"] for d in b["data"]], len(items)), json={"model": "clip", "input": items})
+
+
 USER_CLASSES: tuple[type[ClipUser], ...] = (EncodeImageUser, EncodeImagesUser, EncodeTextUser, SimilarityUser,
-                                            AnalyzeUser, AnalyzeBatchUser, ClassifyUser)
+                                            AnalyzeUser, AnalyzeBatchUser, ClassifyUser, OpenAIEmbeddingsUser)
 
 
 @events.init.add_listener

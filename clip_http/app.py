@@ -144,27 +144,26 @@ def create_app(settings: ClipSettings) -> FastAPI:
     return app
 
 
-FormLogic = Callable[[ClipAPI, Form, Timings], Awaitable[Any]]
+FormLogic = Callable[..., Awaitable[Any]]  # (api, form, timings, **bound) → the answer's body
 
 
-def form_route(logic: FormLogic) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """A route that reads its fields (multipart or JSON) and runs ``logic`` on them."""
+def form_route(logic: FormLogic, **bound: str) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """A route that reads its fields (multipart or JSON) and runs ``logic`` on them (and ``bound``)."""
     async def route(request: Request) -> JSONResponse:
         api = api_of(request)
         async with read_form(request, api.settings.max_request_bytes) as form:
-            return await respond(lambda t: logic(api, form, t))
+            return await respond(lambda t: logic(api, form, t, **bound))
 
-    route.__name__, route.__doc__ = logic.__name__, logic.__doc__  # OpenAPI's operation name and text
+    # OpenAPI's operation name and text.
+    route.__name__, route.__doc__ = "_".join([logic.__name__, *bound.values()]), logic.__doc__
     return route
 
 
-@form_route
 def encode_image(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """One image → its L2-normalised embedding (a JSON array of D floats)."""
     return api.encode_image(form.one("image"), "image", t)
 
 
-@form_route
 def encode_images(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Several images → ``{"embeddings": [...|null], "errors": [null|"why"]}``."""
     return api.encode_images(form.many("images"), "images", t)
@@ -176,31 +175,21 @@ async def encode_text(request: Request) -> JSONResponse:
     return await respond(lambda t: api_of(request).encode_text(body, t))
 
 
-@form_route
 def similarity(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Cosine similarity of one image with 1..N texts, plus softmax probabilities."""
     return api.similarity(form.one("image"), form.many("texts"), t)
 
 
-@form_route
-def analyze(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
+def analyze(api: ClipAPI, form: Form, t: Timings, field: str = "image") -> Awaitable[Any]:
     """Image–text similarity and a mismatch verdict against the threshold."""
-    return api.analyze(form.one("image"), "image", form.one("text"), form.one("threshold"), t)
+    return api.analyze(form.one(field), field, form.one("text"), form.one("threshold"), t)
 
 
-@form_route
-def clip_analyze(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
-    """Compatibility path for ``/analyze`` (image field ``file``)."""
-    return api.analyze(form.one("file"), "file", form.one("text"), form.one("threshold"), t)
-
-
-@form_route
 def analyze_batch(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Paired ``images`` and ``texts`` → one analyze result per pair."""
     return api.analyze_batch(form.many("images"), "images", form.many("texts"), form.one("threshold"), t)
 
 
-@form_route
 def clip_analyze_batch(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     """Compatibility path for ``/analyze_batch``: repeated ``file``/``files`` and ``text``/``texts``."""
     if form.many("items"):
@@ -211,16 +200,9 @@ def clip_analyze_batch(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
     return api.analyze_batch(files, "file", texts, form.one("threshold"), t)
 
 
-@form_route
-def classify(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
+def classify(api: ClipAPI, form: Form, t: Timings, field: str = "image") -> Awaitable[Any]:
     """Zero-shot classification over the default categories or the given ones."""
-    return api.classify(form.one("image"), "image", form.many("categories"), form.one("top_k"), t)
-
-
-@form_route
-def clip_classify(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
-    """Compatibility path for ``/classify`` (image field ``file``)."""
-    return api.classify(form.one("file"), "file", form.many("categories"), form.one("top_k"), t)
+    return api.classify(form.one(field), field, form.many("categories"), form.one("top_k"), t)
 
 
 async def categories(request: Request) -> dict[str, Any]:
@@ -239,21 +221,22 @@ async def health(request: Request) -> JSONResponse:
 
 _ANALYZE = {"text": "text", "threshold": "number?"}
 _CLASSIFY = {"categories": "texts?", "top_k": "integer?"}
-# (method, path, handler, OpenAPI request body): image routes take a form or JSON, documented both ways.
+# (method, path, handler, OpenAPI request body): image routes take a form or JSON, documented both ways;
+# the /clip/* compatibility paths are the same logic with the image in field ``file``.
 ROUTES: tuple[tuple[str, str, Callable[..., Any], dict[str, Any] | None], ...] = (
-    ("POST", "/encode_image", encode_image, request_body({"image": "image"})),
-    ("POST", "/encode_images", encode_images, request_body({"images": "images"})),
+    ("POST", "/encode_image", form_route(encode_image), request_body({"image": "image"})),
+    ("POST", "/encode_images", form_route(encode_images), request_body({"images": "images"})),
     ("POST", "/encode_text", encode_text, request_body({"text": "texts"}, form=False)),
-    ("POST", "/similarity", similarity, request_body({"image": "image", "texts": "texts"})),
-    ("POST", "/analyze", analyze, request_body({"image": "image", **_ANALYZE})),
-    ("POST", "/analyze_batch", analyze_batch,
+    ("POST", "/similarity", form_route(similarity), request_body({"image": "image", "texts": "texts"})),
+    ("POST", "/analyze", form_route(analyze), request_body({"image": "image", **_ANALYZE})),
+    ("POST", "/analyze_batch", form_route(analyze_batch),
      request_body({"images": "images", "texts": "texts", "threshold": "number?"})),
-    ("POST", "/classify", classify, request_body({"image": "image", **_CLASSIFY})),
+    ("POST", "/classify", form_route(classify), request_body({"image": "image", **_CLASSIFY})),
     ("GET", "/categories", categories, None), ("GET", "/health", health, None),
-    ("POST", "/clip/analyze", clip_analyze, request_body({"file": "image", **_ANALYZE})),
-    ("POST", "/clip/analyze-batch", clip_analyze_batch, request_body(
+    ("POST", "/clip/analyze", form_route(analyze, field="file"), request_body({"file": "image", **_ANALYZE})),
+    ("POST", "/clip/analyze-batch", form_route(clip_analyze_batch), request_body(
         {"file": "images", "files": "images?", "text": "texts", "texts": "texts?", "threshold": "number?"})),
-    ("POST", "/clip/classify", clip_classify, request_body({"file": "image", **_CLASSIFY})),
+    ("POST", "/clip/classify", form_route(classify, field="file"), request_body({"file": "image", **_CLASSIFY})),
     ("GET", "/clip/categories", categories, None), ("GET", "/clip/health", health, None),
 )
 

@@ -15,8 +15,9 @@ from tests.e2e.conftest import ROOT, Server
 
 pytestmark = pytest.mark.slow
 
-ROUTES = {"/encode_image", "/encode_images", "/encode_text", "/similarity", "/analyze", "/analyze_batch", "/classify"}
-USER_CLASSES = 7  # one per route: with equal weights, locust starts one user of each
+ROUTES = {"/encode_image", "/encode_images", "/encode_text", "/similarity", "/analyze", "/analyze_batch", "/classify",
+          "/v1/embeddings"}
+USER_CLASSES = 8  # one per route: with equal weights, locust starts one user of each
 
 
 def _bin(name: str) -> str:
