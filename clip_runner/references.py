@@ -10,6 +10,7 @@ never opens paths. The size limit is checked on the encoded length, before decod
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]{0,15}://", re.IGNORECASE)
 _UNLABELLED = frozenset({"", "application/octet-stream"})
 FORMS = "base64 image bytes, a data:image/...;base64, URI or an http(s) URL"
+INLINE_CHARS = 1 << 16  # larger base64 is decoded in a thread: 10 MB takes ~50 ms, too long for the event loop
 URLS_OFF = ("image URLs are off on this server: send the image as base64, or start the server with "
             "CLIP_ALLOW_IMAGE_URLS=true (and CLIP_IMAGE_URL_HOSTS=host,... to name the hosts it may fetch from)")
 
@@ -49,13 +51,16 @@ class ImageReferences:
         text = value.strip()
         if not text:
             raise InvalidInput(f"field '{field}' is empty", field=field)
-        if text[:5].lower() == "data:":
-            return self._data_uri(text, field)
         if _SCHEME.match(text):
             if self.fetcher is None:
                 raise InvalidInput(f"field '{field}' is a URL, but {URLS_OFF}", field=field)
             return await self.fetcher.fetch(text, field, self.max_bytes)
-        return self._base64(text, field)
+        if len(text) <= INLINE_CHARS:
+            return self._decode(text, field)
+        return await asyncio.to_thread(self._decode, text, field)
+
+    def _decode(self, text: str, field: str) -> bytes:
+        return self._data_uri(text, field) if text[:5].lower() == "data:" else self._base64(text, field)
 
     def _data_uri(self, text: str, field: str) -> bytes:
         header, comma, data = text[5:].partition(",")

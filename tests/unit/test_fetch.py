@@ -7,13 +7,15 @@ to that local server and fakes a few DNS names: the fetcher's own checks run unc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
 
 from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UrlForbidden
 from clip_runner.fetch import UrlFetcher, display, is_public, parse_hosts
-from clip_runner.references import ImageReferences
+from clip_runner.references import INLINE_CHARS, ImageReferences
+from tests.conftest import make_jpeg
 from tests.image_server import IMAGE, ImageServer
 
 B64 = base64.b64encode(IMAGE).decode()
@@ -39,6 +41,15 @@ async def _refused(error: type[InputError], value: object, **kwargs) -> InputErr
 ])
 async def test_base64_in_every_common_form_reads_the_same_bytes(text: str) -> None:
     assert await _read(text) == IMAGE
+
+
+async def test_large_base64_decodes_in_a_thread_to_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = make_jpeg(4, size=(900, 900), quality=100)
+    threads: list[object] = []
+    real = asyncio.to_thread
+    monkeypatch.setattr(asyncio, "to_thread", lambda fn, *a: threads.append(fn) or real(fn, *a))
+    assert await _read(base64.b64encode(big).decode(), max_bytes=10_000_000) == big
+    assert len(base64.b64encode(big)) > INLINE_CHARS and len(threads) == 1
 
 
 async def test_malformed_text_is_400_naming_the_field() -> None:
