@@ -36,7 +36,8 @@ from bench.run import _series as _series_option
 from tests.conftest import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLIC_ROUTES = {"encode_image", "encode_images", "encode_text", "similarity", "analyze", "analyze_batch", "classify"}
+PUBLIC_ROUTES = {"encode_image", "encode_images", "encode_text", "similarity", "analyze", "analyze_batch", "classify",
+                 "v1_embeddings"}
 
 # Importing locust monkey-patches the standard library with gevent, which must not happen inside
 # the test process (asyncio and threads are used by other tests): inspect it in a child process.
@@ -97,7 +98,7 @@ def test_every_user_class_has_a_task_tagged_with_its_scenario_and_route(locustfi
     routes = set()
     for name, user in users.items():
         assert user["tasks"] >= 1, name
-        scenario = set(user["tags"]) & {"image", "text", "mixed"}
+        scenario = set(user["tags"]) & {"image", "text", "mixed", "openai"}
         assert len(scenario) == 1, (name, user["tags"])
         routes |= set(user["tags"]) & PUBLIC_ROUTES
     assert routes == PUBLIC_ROUTES
