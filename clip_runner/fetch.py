@@ -141,13 +141,18 @@ class UrlFetcher:
     async def fetch(self, url: str, field: str, max_bytes: int) -> bytes:
         """The image bytes at ``url`` (redirects followed), or an InputError naming ``field``."""
         try:
+            return await self._fetch(url, field, max_bytes)
+        except InputError as exc:  # operators see refusals (a run of 403s is someone probing)
+            logger.info("image URL %s refused (%d): %s", display(url), exc.status, exc.message)
+            raise
+
+    async def _fetch(self, url: str, field: str, max_bytes: int) -> bytes:
+        try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._follow(url, field, max_bytes)
         except TimeoutError:
             raise InvalidInput(f"field '{field}': fetching {display(url)} took longer than {self.timeout_s:g} s "
                                "(CLIP_IMAGE_URL_TIMEOUT)", field=field) from None
-        except InputError:
-            raise
         except (httpcore.ConnectError, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
             reason = str(exc).strip() or type(exc).__name__
             raise InvalidInput(f"field '{field}': could not fetch {display(url)}: {reason}", field=field) from None
@@ -233,7 +238,6 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         if not self.fetcher.listed(host, port):
             private = [a for a in addresses if not is_public(a)]
             if private:
-                logger.warning("image URL refused: %s resolves to non-public %s", host, ", ".join(private))
                 raise _Refused(f"{host} resolves to {private[0]}, which is not a public address (only public "
                                "addresses are fetched; CLIP_IMAGE_URL_HOSTS may name a private host)")
         return addresses[0]
