@@ -5,9 +5,9 @@ request fields; it checks them against the limits, reads the uploads, decodes th
 pool (per request, in parallel, outside the model's batch), sends pixels and texts through the
 micro-batcher, and turns unit embeddings into the contract's JSON bodies. An image field is an
 uploaded file or text standing for an image (base64, a ``data:`` URI, an image URL), which
-:class:`~clip_runner.references.ImageReferences` reads: the routes answer the same either way. It knows nothing of
-HTTP, and importing it loads neither torch nor open_clip: :meth:`ClipAPI.load` does, in the
-worker that serves.
+:class:`~clip_runner.references.ImageReferences` reads: the routes answer the same either way.
+It knows nothing of HTTP, and importing it loads neither torch nor open_clip:
+:meth:`ClipAPI.load` does, in the worker that serves.
 """
 
 from __future__ import annotations
