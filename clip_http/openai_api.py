@@ -155,7 +155,10 @@ async def model(request: Request, model_id: str) -> dict[str, Any]:
 
 
 async def not_served(request: Request) -> None:
-    """Any other ``/v1`` path: a 404 in OpenAI's shape, naming what is served."""
+    """Any other ``/v1`` path or method: a 404 (or 405) in OpenAI's shape, naming what is served."""
+    served = {"/v1/embeddings": "POST", "/v1/models": "GET"}.get(request.url.path.rstrip("/"))
+    if served:
+        raise HTTPException(405, f"{request.url.path} takes {served}, not {request.method}", {"Allow": served})
     raise HTTPException(404, f"{request.method} {request.url.path} is not served here; this server serves "
                              "POST /v1/embeddings, GET /v1/models and GET /v1/models/{id}")
 

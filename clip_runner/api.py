@@ -28,6 +28,7 @@ from . import scoring
 from .batcher import Batch, MicroBatcher
 from .categories import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
 from .errors import InputError, InvalidInput, PayloadTooLarge
+from .fetch import ByteBudget
 from .references import FORMS, ImageReferences
 from .settings import ClipSettings
 
@@ -110,12 +111,13 @@ class ClipAPI:
 
     # ---- fields -----------------------------------------------------------------------------
 
-    async def read_upload(self, upload: ImageField | None, field: str) -> bytes:
-        """An image field's bytes: a missing field is refused, nothing is read past the limit."""
+    async def read_upload(self, upload: ImageField | None, field: str, budget: ByteBudget | None = None) -> bytes:
+        """An image field's bytes: a missing field is refused, nothing is read past the limit (nor,
+        for image URLs, past the request's ``budget``)."""
         if upload is None:
             raise InvalidInput(f"field '{field}' is required: send the image as a file, or as {FORMS}", field=field)
         if not hasattr(upload, "read"):  # text (JSON or a form's text field): base64, data: URI or URL
-            return await self.references.read(upload, field)
+            return await self.references.read(upload, field, budget)
         return self._within_limit(await upload.read(self.settings.max_image_bytes + 1), field)
 
     async def read_uploads(self, uploads: Sequence[ImageField] | None, field: str) -> list[bytes]:
@@ -128,13 +130,17 @@ class ClipAPI:
         return await self._read_all([(u, f"{field}[{i}]") for i, u in enumerate(uploads)])
 
     async def _read_all(self, fields: Sequence[tuple[ImageField, str]]) -> list[bytes]:
-        """Read image fields concurrently (URL fetches overlap); the first failure in order is raised."""
-        results = await asyncio.gather(*(self.read_upload(value, field) for value, field in fields),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results  # type: ignore[return-value]
+        """Read image fields concurrently (URL fetches overlap, within one byte budget for the
+        request); the first failure stops the others and is raised (the first in order, of several)."""
+        budget = ByteBudget(self.settings.max_request_bytes)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.read_upload(value, field, budget)) for value, field in fields]
+        except ExceptionGroup as failed:
+            order = {field: i for i, (_, field) in enumerate(fields)}
+            first = min(failed.exceptions, key=lambda e: order.get(getattr(e, "field", None), -1))
+            raise first from None
+        return [task.result() for task in tasks]
 
     def _within_limit(self, data: bytes, field: str) -> bytes:
         limit = self.settings.max_image_bytes
@@ -184,8 +190,10 @@ class ClipAPI:
         if top_k is None or top_k == "":
             return DEFAULT_TOP_K
         try:
+            if isinstance(top_k, bool) or (isinstance(top_k, float) and not top_k.is_integer()):
+                raise ValueError(top_k)  # JSON true or 2.5 is not a count
             value = int(top_k)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidInput("field 'top_k' must be an integer", field="top_k") from None
         if not 1 <= value <= 1000:
             raise InvalidInput("field 'top_k' must be between 1 and 1000", field="top_k")
@@ -300,12 +308,12 @@ class ClipAPI:
     async def analyze_batch(self, uploads: Sequence[ImageField] | None, field: str, texts: Any,
                             threshold: Any, timings: Timings) -> dict[str, Any]:
         """``/analyze_batch``: one analyze result per (image, text) pair; a bad image fails its pair."""
-        blobs = await self.read_uploads(uploads, field)
         checked = self.check_texts(texts, "texts", limit=self.settings.max_images)
-        if len(checked) != len(blobs):
-            raise InvalidInput(f"got {len(blobs)} images and {len(checked)} texts; "
+        if uploads and len(checked) != len(uploads):  # checked before any image is read or fetched
+            raise InvalidInput(f"got {len(uploads)} images and {len(checked)} texts; "
                                "send one text per image, in the same order", field="texts")
         limit = self.threshold_for(threshold)
+        blobs = await self.read_uploads(uploads, field)
         rows, text_rows = await asyncio.gather(
             self._image_rows(blobs, field, timings), self.embed_texts(checked, timings))
         results = [{"text": text, "error": row.message, "status": row.status} if isinstance(row, InputError)

@@ -4,15 +4,19 @@ Off unless ``CLIP_ALLOW_IMAGE_URLS=true``. What makes a fetch safe, each in one 
 
 * only ``http`` and ``https``, no credentials in the URL, and with ``CLIP_IMAGE_URL_HOSTS`` set,
   only the hosts (and ports) it names;
+* URLs are normalised first (IDNA host, percent-encoded path; httpx's parser), so what is
+  checked is what is requested;
 * the address check runs where the socket is opened (:class:`_CheckedBackend`): every name is
-  resolved here, every address it resolves to must be public (not loopback, private,
-  link-local, metadata, shared, reserved or multicast), and the connection goes to the very
+  resolved here (in a small pool of its own threads: a resolver that hangs cannot starve
+  anything else), every address it resolves to must be public (not loopback, private,
+  link-local, site-local, metadata, shared, reserved or multicast), and the connection goes to the very
   address that was checked, so DNS rebinding and redirects cannot slip past it. Redirects are
   followed by hand, at most :data:`MAX_REDIRECTS`, each hop checked again. A host named in the
   allow-list may be private (an intranet object store): the operator named it;
 * connect and total timeouts (``CLIP_IMAGE_URL_TIMEOUT``), the byte limit enforced while the
-  body streams (and up front from ``Content-Length``), and a content type that must be an image
-  (or unlabelled bytes);
+  body streams (and up front from ``Content-Length``), a :class:`ByteBudget` for all the fetches
+  of one request (``CLIP_MAX_REQUEST_BYTES``, as for an upload), and a content type that must
+  be an image (or unlabelled bytes);
 * fetches are asyncio tasks on httpcore (httpx's transport layer): they wait on sockets without
   holding the event loop, name resolution runs in a thread, and one request's fetches run
   concurrently. Environment proxies are never used (a proxy would connect on our behalf).
@@ -25,16 +29,18 @@ content type, 400 for the rest (timeouts, unreachable hosts, upstream errors).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import ipaddress
 import logging
 import socket
 import weakref
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpcore
+import httpx
 
 from .errors import InputError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UrlForbidden
 
@@ -43,6 +49,7 @@ logger = logging.getLogger(__name__)
 MAX_REDIRECTS = 3
 CONNECT_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 64  # per worker; further fetches wait for a free connection (within the timeout)
+RESOLVER_THREADS = 8  # per worker: name lookups in flight at once (a hung one holds a thread until it ends)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNLABELLED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
@@ -58,8 +65,9 @@ def is_public(address: str) -> bool:
             ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
         if embedded is not None:
             ip = embedded
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10: global in 3.11
     return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local
-                                 or ip.is_reserved or ip.is_unspecified)
+                                 or ip.is_reserved or ip.is_unspecified or site_local)
 
 
 def parse_hosts(entries: str | None) -> frozenset[tuple[str, int | None]] | None:
@@ -83,18 +91,26 @@ def parse_hosts(entries: str | None) -> frozenset[tuple[str, int | None]] | None
 
 def display(url: str) -> str:
     """A URL as messages and logs show it: no query (it may carry a signature), at most 120 chars."""
-    parts = urlsplit(url)
-    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    try:
+        parts = urlsplit(url)
+        shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    except ValueError:  # a URL too broken to split: shown as given
+        shown = url
     return shown if len(shown) <= 120 else shown[:117] + "..."
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """One checked hop: scheme, host (lower case) and port."""
+class ByteBudget:
+    """The bytes all the URL fetches of one request may bring in, together."""
 
-    scheme: str
-    host: str
-    port: int
+    def __init__(self, limit: int) -> None:
+        self.limit = self.left = limit
+
+    def take(self, count: int, field: str) -> None:
+        """Count ``count`` more bytes; 413 naming ``field`` once the budget is spent."""
+        self.left -= count
+        if self.left < 0:
+            raise PayloadTooLarge(f"field '{field}': the images this request fetches come to more than "
+                                  f"{self.limit / 1e6:.1f} MB in all (CLIP_MAX_REQUEST_BYTES)", field=field)
 
 
 class UrlFetcher:
@@ -103,6 +119,7 @@ class UrlFetcher:
     def __init__(self, hosts: frozenset[tuple[str, int | None]] | None, timeout_s: float) -> None:
         self.hosts = hosts
         self.timeout_s = timeout_s
+        self.resolver = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve")
         # One pool per event loop: pooled connections belong to the loop that opened them.
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpcore.AsyncConnectionPool] = \
             weakref.WeakKeyDictionary()
@@ -118,38 +135,38 @@ class UrlFetcher:
         """Whether the allow-list names ``host`` (on ``port``, or on any port)."""
         return self.hosts is not None and ((host, port) in self.hosts or (host, None) in self.hosts)
 
-    def target(self, url: str, field: str) -> Target:
-        """The checks a URL passes before any connection: scheme, credentials, allow-list."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
-            raise InvalidInput(f"field '{field}': only http and https URLs are fetched, not {scheme or 'this'}",
-                               field=field)
+    def target(self, url: str, field: str, base: str | None = None) -> str:
+        """``url`` (relative to ``base``, for a redirect) normalised, once it passes the checks made
+        before any connection: a valid URL, the scheme, no credentials, the allow-list."""
         try:
-            port = parts.port or _DEFAULT_PORTS[scheme]
-        except ValueError:
-            raise InvalidInput(f"field '{field}': the URL has an invalid port", field=field) from None
-        host = (parts.hostname or "").lower()
-        if not host:
-            raise InvalidInput(f"field '{field}': the URL has no host", field=field)
-        if parts.username is not None:
+            parsed = httpx.URL(base).join(url) if base else httpx.URL(url)
+            host = parsed.raw_host.decode("ascii").lower()
+        except (httpx.InvalidURL, ValueError, TypeError, UnicodeError) as exc:
+            raise InvalidInput(f"field '{field}': not a valid URL ({exc})", field=field) from None
+        if parsed.scheme not in _DEFAULT_PORTS:
+            raise InvalidInput(f"field '{field}': only http and https URLs are fetched, not "
+                               f"{parsed.scheme or 'this'}", field=field)
+        port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
+        if not host or not 0 < port < 65536:
+            raise InvalidInput(f"field '{field}': the URL has no host, or an invalid port", field=field)
+        if parsed.userinfo:
             raise InvalidInput(f"field '{field}': URLs with credentials are not fetched", field=field)
         if self.hosts is not None and not self.listed(host, port):
             raise UrlForbidden(f"field '{field}': host {host}:{port} is not in CLIP_IMAGE_URL_HOSTS", field=field)
-        return Target(scheme, host, port)
+        return str(parsed)
 
-    async def fetch(self, url: str, field: str, max_bytes: int) -> bytes:
+    async def fetch(self, url: str, field: str, max_bytes: int, budget: ByteBudget | None = None) -> bytes:
         """The image bytes at ``url`` (redirects followed), or an InputError naming ``field``."""
         try:
-            return await self._fetch(url, field, max_bytes)
+            return await self._fetch(url, field, max_bytes, budget)
         except InputError as exc:  # operators see refusals (a run of 403s is someone probing)
             logger.info("image URL %s refused (%d): %s", display(url), exc.status, exc.message)
             raise
 
-    async def _fetch(self, url: str, field: str, max_bytes: int) -> bytes:
+    async def _fetch(self, url: str, field: str, max_bytes: int, budget: ByteBudget | None) -> bytes:
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._follow(url, field, max_bytes)
+                return await self._follow(url, field, max_bytes, budget)
         except TimeoutError:
             raise InvalidInput(f"field '{field}': fetching {display(url)} took longer than {self.timeout_s:g} s "
                                "(CLIP_IMAGE_URL_TIMEOUT)", field=field) from None
@@ -157,27 +174,28 @@ class UrlFetcher:
             reason = str(exc).strip() or type(exc).__name__
             raise InvalidInput(f"field '{field}': could not fetch {display(url)}: {reason}", field=field) from None
 
-    async def _follow(self, url: str, field: str, max_bytes: int) -> bytes:
+    async def _follow(self, url: str, field: str, max_bytes: int, budget: ByteBudget | None) -> bytes:
+        url = self.target(url, field)
         for _ in range(MAX_REDIRECTS + 1):
-            self.target(url, field)
             timeouts = {"timeout": {"connect": min(CONNECT_TIMEOUT_S, self.timeout_s), "read": self.timeout_s,
                                     "write": self.timeout_s, "pool": self.timeout_s}}
             try:
                 async with self._pool().stream("GET", url, headers=_HEADERS, extensions=timeouts) as response:
                     location = _header(response.headers, b"location")
                     if response.status in _REDIRECTS and location:
-                        url = urljoin(url, location)
+                        url = self.target(location, field, base=url)
                         continue
                     if response.status != 200:
                         raise InvalidInput(f"field '{field}': {display(url)} answered HTTP {response.status}",
                                            field=field)
-                    return await _body(response, url, field, max_bytes)
+                    return await _body(response, url, field, max_bytes, budget)
             except _Refused as exc:
                 raise UrlForbidden(f"field '{field}': {display(url)} is not fetched: {exc}", field=field) from None
         raise InvalidInput(f"field '{field}': more than {MAX_REDIRECTS} redirects from {display(url)}", field=field)
 
 
-async def _body(response: httpcore.Response, url: str, field: str, max_bytes: int) -> bytes:
+async def _body(response: httpcore.Response, url: str, field: str, max_bytes: int,
+                budget: ByteBudget | None) -> bytes:
     """The body, refused by content type or size before it all arrives."""
     kind = _header(response.headers, b"content-type").split(";", 1)[0].strip().lower()
     if not kind.startswith("image/") and kind not in _UNLABELLED:
@@ -190,6 +208,8 @@ async def _body(response: httpcore.Response, url: str, field: str, max_bytes: in
         body += chunk
         if len(body) > max_bytes:
             raise _too_large(url, field, max_bytes)
+        if budget is not None:
+            budget.take(len(chunk), field)
     return bytes(body)
 
 
@@ -230,16 +250,18 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
     async def address(self, host: str, port: int) -> str:
         """The address to connect to: every address ``host`` resolves to must be public, unless
         the allow-list names it."""
+        resolve = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().run_in_executor(self.fetcher.resolver, resolve)
         except socket.gaierror as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not self.fetcher.listed(host, port):
             private = [a for a in addresses if not is_public(a)]
-            if private:
-                raise _Refused(f"{host} resolves to {private[0]}, which is not a public address (only public "
-                               "addresses are fetched; CLIP_IMAGE_URL_HOSTS may name a private host)")
+            if private:  # the message keeps internal addresses to the log
+                logger.info("image URL host %s resolves to non-public %s", host, ", ".join(private))
+                raise _Refused(f"{host} resolves to an address that is not public (loopback, private, link-local "
+                               "and metadata addresses are never fetched; CLIP_IMAGE_URL_HOSTS may name a host)")
         return addresses[0]
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,

@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from .fetch import UrlFetcher, parse_hosts
+from .fetch import ByteBudget, UrlFetcher, parse_hosts
 
 if TYPE_CHECKING:
     from .settings import ClipSettings
@@ -44,8 +44,10 @@ class ImageReferences:
                    if settings.allow_image_urls else None)
         return cls(settings.max_image_bytes, fetcher)
 
-    async def read(self, value: Any, field: str) -> bytes:
-        """The image bytes ``value`` stands for; an InputError naming ``field`` when it cannot be read."""
+    async def read(self, value: Any, field: str, budget: ByteBudget | None = None) -> bytes:
+        """The image bytes ``value`` stands for; an InputError naming ``field`` when it cannot be read.
+
+        ``budget``: the bytes left for the URL fetches of the whole request."""
         if not isinstance(value, str):
             raise InvalidInput(f"field '{field}' must be a string: {FORMS}", field=field)
         text = value.strip()
@@ -54,7 +56,7 @@ class ImageReferences:
         if _SCHEME.match(text):
             if self.fetcher is None:
                 raise InvalidInput(f"field '{field}' is a URL, but {URLS_OFF}", field=field)
-            return await self.fetcher.fetch(text, field, self.max_bytes)
+            return await self.fetcher.fetch(text, field, self.max_bytes, budget)
         if len(text) <= INLINE_CHARS:
             return self._decode(text, field)
         return await asyncio.to_thread(self._decode, text, field)

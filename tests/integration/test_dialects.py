@@ -4,6 +4,7 @@ same answers as the multipart forms), OpenAI's /v1/embeddings and /v1/models, an
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import numpy as np
@@ -172,7 +173,8 @@ def test_v1_errors_come_in_openais_shape(client) -> None:
     _openai_error(client.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}),
                   400, None, "not valid JSON")
     _openai_error(client.post("/v1/chat/completions", json={}), 404, None, "POST /v1/embeddings")
-    _openai_error(client.get("/v1/embeddings"), 404, None, "GET /v1/embeddings is not served")
+    wrong_method = _openai_error(client.get("/v1/embeddings"), 405, None, "takes POST")
+    assert wrong_method["code"] == "method_not_allowed"
 
 
 def test_v1_api_key_is_the_sdks_bearer_token(client_with, tiny_tag: str) -> None:
@@ -223,6 +225,10 @@ def test_hostile_base64_is_refused_naming_field_and_reason(client_with, tiny_tag
     _error(client.post("/similarity", json={"image": ["a", "b"], "texts": ["x"]}), 400, "image", "string")
     _error(client.post("/clip/analyze-batch", json={"items": [{"image_path": "/etc/passwd", "text": "x"}]}),
            400, "items", "never read")
+    for top_k in (float("inf"), True, 2.5, "x"):  # JSON Infinity, true, a fraction: not a count
+        bad_k = client.post("/classify", content=json.dumps({"image": b64(IMAGES[0]), "top_k": top_k}),
+                            headers={"content-type": "application/json"})
+        _error(bad_k, 400, "top_k", "integer")
     wrong_type = client.post("/encode_image", content=b"abc", headers={"content-type": "text/plain"})
     assert wrong_type.status_code == 415 and "application/json" in wrong_type.json()["error"]
     not_object = client.post("/encode_image", json=["a"])
@@ -253,11 +259,11 @@ def test_hostile_urls_are_refused_naming_field_and_reason(client_with, tiny_tag:
     public_only = client_with(model_tag=tiny_tag, allow_image_urls=True)
     loopback = f"http://127.0.0.1:{internet.port}/cat.jpg"
     cases = [
-        (public_only, loopback, 403, "not a public address"),
-        (public_only, f"http://localhost:{internet.port}/cat.jpg", 403, "not a public address"),
+        (public_only, loopback, 403, "is not public"),
+        (public_only, f"http://localhost:{internet.port}/cat.jpg", 403, "is not public"),
         (public_only, "http://169.254.169.254/latest/meta-data/", 403, "169.254.169.254"),
         (public_only, "http://10.1.2.3/cat.jpg", 403, "10.1.2.3"),
-        (public_only, "http://intranet.example/cat.jpg", 403, "resolves to 10.1.2.3"),
+        (public_only, "http://intranet.example/cat.jpg", 403, "is not public"),
         (public_only, f"http://images.example/redirect?to={loopback}", 403, "127.0.0.1"),
         (listed, f"http://localhost:{internet.port}/cat.jpg", 403, "CLIP_IMAGE_URL_HOSTS"),
         (listed, internet.url("/endless"), 413, "CLIP_MAX_IMAGE_BYTES"),
@@ -270,3 +276,12 @@ def test_hostile_urls_are_refused_naming_field_and_reason(client_with, tiny_tag:
         _error(client.post("/encode_image", json={"image": url}), status, "image", reason)
         _openai_error(client.post("/v1/embeddings", json={"input": [{"image": url}]}), status, "input[0].image", reason)
     assert public_only.post("/encode_image", json={"image": "http://images.example/cat.jpg"}).status_code == 200
+    hits = sum(internet.hits.values())
+    unpaired = listed.post("/analyze_batch", json={"images": [internet.url("/cat.jpg")] * 2, "texts": ["one"]})
+    assert unpaired.status_code == 400 and "one text per image" in unpaired.json()["error"]
+    assert sum(internet.hits.values()) == hits  # refused before anything was fetched
+    budget = client_with(model_tag=tiny_tag, allow_image_urls=True, image_url_hosts=internet.host,
+                         max_request_bytes=int(len(internet.image) * 2.5))
+    spent = budget.post("/encode_images", json={"images": [internet.url("/cat.jpg")] * 3})
+    assert spent.status_code == 413 and "CLIP_MAX_REQUEST_BYTES" in spent.json()["error"]
+    assert spent.json()["field"] in ("images[1]", "images[2]")  # whichever fetch went over

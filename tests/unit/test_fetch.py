@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import threading
 
 import pytest
 
 from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UrlForbidden
-from clip_runner.fetch import UrlFetcher, display, is_public, parse_hosts
+from clip_runner.fetch import RESOLVER_THREADS, ByteBudget, UrlFetcher, display, is_public, parse_hosts
 from clip_runner.references import INLINE_CHARS, ImageReferences
 from tests.conftest import make_jpeg
 from tests.image_server import IMAGE, ImageServer
@@ -86,7 +88,7 @@ async def test_urls_are_refused_while_off_and_say_how_to_turn_them_on() -> None:
     ("169.254.169.254", False), ("100.100.100.200", False), ("0.0.0.0", False), ("224.0.0.251", False),
     ("255.255.255.255", False), ("fe80::1%eth0", False), ("fd00:ec2::254", False), ("ff02::1", False),
     ("::ffff:127.0.0.1", False), ("::ffff:93.184.216.34", True), ("64:ff9b::a00:1", False),
-    ("2002:7f00:1::", False), ("240.0.0.1", False),
+    ("2002:7f00:1::", False), ("240.0.0.1", False), ("fec0::1", False), ("::127.0.0.1", False),
 ])
 def test_only_global_unicast_addresses_are_public(address: str, public: bool) -> None:
     assert is_public(address) is public
@@ -128,7 +130,7 @@ async def test_an_allow_listed_private_host_is_fetched(image_server: ImageServer
 async def test_non_public_addresses_are_403_and_never_connected(internet: ImageServer, url: str) -> None:
     before = sum(internet.hits.values())
     err = (await _refused(UrlForbidden, url.format(port=internet.port), fetcher=_fetcher()))
-    assert "not a public address" in err.message
+    assert "is not public" in err.message
     assert sum(internet.hits.values()) == before
 
 
@@ -165,3 +167,41 @@ async def test_bad_urls_are_400_before_any_connection(image_server: ImageServer)
                         ("http://u:p@images.example/a.jpg", "credentials"),
                         ("http://no-such-host.invalid/a.jpg", "cannot resolve")):
         assert reason in (await _refused(InvalidInput, url, fetcher=fetcher)).message
+
+
+async def test_odd_urls_are_normalised_or_refused_never_a_crash(image_server: ImageServer) -> None:
+    fetcher = _fetcher(image_server.host)
+    assert "not a valid URL" in (await _refused(InvalidInput, "http://[::1/x", fetcher=fetcher)).message
+    assert "invalid port" in (await _refused(InvalidInput, "http://h:99999/x", fetcher=fetcher)).message
+    # Non-ASCII paths are percent-encoded (the server has no such file: its 404 says so).
+    assert "HTTP 404" in (await _refused(InvalidInput, image_server.url("/café.jpg"), fetcher=fetcher)).message
+    idna = await _refused(UrlForbidden, "http://exämple.com/x", fetcher=fetcher)
+    assert "xn--exmple-cua.com" in idna.message  # the host as it would be resolved
+    broken = image_server.url("/redirect?to=http://[::1/x")
+    assert "not a valid URL" in (await _refused(InvalidInput, broken, fetcher=fetcher)).message
+
+
+async def test_one_requests_fetches_share_one_byte_budget(image_server: ImageServer) -> None:
+    budget = ByteBudget(int(len(IMAGE) * 1.5))
+    references = ImageReferences(1_000_000, _fetcher(image_server.host))
+    url = image_server.url("/cat.jpg")
+    assert await references.read(url, "images[0]", budget) == IMAGE
+    with pytest.raises(PayloadTooLarge, match="CLIP_MAX_REQUEST_BYTES") as caught:
+        await references.read(url, "images[1]", budget)
+    assert caught.value.field == "images[1]"
+
+
+async def test_a_hung_resolver_does_not_hold_the_event_loops_threads(monkeypatch: pytest.MonkeyPatch,
+                                                                     image_server: ImageServer) -> None:
+    release = threading.Event()
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: release.wait(30) and real(host, *a, **k)
+                        if host.endswith(".hung") else real(host, *a, **k))
+    fetcher = _fetcher(timeout_s=0.5)
+    try:
+        for _ in range(RESOLVER_THREADS + 2):  # more hung lookups than the resolver has threads
+            assert "longer than 0.5 s" in (await _refused(InvalidInput, "http://a.hung/x", fetcher=fetcher)).message
+        # The default executor (base64 decoding, JSON parsing) is still free.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), timeout=5) == "free"
+    finally:
+        release.set()
