@@ -238,17 +238,23 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        address = await self.address(host.lower(), port)
-        stream = await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                              socket_options=socket_options)
+        addresses = await self.addresses(host.lower(), port)
+        for address in addresses:  # in the resolver's order (a host's IPv6 may be unreachable from here)
+            try:
+                stream = await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                                      socket_options=socket_options)
+                break
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                if address == addresses[-1]:
+                    raise
         peer = stream.get_extra_info("server_addr")
         if not peer or ipaddress.ip_address(peer[0]) != ipaddress.ip_address(address):  # never expected
             await stream.aclose()
             raise _Refused(f"connected to {peer} instead of the checked {address}")
         return stream
 
-    async def address(self, host: str, port: int) -> str:
-        """The address to connect to: every address ``host`` resolves to must be public, unless
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses to connect to: every address ``host`` resolves to must be public, unless
         the allow-list names it."""
         resolve = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
@@ -262,7 +268,7 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
                 logger.info("image URL host %s resolves to non-public %s", host, ", ".join(private))
                 raise _Refused(f"{host} resolves to an address that is not public (loopback, private, link-local "
                                "and metadata addresses are never fetched; CLIP_IMAGE_URL_HOSTS may name a host)")
-        return addresses[0]
+        return addresses
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Any = None) -> httpcore.AsyncNetworkStream:

@@ -17,7 +17,9 @@ from tests.conftest import make_jpeg
 
 IMAGE = make_jpeg(3)  # what /cat.jpg serves
 PUBLIC = "93.184.216.34"  # a public address; the simulated internet delivers it to the local server
-NAMES = {"images.example": [PUBLIC], "intranet.example": ["10.1.2.3"], "mixed.example": [PUBLIC, "127.0.0.1"]}
+UNREACHABLE = "2606:2800:220:1::1"  # a public address no connection reaches
+NAMES = {"images.example": [PUBLIC], "intranet.example": ["10.1.2.3"], "mixed.example": [PUBLIC, "127.0.0.1"],
+         "dual.example": [UNREACHABLE, PUBLIC]}
 
 
 class ImageServer:
@@ -147,12 +149,15 @@ def simulate_internet(monkeypatch: pytest.MonkeyPatch, image_server: ImageServer
 
     def getaddrinfo(host, port, *args, **kwargs):
         if host in NAMES:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in NAMES[host]]
+            return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                    for a in NAMES[host]]
         return real_resolve(host, port, *args, **kwargs)
 
     async def connect_tcp(self, host, port, **kwargs):
         if host == PUBLIC:
             return _Peer(await real_connect(self, "127.0.0.1", image_server.port, **kwargs), PUBLIC)
+        if host == UNREACHABLE:
+            raise httpcore.ConnectError("network is unreachable")
         return await real_connect(self, host, port, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)

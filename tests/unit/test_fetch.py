@@ -137,6 +137,7 @@ async def test_non_public_addresses_are_403_and_never_connected(internet: ImageS
 async def test_a_public_host_is_fetched_and_its_redirect_inward_is_403(internet: ImageServer) -> None:
     fetcher = _fetcher()
     assert await _read("http://images.example/cat.jpg", fetcher=fetcher) == IMAGE
+    assert await _read("http://dual.example/cat.jpg", fetcher=fetcher) == IMAGE  # its first address is down
     inward = f"http://127.0.0.1:{internet.port}/cat.jpg"
     err = (await _refused(UrlForbidden, f"http://images.example/redirect?to={inward}", fetcher=fetcher))
     assert "127.0.0.1" in err.message and internet.hits["/redirect"] >= 1
