@@ -375,7 +375,7 @@ class ClipAPI:
         if not self.batcher.alive:
             return 503, {"status": "unavailable", "error": "the model thread has stopped; restart the server"}
         body = {"status": "healthy", **self.model.info(), "threshold": self.threshold.value,
-                "threshold_source": self.threshold.source,
+                "threshold_source": self.threshold.source, "image_urls": self.references.url_policy,
                 "batching": {"max_batch_size": self.max_batch, "workers": self.settings.workers,
                              "decode_threads": self.decode_threads}}
         return 200, body

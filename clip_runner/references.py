@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from .fetch import ByteBudget, UrlFetcher, parse_hosts
 if TYPE_CHECKING:
     from .settings import ClipSettings
 
+logger = logging.getLogger(__name__)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]{0,15}://", re.IGNORECASE)
 _UNLABELLED = frozenset({"", "application/octet-stream"})
 FORMS = "base64 image bytes, a data:image/...;base64, URI or an http(s) URL"
@@ -39,10 +41,23 @@ class ImageReferences:
 
     @classmethod
     def from_settings(cls, settings: ClipSettings) -> ImageReferences:
-        """``CLIP_MAX_IMAGE_BYTES``; a fetcher only with ``CLIP_ALLOW_IMAGE_URLS`` on."""
-        fetcher = (UrlFetcher(parse_hosts(settings.image_url_hosts), settings.image_url_timeout)
-                   if settings.allow_image_urls else None)
-        return cls(settings.max_image_bytes, fetcher)
+        """``CLIP_MAX_IMAGE_BYTES``; a fetcher only with ``CLIP_ALLOW_IMAGE_URLS`` on (the log says which)."""
+        hosts = parse_hosts(settings.image_url_hosts)
+        if not settings.allow_image_urls:
+            if hosts:
+                logger.warning("CLIP_IMAGE_URL_HOSTS is set but CLIP_ALLOW_IMAGE_URLS is not: image URLs are refused")
+            return cls(settings.max_image_bytes)
+        references = cls(settings.max_image_bytes, UrlFetcher(hosts, settings.image_url_timeout))
+        logger.info("image URLs are fetched from %s (timeout %g s)", references.url_policy, settings.image_url_timeout)
+        return references
+
+    @property
+    def url_policy(self) -> str:
+        """``off``, ``public addresses only``, or the allow-listed hosts (``/health`` and the log show it)."""
+        if self.fetcher is None:
+            return "off"
+        hosts = sorted(f"{host}:{port}" if port else host for host, port in self.fetcher.hosts or ())
+        return ", ".join(hosts) or "public addresses only"
 
     async def read(self, value: Any, field: str, budget: ByteBudget | None = None) -> bytes:
         """The image bytes ``value`` stands for; an InputError naming ``field`` when it cannot be read.

@@ -240,6 +240,8 @@ def test_hostile_base64_is_refused_naming_field_and_reason(client_with, tiny_tag
 
 def test_image_urls_give_the_same_answer_as_uploads(client_with, tiny_tag: str, image_server: ImageServer) -> None:
     client = client_with(model_tag=tiny_tag, allow_image_urls=True, image_url_hosts=image_server.host)
+    assert client.get("/health").json()["image_urls"] == image_server.host
+    assert client_with(model_tag=tiny_tag).get("/health").json()["image_urls"] == "off"
     upload = client.post("/encode_image", files={"image": ("a.jpg", image_server.image, "image/jpeg")}).json()
     url = image_server.url("/cat.jpg")
     assert_same(client.post("/encode_image", json={"image": url}).json(), upload)
