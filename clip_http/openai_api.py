@@ -29,19 +29,10 @@ TOKEN_IDS = ("token ids are not accepted (they are another model's tokens): send
              "OpenAIEmbeddings sends token ids unless given check_embedding_ctx_length=False")
 
 
-def model_names(api: ClipAPI) -> list[str]:
-    """The served model's id (its store name), then every alias a request may name it by."""
-    entry = api.model.encoder.entry
-    arch, pretrained, parent = (entry.labels.get(k) for k in ("arch", "pretrained", "parent"))
-    names = [entry.tag.split(":")[0], entry.tag, parent, parent and parent.split(":")[0], arch,
-             arch and pretrained and f"{arch}/{pretrained}", "clip"]
-    return list(dict.fromkeys(name for name in names if name))
-
-
 def served_model(api: ClipAPI, requested: Any) -> str:
     """The served model's id when ``requested`` names it (or is absent); 404 otherwise."""
-    names = model_names(api)
-    if requested is None or (isinstance(requested, str) and requested.lower() in {n.lower() for n in names}):
+    names = api.model.names
+    if requested is None or (isinstance(requested, str) and any(requested.lower() == n.lower() for n in names)):
         return names[0]
     raise ModelNotFound(f"model {requested!r} is not served here; this server serves {names[0]!r} "
                         f"(also named {', '.join(map(repr, names[1:]))})", field="model")
@@ -135,9 +126,9 @@ async def embeddings(request: Request) -> JSONResponse:
 
 
 def _model_card(api: ClipAPI) -> dict[str, Any]:
-    names, entry = model_names(api), api.model.encoder.entry
+    names, entry = api.model.names, api.model.encoder.entry
     return {"id": names[0], "object": "model", "created": int(entry.path.stat().st_mtime),
-            "owned_by": "clip-service", "aliases": names[1:], "embedding_size": api.embedding_size,
+            "owned_by": "clip-service", "aliases": list(names[1:]), "embedding_size": api.embedding_size,
             "image_size": entry.metadata.get("image_size"), "context_length": entry.metadata.get("context_length"),
             "modalities": ["text", "image"]}
 

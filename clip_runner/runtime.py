@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import functools
 import json
 import logging
 import subprocess
@@ -94,6 +95,16 @@ class ServedModel:
         logger.info("serving %s (%s) on %s: %s at %s", encoder.entry.tag, resolution.reason, facts["device_name"],
                     facts["runtime"], facts["precision"])
         return cls(resolution, encoder, threads, choice)
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        """The served model's id (its store name), then every alias a request may name it by: the
+        full tag, a compiled entry's parent, the open_clip name (and with its pretrained tag), ``clip``."""
+        entry = self.encoder.entry
+        arch, pretrained, parent = (entry.labels.get(k) for k in ("arch", "pretrained", "parent"))
+        names = [entry.tag.split(":")[0], entry.tag, parent, parent and parent.split(":")[0], arch,
+                 arch and pretrained and f"{arch}/{pretrained}", "clip"]
+        return tuple(dict.fromkeys(name for name in names if name))
 
     def info(self) -> dict[str, Any]:
         """What is served, where, why and how: the body of ``/health`` (less the live fields)."""
