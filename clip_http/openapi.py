@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-IMAGE_TEXT = ("base64 image bytes, a data:image/...;base64, URI, or an http(s) URL when the server "
-              "allows image URLs (CLIP_ALLOW_IMAGE_URLS)")
+from clip_runner.references import FORMS
+
+IMAGE_TEXT = f"{FORMS} (URLs when the server allows them: CLIP_ALLOW_IMAGE_URLS)"
 
 # A route's fields: name → kind; a kind ending in "?" is optional.
 _JSON_SCHEMAS: dict[str, dict[str, Any]] = {

@@ -52,7 +52,7 @@ MAX_CONNECTIONS = 64  # per worker; further fetches wait for a free connection (
 RESOLVER_THREADS = 8  # per worker: name lookups in flight at once (a hung one holds a thread until it ends)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_UNLABELLED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_UNLABELLED = frozenset({"", "application/octet-stream", "binary/octet-stream"})  # S3 labels unknown bytes binary/
 _HEADERS = [(b"Accept", b"image/*"), (b"Accept-Encoding", b"identity"), (b"User-Agent", b"clip-service")]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -68,6 +68,12 @@ def is_public(address: str) -> bool:
     site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10: global in 3.11
     return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local
                                  or ip.is_reserved or ip.is_unspecified or site_local)
+
+
+def is_image_type(media_type: str) -> bool:
+    """Whether a media type (a header's or a ``data:`` URI's) may carry an image: ``image/*``, or unlabelled bytes."""
+    kind = media_type.split(";", 1)[0].strip().lower()
+    return kind.startswith("image/") or kind in _UNLABELLED
 
 
 def parse_hosts(entries: str | None) -> frozenset[tuple[str, int | None]] | None:
@@ -197,9 +203,10 @@ class UrlFetcher:
 async def _body(response: httpcore.Response, url: str, field: str, max_bytes: int,
                 budget: ByteBudget | None) -> bytes:
     """The body, refused by content type or size before it all arrives."""
-    kind = _header(response.headers, b"content-type").split(";", 1)[0].strip().lower()
-    if not kind.startswith("image/") and kind not in _UNLABELLED:
-        raise UnsupportedMediaType(f"field '{field}': {display(url)} is {kind}, not an image", field=field)
+    kind = _header(response.headers, b"content-type")
+    if not is_image_type(kind):
+        raise UnsupportedMediaType(f"field '{field}': {display(url)} is {kind.split(';')[0].strip()}, not an image",
+                                   field=field)
     declared = _header(response.headers, b"content-length")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(url, field, max_bytes)

@@ -18,14 +18,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from .fetch import ByteBudget, UrlFetcher, parse_hosts
+from .fetch import ByteBudget, UrlFetcher, is_image_type, parse_hosts
 
 if TYPE_CHECKING:
     from .settings import ClipSettings
 
 logger = logging.getLogger(__name__)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]{0,15}://", re.IGNORECASE)
-_UNLABELLED = frozenset({"", "application/octet-stream"})
 FORMS = "base64 image bytes, a data:image/...;base64, URI or an http(s) URL"
 INLINE_CHARS = 1 << 16  # larger base64 is decoded in a thread: 10 MB takes ~50 ms, too long for the event loop
 URLS_OFF = ("image URLs are off on this server: send the image as base64, or start the server with "
@@ -84,7 +83,7 @@ class ImageReferences:
         params = [p.strip().lower() for p in header.split(";")]
         if not comma:
             raise InvalidInput(f"field '{field}': a data: URI needs a comma before its data", field=field)
-        if not params[0].startswith("image/") and params[0] not in _UNLABELLED:
+        if not is_image_type(params[0]):
             raise UnsupportedMediaType(f"field '{field}': the data: URI is {params[0]}, not an image", field=field)
         if "base64" not in params[1:]:
             raise InvalidInput(f"field '{field}': the data: URI must be base64 (data:image/png;base64,...)",
