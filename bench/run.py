@@ -364,8 +364,7 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag})
     threads = _threads()  # what the process holding the model uses
     encoder, _ = load_encoder(tag, settings, threads)
-    facts = encoder.describe()
-    precision = facts["precision"] if facts["runtime"] == "torch" else f"{facts['runtime']} {facts['precision']}"
+    precision = _served_as(encoder)
     # The service runs each batch on the micro-batcher's model thread; do the same: the main
     # thread's OpenMP team can be much slower on a busy machine.
     with ThreadPoolExecutor(1) as pool:
@@ -870,6 +869,12 @@ def _threads() -> int:
     return get_settings().num_threads or cpu_share(1)
 
 
+def _served_as(encoder: Any) -> str:
+    """How an encoder computes, as reports name it: ``fp32`` (torch) or ``openvino int8`` (compiled)."""
+    facts = encoder.describe()
+    return facts["precision"] if facts["runtime"] == "torch" else f"{facts['runtime']} {facts['precision']}"
+
+
 def _prepare_compiled(tag: str, device: str) -> str:
     """Compile every precision, and let the service's choice be timed, before (a) and any server:
     a server's start-up and memory should be a served model's, not a first start's compile."""
@@ -880,8 +885,7 @@ def _prepare_compiled(tag: str, device: str) -> str:
     compile_all(tag, compiled_precisions())
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag, "runtime": "auto"})
     encoder, choice = load_encoder(tag, settings, _threads())
-    facts = encoder.describe()
-    served = facts["precision"] if facts["runtime"] == "torch" else f"{facts['runtime']} {facts['precision']}"
+    served = _served_as(encoder)
     print(f"the service serves {served}: {choice.reason}", flush=True)
     return served
 
