@@ -1,8 +1,8 @@
 """Untrusted upload bytes → validated 8-bit RGB → the model's input pixels.
 
 :func:`decode_image` is the only way request bytes become pixels. It enforces the byte limit
-before touching the data, identifies the format from the bytes alone (URLs are never fetched
-and paths never opened), checks the pixel count from the header before any pixel is decoded,
+before touching the data, identifies the format from the bytes alone (an upload's bytes are never
+taken for a URL or a path), checks the pixel count from the header before any pixel is decoded,
 decodes eagerly so a lazy error cannot surface later, and normalises every mode Pillow can
 produce to plain RGB. Every failure is a typed :class:`~clip_runner.errors.InputError` whose
 message names the field and the rule; Pillow's own exceptions never escape.
@@ -59,6 +59,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 # Sizes of the BMP info headers; "BM" alone is too weak a signature (any text may start so).
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
+# Text standing for an image is read from a JSON body or a form text field, not from a file's bytes.
+_AS_TEXT = ", or send it as text (a JSON body or a form text field)"
 _URL = re.compile(rb"[a-z][a-z0-9+.\-]{1,15}://", re.IGNORECASE)
 _PATH = re.compile(rb"(?:~?/|\.\.?/|[a-z]:[\\/]|\\\\)[^\r\n]*", re.IGNORECASE)
 _BASE64 = re.compile(rb"[A-Za-z0-9+/_\-]{64,}={0,2}")
@@ -191,10 +193,10 @@ def _describe(data: bytes) -> str:
     head = data[:1024].removeprefix(b"\xef\xbb\xbf").strip()
     lower = head.lower()
     if lower.startswith(b"data:"):
-        return "upload looks like a data: URI; upload the decoded image bytes instead"
+        return f"upload looks like a data: URI; upload the decoded image bytes instead{_AS_TEXT}"
     if _URL.match(head) and len(head.splitlines()) == 1:
-        return ("upload looks like a URL; upload the image bytes instead "
-                "(URLs are not fetched)")
+        return ("upload looks like a URL; upload the image bytes instead, or send the URL as text "
+                "(a JSON body or a form text field: fetched only with CLIP_ALLOW_IMAGE_URLS=true)")
     if _PATH.fullmatch(head) and len(data) < 4096 and _is_text(head):
         return ("upload looks like a file path; upload the image bytes instead "
                 "(paths are not opened)")
@@ -207,7 +209,7 @@ def _describe(data: bytes) -> str:
     if lower[:1] in (b"{", b"[") and _is_text(head):
         return "upload looks like JSON, not an image"
     if _BASE64.fullmatch(re.sub(rb"[\r\n]+", b"", head)):
-        return "upload looks like base64 text; upload the raw image bytes instead"
+        return f"upload looks like base64 text; upload the raw image bytes instead{_AS_TEXT}"
     if _is_text(head):
         return "upload looks like text, not an image"
     return "upload is not a recognised image"
