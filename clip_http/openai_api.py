@@ -147,11 +147,12 @@ async def model(request: Request, model_id: str) -> dict[str, Any]:
 
 async def not_served(request: Request) -> None:
     """Any other ``/v1`` path or method: a 404 (or 405) in OpenAI's shape, naming what is served."""
-    served = {"/v1/embeddings": "POST", "/v1/models": "GET"}.get(request.url.path.rstrip("/"))
+    methods = {path: method for method, path, _, _ in ROUTES}
+    served = methods.get(request.url.path.rstrip("/"))
     if served:
         raise HTTPException(405, f"{request.url.path} takes {served}, not {request.method}", {"Allow": served})
-    raise HTTPException(404, f"{request.method} {request.url.path} is not served here; this server serves "
-                             "POST /v1/embeddings, GET /v1/models and GET /v1/models/{id}")
+    listed = ", ".join(f"{method} {path.replace('{model_id:path}', '{id}')}" for path, method in methods.items())
+    raise HTTPException(404, f"{request.method} {request.url.path} is not served here; this server serves {listed}")
 
 
 ROUTES: tuple[tuple[str, str, Callable[..., Any], dict[str, Any] | None], ...] = (
