@@ -22,6 +22,7 @@ serve: $(STAMP)
 	$(BIN)/bentoml serve service:ClipService --port $(PORT)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
@@ -29,6 +30,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # A ViT-B-32 with random weights: the real compute cost, for benchmarks.
 register-bench: $(STAMP)

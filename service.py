@@ -1,15 +1,14 @@
 """The BentoML service: each worker loads the model and serves ``clip_http.app``'s routes.
 
-A request is a straight line: HTTP → the routes (``clip_http.app``, behind the guards of
-``clip_http.middleware``) → ``clip_runner.api`` (checks, decode in a thread pool) → the
-in-process micro-batcher (``clip_runner.batcher``) → the model (``clip_runner.encoder``) →
-scores → JSON.
+A request is a straight line: HTTP → the routes (``clip_http``, behind the guards of
+``clip_http.middleware``) → ``clip_runner.serving`` (checks, pre in a thread pool) → the
+in-process micro-batcher → the encoder's core (``clip_runner.runtimes``) → post, scores → JSON.
 
 ``bentoml serve`` imports this module in its supervisor process too, which only needs the
 service's configuration: nothing here loads torch, open_clip or the model code. The worker
-loads them in :class:`ClipService`'s constructor. A configuration that cannot serve (unknown
-model, missing entry, no GPU for ``CLIP_DEVICE=cuda``) stops the whole server with a non-zero
-exit and one error, instead of a worker restarting forever.
+starts the model (``clip_runner.startup``) in :class:`ClipService`'s constructor. A
+configuration that cannot serve (unknown model, missing entry, no GPU for ``CLIP_DEVICE=cuda``)
+stops the whole server with a non-zero exit and one error, instead of a worker restarting forever.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import Any
 import bentoml
 
 from clip_http.app import create_app
+from clip_runner.hardware import serves_on_cpu
 from clip_runner.settings import ClipSettings, get_settings
 
 logger = logging.getLogger("clip_service")
@@ -113,13 +113,12 @@ class ClipService:
         model_ref = _pinned_model(MODEL_TAG)
 
     def __init__(self) -> None:
-        for name in ("clip_service", "clip_runner", "models"):  # BentoML leaves the root at WARNING
-            logging.getLogger(name).setLevel(settings.log_level)
+        _quiet_third_party_logs(settings.log_level)
         _skip_triton_on_cpu(settings.device)
-        from clip_runner.api import ClipAPI  # torch and open_clip: in the worker only
+        from clip_runner.startup import serve  # supervisor/worker split: the model code loads in the worker only
 
         try:
-            app.state.api = ClipAPI.load(served_settings(settings))
+            app.state.api = serve(served_settings(settings))
         except Exception as exc:
             _cannot_serve(exc)
 
@@ -131,6 +130,13 @@ class ClipService:
             api.close()
 
 
+def _quiet_third_party_logs(level: str) -> None:
+    """Our loggers at ``CLIP_LOG_LEVEL``; the root logger (open_clip's ``logging.info`` chatter) at WARNING."""
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("clip_service", "clip_runner", "models"):
+        logging.getLogger(name).setLevel(level)
+
+
 def _skip_triton_on_cpu(device: str) -> None:
     """On a CPU, keep torch from loading triton (a GPU kernel compiler) it will never use.
 
@@ -138,8 +144,6 @@ def _skip_triton_on_cpu(device: str) -> None:
     only to see whether it is there: 100 MB of resident library in a worker that serves on CPU.
     Without it, torch takes its CPU paths as it would on a machine without triton.
     """
-    from clip_runner.hardware import serves_on_cpu  # reads the device nodes: no torch on a CPU machine
-
     if "triton" not in sys.modules and serves_on_cpu(device):
         sys.modules["triton"] = None  # type: ignore[assignment]  # import triton → ImportError
 

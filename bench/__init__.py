@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from clip_runner.demo_data import photo_like
+from clip_runner.synthetic_images import photo_like
 
 #: Upload sizes the load tests use, as (width, height): a thumbnail, a typical web photo and a
 #: phone camera photo.
@@ -23,7 +23,7 @@ def photo_jpeg(seed: int, size: tuple[int, int], quality: int = 90) -> bytes:
     """A JPEG of ``size`` (width, height) that compresses and decodes like a photo.
 
     Pure noise would be far larger and slower to decode than a real photo, and a flat image far
-    smaller; :func:`clip_runner.demo_data.photo_like` lands at roughly 0.2 bytes per pixel at
+    smaller; :func:`clip_runner.synthetic_images.photo_like` lands at roughly 0.2 bytes per pixel at
     quality 90, like a camera JPEG.
     """
     buf = io.BytesIO()

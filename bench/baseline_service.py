@@ -26,8 +26,7 @@ import bentoml
 import numpy as np
 from PIL.Image import Image
 
-from clip_runner.device import configure_threads, pick_device, resolve_precision
-from clip_runner.encoder import inference
+from clip_runner.runtimes.torch_encoder import configure_threads, inference, pick_device, resolve_precision
 from clip_runner.settings import get_settings
 
 if TYPE_CHECKING:
@@ -46,12 +45,12 @@ OPENAI_HEAD_WIDTH = 64  # open_clip's default attention head width for ViTs
 def architecture(tag: str | None) -> tuple[dict[str, Any], int]:
     """The open_clip model config and input size to mirror: the store entry's, else ViT-B-32's."""
     if tag:
-        from clip_runner.store import open_entry
+        from clip_runner.store.entries import open_entry
 
         entry = open_entry(tag)
         size = entry.preprocess_cfg.get("size") or entry.model_cfg["vision_cfg"]["image_size"]
         return entry.model_cfg, int(size if isinstance(size, int) else size[0])
-    from clip_runner.registry import model_config
+    from clip_runner.store.registration import model_config
 
     cfg = model_config(DEFAULT_ARCH)
     return cfg, int(cfg["vision_cfg"]["image_size"])

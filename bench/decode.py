@@ -1,7 +1,7 @@
 """Fast decode benchmark: a 12 MP JPEG through our decode+preprocess vs open_clip's reference.
 
     python -m bench.decode [--model-tag TAG] [--repeats 9]
-    python -m bench.decode --model-tag "$(python -c 'from clip_runner.demo import register_demo as r; print(r())')"
+    python -m bench.decode --model-tag "$(python -c 'from clip_runner.store import registration as r; print(r.register_demo())')"
 
 Reference: ``PIL.Image.open`` + full decode + open_clip's own eval transform (resize, crop,
 to-tensor, normalise). Ours: :class:`~clip_runner.preprocess.UploadPreparer`, the service's
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from bench import PHOTO_SIZES, photo_jpeg
-from clip_runner.encoder import normalize
-from clip_runner.images import UploadPreparer
+from clip_runner.preprocessing.images import UploadPreparer
+from clip_runner.runtimes.torch_encoder import normalize
 from clip_runner.settings import ClipSettings
 
 
@@ -63,8 +63,8 @@ def measure(model_tag: str | None = None, repeats: int = 9) -> dict[str, Any]:
 def _measure(model_tag: str | None, repeats: int) -> dict[str, Any]:
     import open_clip
 
-    from clip_runner.loading import load_entry
-    from clip_runner.registry import register_random
+    from clip_runner.store.registration import register_random
+    from clip_runner.store.weights import load_entry
 
     loaded = load_entry(model_tag or register_random("ViT-B-32"), torch.device("cpu"))
     _, _, reference_tf = open_clip.create_model_and_transforms(loaded.entry.local_dir_name, device="cpu")

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.run import SERIES, dig
 from bench.server import ROOT
-from clip_runner.compiled import Parity
+from clip_runner.store.entries import Parity
 
 REPORT = ROOT / "docs" / "bench" / "bench.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md")

@@ -307,7 +307,7 @@ GOALS = (
 
 def _parity(report: dict[str, Any], row: str, figure: str) -> float | None:
     """``figure`` (a :class:`~clip_runner.compiled.Parity` property) of a runtimes row's parity."""
-    from clip_runner.compiled import Parity
+    from clip_runner.store.entries import Parity
 
     parity = dig(report, "runtimes", "rows", row, "parity")
     return None if not parity else getattr(Parity(**parity), figure)
@@ -358,12 +358,12 @@ def measure_limit(tag: str, device: str, batch_sizes: Sequence[int], seconds: fl
     """Batched encode throughput of the encoder the service serves (runtime and precision as its
     settings pick them) on preprocessed uint8 pixels; with ``photos``, also decode + encode of
     those JPEGs in process (see :func:`_pipeline_throughput`)."""
-    from clip_runner.runtime import load_encoder
+    from clip_runner.runtimes.choice import choose_runtime
     from clip_runner.settings import get_settings
 
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag})
     threads = _threads()  # what the process holding the model uses
-    encoder, _ = load_encoder(tag, settings, threads)
+    encoder, _ = choose_runtime(tag, settings, threads)
     precision = _served_as(encoder)
     # The service runs each batch on the micro-batcher's model thread; do the same: the main
     # thread's OpenMP team can be much slower on a busy machine.
@@ -394,7 +394,7 @@ def _pipeline_throughput(encoder: Any, photos: Sequence[bytes], settings: ClipSe
     """
     import numpy as np
 
-    from clip_runner.images import UploadPreparer
+    from clip_runner.preprocessing.images import UploadPreparer
 
     prepare = UploadPreparer.from_settings(encoder.entry.preprocess_cfg, settings)
     batch, threads = settings.max_batch, settings.decode_thread_count
@@ -545,8 +545,8 @@ def resolve_tag(requested: str | None) -> str:
     tag = requested or os.environ.get("CLIP_MODEL_TAG")
     if tag:
         return tag
-    from clip_runner.registry import RANDOM_INIT, register_random
-    from clip_runner.store import latest_tag, store_name
+    from clip_runner.store.entries import latest_tag, store_name
+    from clip_runner.store.registration import RANDOM_INIT, register_random
 
     existing = latest_tag(store_name(DEFAULT_ARCH, RANDOM_INIT))
     if existing:
@@ -598,7 +598,7 @@ def gpu_workers(device: str) -> dict[str, str]:
 
 def served_precision(device: str) -> str:
     """What (b) computes in on ``device`` under this shell's ``CLIP_PRECISION``."""
-    from clip_runner.device import pick_device, resolve_precision
+    from clip_runner.runtimes.torch_encoder import pick_device, resolve_precision
     from clip_runner.settings import get_settings
 
     return resolve_precision(pick_device(device), get_settings().precision).name
@@ -610,7 +610,7 @@ def environment(tag: str, opts: Options) -> dict[str, Any]:
 
     from clip_runner.hardware import cpu_name
     from clip_runner.settings import available_cpus
-    from clip_runner.store import open_entry
+    from clip_runner.store.entries import open_entry
 
     entry = open_entry(tag)
     gpu = torch.cuda.get_device_name(0) if opts.device.startswith("cuda") and torch.cuda.is_available() else None
@@ -879,12 +879,12 @@ def _prepare_compiled(tag: str, device: str) -> str:
     """Compile every precision, and let the service's choice be timed, before (a) and any server:
     a server's start-up and memory should be a served model's, not a first start's compile."""
     from bench.runtimes import compile_all, compiled_precisions
-    from clip_runner.runtime import load_encoder
+    from clip_runner.runtimes.choice import choose_runtime
     from clip_runner.settings import get_settings
 
     compile_all(tag, compiled_precisions())
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag, "runtime": "auto"})
-    encoder, choice = load_encoder(tag, settings, _threads())
+    encoder, choice = choose_runtime(tag, settings, _threads())
     served = _served_as(encoder)
     print(f"the service serves {served}: {choice.reason}", flush=True)
     return served

@@ -28,8 +28,8 @@ TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car
 
 def compile_all(tag: str, precisions: tuple[str, ...]) -> dict[str, str]:
     """Each precision's compiled entry of ``tag``: from the store, else compiled now."""
-    from clip_runner.compiled import find_compiled
-    from clip_runner.compiler import compile_entry
+    from clip_runner.compile.openvino_compiler import compile_entry
+    from clip_runner.store.entries import find_compiled
 
     tags = {}
     for precision in precisions:
@@ -49,22 +49,22 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
     """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8."""
     import torch
 
-    from clip_runner.compiled import CompiledEncoder
-    from clip_runner.encoder import BatchEncoder
     from clip_runner.hardware import cpu_has_native_bf16
-    from clip_runner.loading import load_entry
-    from clip_runner.store import open_entry
+    from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
+    from clip_runner.runtimes.torch_encoder import TorchEncoder
+    from clip_runner.store.entries import open_entry
+    from clip_runner.store.weights import load_entry
 
     compiled = compile_all(tag, compiled_precisions())
     rows: dict[str, Any] = {}
     for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
         loaded = load_entry(tag, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32)
-        rows[f"torch {precision}"] = _throughput(BatchEncoder(loaded, precision), batch, seconds)
+        rows[f"torch {precision}"] = _throughput(TorchEncoder(loaded, precision), batch, seconds)
         del loaded
         gc.collect()
     for precision, compiled_tag in compiled.items():
         entry = open_entry(compiled_tag)
-        rows[f"openvino {precision}"] = {**_throughput(CompiledEncoder(entry, threads), batch, seconds),
+        rows[f"openvino {precision}"] = {**_throughput(OpenVINOEncoder(entry, threads), batch, seconds),
                                          "parity": entry.metadata.get("parity"), "tag": compiled_tag}
         gc.collect()
     if importlib.util.find_spec("onnxruntime") is not None:
@@ -73,9 +73,7 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
 
 
 def _throughput(encoder: Any, batch: int, seconds: float) -> dict[str, float]:
-    size = encoder.entry.preprocess_cfg.get("size", 224)
-    h, w = (size, size) if isinstance(size, int) else size
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, *encoder.entry.input_size, 3), dtype=np.uint8)
     texts = TEXTS[:batch]
     out = {}
     for name, call in (("images_per_s", lambda: encoder.encode_pixels(pixels)),
@@ -93,16 +91,17 @@ def demo_accuracy(count: int = 1000) -> dict[str, Any]:
     """The demo model's zero-shot top-1 and mismatch F1: torch fp32 against its int8 compile."""
     import torch
 
-    from clip_runner.compiled import CompiledEncoder
-    from clip_runner.demo import evaluate, register_demo
-    from clip_runner.encoder import BatchEncoder
-    from clip_runner.loading import load_entry
-    from clip_runner.store import open_entry
+    from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
+    from clip_runner.runtimes.torch_encoder import TorchEncoder
+    from clip_runner.store.entries import open_entry
+    from clip_runner.store.registration import register_demo
+    from clip_runner.store.weights import load_entry
+    from clip_runner.training.demo import evaluate
 
     tag = register_demo()
     int8 = open_entry(compile_all(tag, ("int8",))["int8"])
-    reference = evaluate(BatchEncoder(load_entry(tag, torch.device("cpu")), "fp32"), count)
-    quantized = evaluate(CompiledEncoder(int8, torch.get_num_threads()), count)
+    reference = evaluate(TorchEncoder(load_entry(tag, torch.device("cpu")), "fp32"), count)
+    quantized = evaluate(OpenVINOEncoder(int8, torch.get_num_threads()), count)
     return {"images": count, "torch_fp32": reference.to_json(), "openvino_int8": quantized.to_json(),
             "parity": int8.metadata.get("parity"),
             "top1_drop_points": round(100 * (reference.zero_shot_top1 - quantized.zero_shot_top1), 2),
@@ -133,7 +132,8 @@ class OnnxEncoder:
     def __init__(self, entry: Any, image: Path, text: Path, threads: int, precision: str) -> None:
         import onnxruntime as ort
 
-        from clip_runner.tokenizer import TOKENIZER_FILE, ClipTokenizer
+        from clip_runner.preprocessing.clip_tokenizer import ClipTokenizer
+        from clip_runner.store.entries import TOKENIZER_FILE
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -143,14 +143,14 @@ class OnnxEncoder:
         self.tokenizer = ClipTokenizer(image.parent / TOKENIZER_FILE, int(entry.metadata.get("context_length", 77)))
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        from clip_runner.encoder import unit_rows
+        from clip_runner.runtimes.encoder import unit_rows
 
-        return unit_rows(self._image.run(None, {"pixels": pixels})[0], len(pixels))
+        return unit_rows(self._image.run(None, {"pixels": pixels})[0])
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        from clip_runner.encoder import unit_rows
+        from clip_runner.runtimes.encoder import unit_rows
 
-        return unit_rows(self._text.run(None, {"tokens": self.tokenizer(texts)})[0], len(texts))
+        return unit_rows(self._text.run(None, {"tokens": self.tokenizer(texts)})[0])
 
     def describe(self) -> dict[str, str]:
         return {"runtime": "onnxruntime", "precision": self.precision}
@@ -161,17 +161,16 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from clip_runner.compiled import Parity
-    from clip_runner.compiler import ImageTower, TextTower, parity_set
-    from clip_runner.encoder import BatchEncoder
-    from clip_runner.images import PixelPipeline
-    from clip_runner.loading import load_entry
-    from clip_runner.tokenizer import write_tokenizer
+    from clip_runner.compile.openvino_compiler import ImageTower, TextTower, parity_set, write_tokenizer
+    from clip_runner.preprocessing.images import PixelPipeline
+    from clip_runner.runtimes.torch_encoder import TorchEncoder
+    from clip_runner.store.entries import Parity
+    from clip_runner.store.weights import load_entry
 
     loaded = load_entry(tag, torch.device("cpu"))
     pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
     pixels, texts = parity_set(pipeline)
-    reference = BatchEncoder(loaded, "fp32")
+    reference = TorchEncoder(loaded, "fp32")
     expected = (reference.encode_pixels(pixels), reference.encode_texts(texts))
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clip-onnx-") as tmp:

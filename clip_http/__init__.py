@@ -1,1 +1,3 @@
-"""HTTP-only helpers for the public service (ASGI middleware); the model side is clip_runner."""
+"""The HTTP side: the app (:mod:`.app`), its guards (:mod:`.middleware`), the native routes and the
+OpenAI dialect over shared helpers (:mod:`.common`), request schemas (:mod:`.schemas`), and the
+in-process app (:mod:`.local`). It reaches ``clip_runner`` only through its serving surface."""

@@ -65,7 +65,23 @@ class ModelNotAvailable(RuntimeError):
     """
 
 
+class RuntimeMissing(ModelNotAvailable):
+    """The compiled runtime (OpenVINO) or its quantization tool (NNCF) is not installed."""
+
+
+class CompileRefused(ModelNotAvailable):
+    """A compile whose result would not be served: parity under the bar, or no calibration data."""
+
+
 class Overloaded(RuntimeError):
     """The model's queue is full or it is shutting down: answer 503 with ``Retry-After``."""
 
     status = 503
+
+
+class PairDataError(RuntimeError):
+    """The CSV cannot be read or holds too few usable pairs; the message says why."""
+
+
+class FinetuneError(RuntimeError):
+    """Fine-tuning cannot start or go on; the message says why and what to do."""

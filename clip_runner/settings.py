@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .hardware import serves_on_cpu
 
 DEFAULT_MODEL_NAME = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -78,7 +81,7 @@ class ClipSettings(BaseSettings):
         64, ge=1, description="Requests in flight per public worker; the excess gets 429 + Retry-After."
     )
 
-    # Image URLs in JSON bodies and /v1/embeddings (clip_runner.fetch): off unless enabled.
+    # Image URLs in JSON bodies and /v1/embeddings (clip_runner.serving.fetch): off unless enabled.
     allow_image_urls: bool = Field(False, description="Fetch images given as http(s) URLs (public addresses only).")
     image_url_hosts: str | None = Field(
         None, description="Comma-separated host[:port] allow-list for image URLs; when set, only these "
@@ -103,8 +106,6 @@ class ClipSettings(BaseSettings):
     @field_validator("image_url_hosts")
     @classmethod
     def _check_hosts(cls, value: str | None) -> str | None:
-        from .fetch import parse_hosts
-
         parse_hosts(value)  # a malformed entry stops the server at start, not at the first fetch
         return value
 
@@ -124,8 +125,6 @@ class ClipSettings(BaseSettings):
         """
         if self.batch_size is not None:
             return self.batch_size
-        from .hardware import serves_on_cpu  # asks torch only where an NVIDIA driver is present
-
         return CPU_BATCH_SIZE if serves_on_cpu(self.device) else CUDA_BATCH_SIZE
 
     @property
@@ -137,6 +136,25 @@ class ClipSettings(BaseSettings):
         free for decoding, which is what bounds end-to-end images/s there.
         """
         return self.decode_threads or max(4, 2 * cpu_share(self.workers))
+
+
+def parse_hosts(entries: str | None) -> frozenset[tuple[str, int | None]] | None:
+    """``CLIP_IMAGE_URL_HOSTS`` (``host[:port],...``) → {(host, port or None)}; None when unset."""
+    if entries is None or not entries.strip():
+        return None
+    hosts = set()
+    for entry in (e.strip() for e in entries.split(",")):
+        if not entry:
+            continue
+        parts = urlsplit(f"//{entry}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"CLIP_IMAGE_URL_HOSTS: {entry!r} has an invalid port") from None
+        if not parts.hostname or parts.path or parts.username:
+            raise ValueError(f"CLIP_IMAGE_URL_HOSTS: {entry!r} is not host or host:port")
+        hosts.add((parts.hostname.lower(), port))
+    return frozenset(hosts)
 
 
 def available_cpus() -> int:

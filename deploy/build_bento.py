@@ -22,10 +22,10 @@ def model_tag() -> str:
     """The tag to pin: CLIP_MODEL_TAG, else the demo model."""
     tag = os.environ.get("CLIP_MODEL_TAG")
     if tag:
-        from clip_runner.store import open_entry
+        from clip_runner.store.entries import open_entry
 
         return open_entry(tag).tag  # resolves ":latest" and fails clearly when absent
-    from clip_runner.demo import register_demo
+    from clip_runner.store.registration import register_demo
 
     return register_demo()
 

@@ -22,15 +22,13 @@ import logging
 import sys
 from pathlib import Path
 
-from clip_runner.errors import ModelNotAvailable
-from clip_runner.finetune import FinetuneError
-from clip_runner.pairs import PairDataError
-from clip_runner.resolve import parse_model_name
+from clip_runner.errors import FinetuneError, ModelNotAvailable, PairDataError, RuntimeMissing
 from clip_runner.settings import DEFAULT_MODEL_NAME
+from clip_runner.store.selection import parse_model_name
 
 
 def _register(args: argparse.Namespace) -> None:
-    from clip_runner import registry
+    from clip_runner.store import registration as registry
 
     if args.random_init:
         print(
@@ -49,7 +47,7 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _list(_: argparse.Namespace) -> None:
-    from clip_runner.store import list_entries
+    from clip_runner.store.entries import list_entries
 
     entries = list_entries()
     if not entries:
@@ -71,8 +69,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _compile(args: argparse.Namespace) -> None:
-    from clip_runner.compiler import compile_entry
-    from clip_runner.device import configure_threads
+    from clip_runner.runtimes.torch_encoder import configure_threads
+
+    try:
+        from clip_runner.compile.openvino_compiler import compile_entry
+    except ImportError as exc:  # the openvino extra is missing
+        raise RuntimeMissing(f"compiling needs OpenVINO and NNCF ({exc}); install them with "
+                             "pip install 'clip-service[openvino]'") from exc
 
     tag = compile_entry(args.tag, args.precision, Path(args.calibration) if args.calibration else None,
                         force=args.force, threads=configure_threads(args.threads))
@@ -80,7 +83,7 @@ def _compile(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from clip_runner.finetune import TrainConfig, finetune
+    from clip_runner.training.finetune import TrainConfig, finetune
 
     config = TrainConfig.from_settings(
         batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs,
@@ -102,8 +105,8 @@ def _finetune(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     import torch
 
-    from clip_runner.calibration import calibrate, register_calibrated
-    from clip_runner.loading import load_entry
+    from clip_runner.store.weights import load_entry
+    from clip_runner.training.calibration import calibrate, register_calibrated
 
     loaded = load_entry(args.tag, torch.device("cpu"))
     result = calibrate(loaded, args.csv, args.image_root, seed=args.seed)
@@ -114,7 +117,8 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from clip_runner.demo import evaluate_tag, format_report, register_demo
+    from clip_runner.store.registration import register_demo
+    from clip_runner.training.demo import evaluate_tag, format_report
 
     tag = args.tag or register_demo()
     result = evaluate_tag(tag, args.count, args.seed)
@@ -124,7 +128,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _build_demo(args: argparse.Namespace) -> None:
-    from clip_runner.demo import DEMO_DIR, DemoRecipe, build_demo
+    from clip_runner.store.registration import DEMO_DIR
+    from clip_runner.training.demo import DemoRecipe, build_demo
 
     recipe = DemoRecipe(train_images=args.train_images, epochs=args.epochs, seed=args.seed)
     built = build_demo(Path(args.out) if args.out else DEMO_DIR, recipe)
@@ -134,7 +139,7 @@ def _build_demo(args: argparse.Namespace) -> None:
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    from clip_runner.demo import EVAL_SEED, DemoRecipe
+    from clip_runner.training.demo import EVAL_SEED, DemoRecipe
 
     ft = sub.add_parser("finetune", help="contrastive fine-tuning on an image_path,text CSV; prints the new tag")
     ft.set_defaults(run=_finetune)
@@ -198,8 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile a stored model for a CPU runtime; prints the new tag")
     comp.set_defaults(run=_compile)
     comp.add_argument("tag", help="store entry to compile (a torch entry)")
-    comp.add_argument("--runtime", choices=["openvino"], default="openvino",
-                      help="the CPU runtime (ONNX Runtime was measured slower everywhere: docs/performance.md)")
     comp.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
     comp.add_argument("--calibration", metavar="DIR", help="int8: a folder of your images (default: a generated set)")
     comp.add_argument("--force", action="store_true", help="register even when parity is under the bar")
@@ -210,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("clip_runner", "models", "nncf"):  # progress of our own (and of int8 calibration); not open_clip's
+        logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -73,7 +73,7 @@ def bentoml_home() -> str:
 @pytest.fixture(scope="session")
 def tiny_tag() -> str:
     """A tiny random open_clip model registered in the test store (real code path, ~14 MB)."""
-    from clip_runner.registry import register_random
+    from clip_runner.store.registration import register_random
 
     return register_random(str(TINY_CONFIG), seed=0)
 
@@ -129,7 +129,7 @@ def reference(tiny_tag: str) -> Reference:
 @pytest.fixture(scope="session")
 def demo_tag() -> str:
     """The bundled demo model (models/demo/), registered in the test store."""
-    from clip_runner.demo import register_demo
+    from clip_runner.store.registration import register_demo
 
     return register_demo()
 
@@ -191,8 +191,8 @@ def jpeg_bytes() -> bytes:
 @pytest.fixture(scope="session")
 def compiled_tiny(tiny_tag: str) -> dict[str, str]:
     """The tiny model compiled for OpenVINO at each precision: precision → store tag."""
-    from clip_runner.compiled import PRECISIONS
-    from clip_runner.compiler import compile_entry
+    from clip_runner.compile.openvino_compiler import compile_entry
+    from clip_runner.store.entries import PRECISIONS
 
     return {precision: compile_entry(tiny_tag, precision, threads=2) for precision in PRECISIONS}
 

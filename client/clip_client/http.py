@@ -369,7 +369,7 @@ class AsyncClipClient:
         ``settings`` configures the model as the server's ``CLIP_*`` variables do (the default
         reads them). Needs the full clip-service install.
         """
-        local = import_full("clip_http.app").local_app(settings)
+        local = import_full("clip_http.local").local_app(settings)
         transport = httpx.ASGITransport(app=local.app, raise_app_exceptions=False)  # a crash is a 500
         client = cls(IN_PROCESS_URL, retry=retry, transport=transport)
         client._release = local.close

@@ -11,9 +11,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from clip_runner.compiled import CompiledEncoder
-from clip_runner.images import PixelPipeline
-from clip_runner.store import open_entry
+from clip_runner.preprocessing.images import PixelPipeline
+from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
+from clip_runner.store.entries import open_entry
 from tests.conftest import make_jpeg
 from tests.e2e.conftest import start_server, stop_server
 
@@ -33,7 +33,7 @@ def test_a_compiled_int8_entry_serves_every_route(compiled_tiny: dict[str, str],
             rows = list(pool.map(lambda b: httpx.post(f"{srv.url}/encode_image", files={"image": ("a.jpg", b)},
                                                       timeout=60), blobs))
         served = np.array([r.json() for r in rows], dtype=np.float32)
-        local = CompiledEncoder(open_entry(tag), threads=1)
+        local = OpenVINOEncoder(open_entry(tag), threads=1)
         pipeline = PixelPipeline(local.entry.preprocess_cfg)
         pixels = np.stack([pipeline(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
         assert np.sum(served * local.encode_pixels(pixels), axis=1).min() >= 0.9999  # the same compiled graph
@@ -49,7 +49,7 @@ def test_a_compiled_int8_entry_serves_every_route(compiled_tiny: dict[str, str],
 
 
 def test_auto_compiles_at_first_start_and_serves_the_fastest(tmp_path) -> None:
-    from clip_runner.registry import register_random
+    from clip_runner.store.registration import register_random
     from tests.conftest import TINY_CONFIG
 
     parent = register_random(str(TINY_CONFIG), seed=11, name="clip-tiny-first-start")  # nothing compiled yet

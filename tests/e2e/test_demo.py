@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from clip_runner import demo_data
-from clip_runner.demo import DEMO_DIR, DEMO_STORE_NAME, WEIGHTS_FILE
+from clip_runner import synthetic_images
+from clip_runner.store.entries import WEIGHTS_FILE
+from clip_runner.store.registration import DEMO_DIR, DEMO_STORE_NAME
 from tests.e2e.conftest import Server, start_server, stop_server
 
 pytestmark = [
@@ -44,9 +45,9 @@ def test_health_says_the_demo_serves_and_why(demo_server: Server) -> None:
 
 
 def test_classify_names_shape_and_colour(demo_server: Server) -> None:
-    scenes = list(demo_data.generate(16, SEED))
+    scenes = list(synthetic_images.generate(16, SEED))
     with httpx.Client(base_url=demo_server.url, timeout=60) as client:
-        assert client.get("/categories").json()["categories"] == list(demo_data.CATEGORIES)
+        assert client.get("/categories").json()["categories"] == list(synthetic_images.CATEGORIES)
         right = 0
         for scene, image in scenes:
             result = client.post("/classify", files={"image": ("s.jpg", _jpeg(image))}, data={"top_k": "3"})
@@ -56,7 +57,7 @@ def test_classify_names_shape_and_colour(demo_server: Server) -> None:
 
 
 def test_analyze_accepts_the_caption_and_flags_a_swapped_one(demo_server: Server) -> None:
-    scenes = list(demo_data.generate(12, SEED + 1))
+    scenes = list(synthetic_images.generate(12, SEED + 1))
     accepted = flagged = 0
     with httpx.Client(base_url=demo_server.url, timeout=60) as client:
         for i, (scene, image) in enumerate(scenes):

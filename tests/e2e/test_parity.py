@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from clip_runner import demo_data
+from clip_runner import synthetic_images
 from tests.conftest import PINNED_FP32, Reference, make_jpeg
 from tests.e2e.conftest import Server, start_server, stop_server
 
@@ -96,10 +96,10 @@ def _jpeg(image) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def demo_scenes() -> list[tuple[demo_data.ShapeScene, bytes]]:
+def demo_scenes() -> list[tuple[synthetic_images.ShapeScene, bytes]]:
     """Scenes of different categories, drawn from a seed none of the demo's data sets used."""
-    scenes: dict[str, tuple[demo_data.ShapeScene, bytes]] = {}
-    for scene, image in demo_data.generate(64, 424_242):
+    scenes: dict[str, tuple[synthetic_images.ShapeScene, bytes]] = {}
+    for scene, image in synthetic_images.generate(64, 424_242):
         scenes.setdefault(scene.category, (scene, _jpeg(image)))
     return list(scenes.values())[:16]
 

@@ -59,7 +59,7 @@ def client_with(service_module):
     """``make(**settings)``: a client of the service's routes configured with other settings,
     over the model the session's service already loaded (settings are read once, at start)."""
     from clip_http.app import create_app
-    from clip_runner.api import ClipAPI
+    from clip_runner.serving import ClipAPI
     from clip_runner.settings import ClipSettings
 
     made: list[tuple[TestClient, ClipAPI]] = []

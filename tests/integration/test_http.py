@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_runner.categories import DEFAULT_CATEGORIES
+from clip_runner.serving.scoring import DEFAULT_CATEGORIES
 from tests.conftest import make_jpeg, make_png
 
 DIM = 32  # the tiny test model's embedding size

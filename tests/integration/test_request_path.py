@@ -12,9 +12,11 @@ import httpx
 from tests.conftest import make_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
-# README "Request path" lists these, in this order.
-ENCODE_IMAGE_FILES = ["clip_http/middleware.py", "clip_http/app.py", "clip_runner/api.py", "clip_runner/images.py",
-                      "clip_runner/batcher.py", "clip_runner/encoder.py"]
+# README "How it works" lists these, in this order.
+ENCODE_IMAGE_FILES = ["clip_http/middleware.py", "clip_http/native_routes.py", "clip_http/common.py",
+                      "clip_runner/serving/api.py", "clip_runner/preprocessing/images.py",
+                      "clip_runner/serving/batcher.py", "clip_runner/runtimes/torch_encoder.py",
+                      "clip_runner/runtimes/encoder.py"]
 
 
 def _project_file(filename: str) -> str | None:
@@ -24,8 +26,8 @@ def _project_file(filename: str) -> str | None:
     return path.relative_to(ROOT).as_posix()
 
 
-def test_encode_image_runs_through_six_project_files(tiny_tag: str) -> None:
-    from clip_http.app import local_app
+def test_encode_image_runs_through_the_files_the_readme_lists(tiny_tag: str) -> None:
+    from clip_http.local import local_app
     from clip_runner.settings import ClipSettings
 
     seen: set[str] = set()

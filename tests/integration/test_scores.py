@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clip_runner.categories import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
+from clip_runner.serving.scoring import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
 from tests.conftest import Reference, make_jpeg
 
 SCORE_TOL = 1e-5  # on cosines and probabilities

@@ -11,21 +11,25 @@ import numpy as np
 import pytest
 import torch
 
-from clip_runner.batcher import Batch, MicroBatcher
-from clip_runner.encoder import BatchEncoder
 from clip_runner.errors import Overloaded
-from clip_runner.loading import load_entry
+from clip_runner.runtimes.encoder import unit_rows
+from clip_runner.runtimes.torch_encoder import TorchEncoder
+from clip_runner.serving.batcher import Batch, MicroBatcher
+from clip_runner.store.weights import load_entry
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_tag: str) -> BatchEncoder:
-    return BatchEncoder(load_entry(tiny_tag, torch.device("cpu")), "fp32")
+def encoder(tiny_tag: str) -> TorchEncoder:
+    return TorchEncoder(load_entry(tiny_tag, torch.device("cpu")), "fp32")
 
 
-def _pixels(encoder: BatchEncoder, seed: int, n: int = 1) -> np.ndarray:
-    size = encoder.loaded.entry.preprocess_cfg.get("size", 224)
-    side = size if isinstance(size, int) else size[0]
-    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+def _pixels(encoder: TorchEncoder, seed: int, n: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *encoder.entry.input_size, 3), dtype=np.uint8)
+
+
+def _submit(batcher: MicroBatcher, items: np.ndarray) -> Any:
+    """Pixels (N, H, W, 3) or token ids (N, L), to the batcher's queue of that kind."""
+    return (batcher.image_features if items.ndim == 4 else batcher.text_features)(items)
 
 
 class Gate:
@@ -56,58 +60,58 @@ async def _until_queued(batcher: MicroBatcher, rows: Callable[[], int]) -> None:
 
 async def _queue_behind_first(batcher: MicroBatcher, gate: Gate, first: Any, *rest: Any) -> list[Any]:
     """Submit ``first``; once the model holds it, submit ``rest``; release; gather all results."""
-    submit = batcher.encode_pixels if isinstance(first, np.ndarray) else batcher.encode_texts
-    head = asyncio.ensure_future(submit(first))
+    head = asyncio.ensure_future(_submit(batcher, first))
     await asyncio.to_thread(gate.entered.wait, 30)
-    tail = [asyncio.ensure_future(
-        (batcher.encode_pixels if isinstance(item, np.ndarray) else batcher.encode_texts)(item))
-        for item in rest]
+    tail = [asyncio.ensure_future(_submit(batcher, item)) for item in rest]
     # Every submit has either joined the queue or been refused (a refused one is done).
     await _until_queued(batcher, lambda: sum(len(item) for item, t in zip(rest, tail, strict=True) if not t.done()))
     gate.release.set()
     return await asyncio.gather(head, *tail, return_exceptions=True)
 
 
-def test_waiting_requests_share_a_batch_and_each_gets_its_own_rows(encoder: BatchEncoder) -> None:
-    gate = Gate(encoder.encode_pixels)
-    batcher = MicroBatcher(gate, encoder.encode_texts, max_batch=8)
+def test_waiting_requests_share_a_batch_and_each_gets_its_own_rows(encoder: TorchEncoder) -> None:
+    gate = Gate(encoder.image_features)
+    batcher = MicroBatcher(gate, encoder.text_features, max_batch=8)
     images = [_pixels(encoder, seed) for seed in range(6)]
     results = asyncio.run(_queue_behind_first(batcher, gate, *images))
     assert gate.batches == [1, 5]
     for image, batch in zip(images, results, strict=True):
         alone = encoder.encode_pixels(image)
-        assert batch.rows.shape == alone.shape and float(batch.rows[0] @ alone[0]) >= 0.9999
+        assert batch.rows.shape == alone.shape and float(unit_rows(batch.rows)[0] @ alone[0]) >= 0.9999
         assert batch.infer_ms > 0
     assert [batch.size for batch in results] == [1, 5, 5, 5, 5, 5]
     batcher.close()
 
 
-def test_batches_never_exceed_max_batch_rows(encoder: BatchEncoder) -> None:
-    gate = Gate(encoder.encode_texts)
-    batcher = MicroBatcher(encoder.encode_pixels, gate, max_batch=4)
-    texts = [[f"text {i}"] for i in range(12)] + [["two", "rows"]]
+def test_batches_never_exceed_max_batch_rows(encoder: TorchEncoder) -> None:
+    gate = Gate(encoder.text_features)
+    batcher = MicroBatcher(encoder.image_features, gate, max_batch=4)
+    texts = [encoder.tokenize([f"text {i}"]) for i in range(12)] + [encoder.tokenize(["two", "rows"])]
     results = asyncio.run(_queue_behind_first(batcher, gate, *texts))
     assert gate.batches == [1, 4, 4, 3, 2]  # the 2-row request does not fit beside the last three
     assert all(len(r.rows) == len(t) for r, t in zip(results, texts, strict=True))
     batcher.close()
 
 
-def test_a_request_larger_than_max_batch_runs_alone(encoder: BatchEncoder) -> None:
-    batcher = MicroBatcher(encoder.encode_pixels, encoder.encode_texts, max_batch=2)
-    batch = asyncio.run(batcher.encode_pixels(_pixels(encoder, 0, n=3)))
+def test_a_request_larger_than_max_batch_runs_alone(encoder: TorchEncoder) -> None:
+    batcher = MicroBatcher(encoder.image_features, encoder.text_features, max_batch=2)
+    batch = asyncio.run(batcher.image_features(_pixels(encoder, 0, n=3)))
     assert batch.rows.shape[0] == 3 and batch.size == 3
     batcher.close()
 
 
-def test_a_request_that_breaks_the_model_fails_alone(encoder: BatchEncoder) -> None:
-    def fragile(texts: list[str]) -> np.ndarray:
-        if "boom" in texts:
+def test_a_request_that_breaks_the_model_fails_alone(encoder: TorchEncoder) -> None:
+    boom = encoder.tokenize(["boom"])[0]
+
+    def fragile(tokens: np.ndarray) -> np.ndarray:
+        if any((row == boom).all() for row in tokens):
             raise RuntimeError("model failed on this input")
-        return encoder.encode_texts(texts)
+        return encoder.text_features(tokens)
 
     gate = Gate(fragile)
-    batcher = MicroBatcher(encoder.encode_pixels, gate, max_batch=8)
-    results = asyncio.run(_queue_behind_first(batcher, gate, ["first"], ["a cat"], ["boom"], ["a dog"]))
+    batcher = MicroBatcher(encoder.image_features, gate, max_batch=8)
+    texts = [encoder.tokenize([text]) for text in ("first", "a cat", "boom", "a dog")]
+    results = asyncio.run(_queue_behind_first(batcher, gate, *texts))
     assert isinstance(results[2], RuntimeError) and "this input" in str(results[2])
     for i in (0, 1, 3):
         assert isinstance(results[i], Batch) and results[i].rows.shape[0] == 1
@@ -116,27 +120,28 @@ def test_a_request_that_breaks_the_model_fails_alone(encoder: BatchEncoder) -> N
     batcher.close()
 
 
-def test_oldest_kind_goes_first(encoder: BatchEncoder) -> None:
+def test_oldest_kind_goes_first(encoder: TorchEncoder) -> None:
     order: list[str] = []
-    gate = Gate(lambda texts: (order.append("text"), encoder.encode_texts(texts))[1])
+    gate = Gate(lambda tokens: (order.append("text"), encoder.text_features(tokens))[1])
 
     def images(pixels: np.ndarray) -> np.ndarray:
         order.append("image")
-        return encoder.encode_pixels(pixels)
+        return encoder.image_features(pixels)
 
     batcher = MicroBatcher(images, gate, max_batch=8)
-    asyncio.run(_queue_behind_first(batcher, gate, ["first"], _pixels(encoder, 1), ["later text"],
-                                    _pixels(encoder, 2)))
+    asyncio.run(_queue_behind_first(batcher, gate, encoder.tokenize(["first"]), _pixels(encoder, 1),
+                                    encoder.tokenize(["later text"]), _pixels(encoder, 2)))
     assert order == ["text", "image", "text"]  # both images waited longest: one batch of two
     batcher.close()
 
 
-def test_a_full_queue_refuses_at_once(encoder: BatchEncoder) -> None:
-    gate = Gate(encoder.encode_texts)
-    batcher = MicroBatcher(encoder.encode_pixels, gate, max_batch=8, max_queued=3)
+def test_a_full_queue_refuses_at_once(encoder: TorchEncoder) -> None:
+    gate = Gate(encoder.text_features)
+    batcher = MicroBatcher(encoder.image_features, gate, max_batch=8, max_queued=3)
+    texts = [encoder.tokenize(batch) for batch in (["first"], ["a", "b"], ["c"], ["d"])]
 
     async def scenario() -> list[Any]:
-        return await _queue_behind_first(batcher, gate, ["first"], ["a", "b"], ["c"], ["d"])
+        return await _queue_behind_first(batcher, gate, *texts)
 
     results = asyncio.run(scenario())
     assert isinstance(results[3], Overloaded) and "queue is full" in str(results[3])
@@ -144,15 +149,15 @@ def test_a_full_queue_refuses_at_once(encoder: BatchEncoder) -> None:
     batcher.close()
 
 
-def test_a_cancelled_request_is_not_encoded(encoder: BatchEncoder) -> None:
-    gate = Gate(encoder.encode_texts)
-    batcher = MicroBatcher(encoder.encode_pixels, gate, max_batch=8)
+def test_a_cancelled_request_is_not_encoded(encoder: TorchEncoder) -> None:
+    gate = Gate(encoder.text_features)
+    batcher = MicroBatcher(encoder.image_features, gate, max_batch=8)
 
     async def scenario() -> None:
-        head = asyncio.ensure_future(batcher.encode_texts(["first"]))
+        head = asyncio.ensure_future(batcher.text_features(encoder.tokenize(["first"])))
         await asyncio.to_thread(gate.entered.wait, 30)
-        gone = asyncio.ensure_future(batcher.encode_texts(["caller went away"]))
-        kept = asyncio.ensure_future(batcher.encode_texts(["still here"]))
+        gone = asyncio.ensure_future(batcher.text_features(encoder.tokenize(["caller went away"])))
+        kept = asyncio.ensure_future(batcher.text_features(encoder.tokenize(["still here"])))
         await _until_queued(batcher, lambda: 2)
         gone.cancel()
         await asyncio.sleep(0)  # the cancellation is delivered; the worker skips it when it takes
@@ -166,28 +171,28 @@ def test_a_cancelled_request_is_not_encoded(encoder: BatchEncoder) -> None:
     batcher.close()
 
 
-def test_close_finishes_queued_work_then_refuses(encoder: BatchEncoder) -> None:
-    batcher = MicroBatcher(encoder.encode_pixels, encoder.encode_texts, max_batch=8)
-    assert asyncio.run(batcher.encode_texts(["before"])).rows.shape[0] == 1
+def test_close_finishes_queued_work_then_refuses(encoder: TorchEncoder) -> None:
+    batcher = MicroBatcher(encoder.image_features, encoder.text_features, max_batch=8)
+    assert asyncio.run(batcher.text_features(encoder.tokenize(["before"]))).rows.shape[0] == 1
     batcher.close()
     with pytest.raises(Overloaded, match="shutting down"):
-        asyncio.run(batcher.encode_texts(["after"]))
+        asyncio.run(batcher.text_features(encoder.tokenize(["after"])))
 
 
-def test_max_batch_must_be_positive(encoder: BatchEncoder) -> None:
+def test_max_batch_must_be_positive(encoder: TorchEncoder) -> None:
     with pytest.raises(ValueError, match="max_batch"):
-        MicroBatcher(encoder.encode_pixels, encoder.encode_texts, max_batch=0)
+        MicroBatcher(encoder.image_features, encoder.text_features, max_batch=0)
 
 
 def test_a_model_that_returns_the_wrong_number_of_rows_fails_its_callers_not_the_thread(
-        encoder: BatchEncoder) -> None:
-    def short(texts: list[str]) -> np.ndarray:
-        return encoder.encode_texts(texts)[:-1]  # one row missing
+        encoder: TorchEncoder) -> None:
+    def short(tokens: np.ndarray) -> np.ndarray:
+        return encoder.text_features(tokens)[:-1]  # one row missing
 
-    batcher = MicroBatcher(encoder.encode_pixels, short, max_batch=8)
+    batcher = MicroBatcher(encoder.image_features, short, max_batch=8)
     with pytest.raises(RuntimeError, match="returned 1 rows for 2 inputs"):
-        asyncio.run(batcher.encode_texts(["a", "b"]))
+        asyncio.run(batcher.text_features(encoder.tokenize(["a", "b"])))
     assert batcher.alive
-    assert asyncio.run(batcher.encode_pixels(_pixels(encoder, 0))).rows.shape[0] == 1  # still serving
+    assert asyncio.run(batcher.image_features(_pixels(encoder, 0))).rows.shape[0] == 1  # still serving
     batcher.close()
     assert not batcher.alive

@@ -131,7 +131,7 @@ def test_baseline_model_has_exactly_the_open_clip_parameter_count() -> None:
     from transformers import CLIPModel
 
     from bench.baseline_service import hf_clip_config
-    from clip_runner.loading import build_from_config
+    from clip_runner.store.weights import build_from_config
 
     model_cfg = json.loads(TINY_CONFIG.read_text())
     ours, _ = build_from_config(model_cfg, {"size": model_cfg["vision_cfg"]["image_size"]})

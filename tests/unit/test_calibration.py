@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from clip_runner import calibration as cal
-from clip_runner import demo_data
-from clip_runner.loading import load_entry
-from clip_runner.scoring import resolve_threshold
+from clip_runner import synthetic_images
+from clip_runner.serving.scoring import resolve_threshold
 from clip_runner.settings import ClipSettings
-from clip_runner.store import open_entry
+from clip_runner.store.entries import open_entry
+from clip_runner.store.weights import load_entry
+from clip_runner.training import calibration as cal
 
 
 def _f1(sims: np.ndarray, positive: np.ndarray, threshold: float) -> float:
@@ -77,7 +77,7 @@ def test_labelled_pairs_are_used_as_given() -> None:
 
 
 def test_calibrate_stores_the_threshold_and_analyze_uses_it(tiny_tag: str, tmp_path) -> None:
-    csv_path = demo_data.write_dataset(tmp_path, 24, seed=5, image_size=64)
+    csv_path = synthetic_images.write_dataset(tmp_path, 24, seed=5, image_size=64)
     loaded = load_entry(tiny_tag, torch.device("cpu"))
     result = cal.calibrate(loaded, csv_path)
     assert result.matches == 24 and 0 < result.mismatches <= 24
@@ -97,7 +97,7 @@ def test_calibrate_stores_the_threshold_and_analyze_uses_it(tiny_tag: str, tmp_p
 def test_calibrate_cli_reports_and_registers(tiny_tag: str, tmp_path, capsys) -> None:
     from models.__main__ import main
 
-    csv_path = demo_data.write_dataset(tmp_path, 12, seed=6, image_size=64)
+    csv_path = synthetic_images.write_dataset(tmp_path, 12, seed=6, image_size=64)
     assert main(["calibrate", tiny_tag, str(csv_path)]) == 0
     out, err = capsys.readouterr()
     assert "F1" in err and "AUC" in err

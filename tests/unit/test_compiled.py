@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_runner import compiled, runtime
-from clip_runner.compiled import CompiledEncoder, CompileRefused, RuntimeMissing
-from clip_runner.compiler import compile_entry
-from clip_runner.errors import ModelNotAvailable
+from clip_runner.compile import openvino_compiler
+from models import __main__ as cli
+from clip_runner.compile.openvino_compiler import compile_entry
+from clip_runner.errors import CompileRefused, ModelNotAvailable, RuntimeMissing
 from clip_runner.hardware import NVIDIA_DEVICE_NODE
-from clip_runner.images import PixelPipeline
+from clip_runner.preprocessing.images import PixelPipeline
+from clip_runner.runtimes import choice as runtime_choice
+from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
 from clip_runner.settings import ClipSettings
-from clip_runner.store import COMPILED_FILES, list_entries, open_entry, store_home
+from clip_runner.store.entries import COMPILED_FILES, PARITY_BAR, list_entries, open_entry, store_home
 from tests.conftest import make_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +33,7 @@ BOUNDS = {"fp32": 0.9999, "bf16": 0.995, "int8": 0.95}
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_compiled_towers_match_open_clip(compiled_tiny: dict[str, str], reference, precision: str) -> None:
-    encoder = CompiledEncoder(open_entry(compiled_tiny[precision]), threads=2)
+    encoder = OpenVINOEncoder(open_entry(compiled_tiny[precision]), threads=2)
     pipeline = PixelPipeline(encoder.entry.preprocess_cfg)
     blobs = [make_jpeg(seed, size=(120 + seed * 17, 90)) for seed in range(4)]
     pixels = np.stack([pipeline(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
@@ -44,7 +46,7 @@ def test_compiled_towers_match_open_clip(compiled_tiny: dict[str, str], referenc
 
 
 def test_dynamic_batch_rows_equal_single_rows(compiled_tiny: dict[str, str]) -> None:
-    encoder = CompiledEncoder(open_entry(compiled_tiny["fp32"]), threads=2)
+    encoder = OpenVINOEncoder(open_entry(compiled_tiny["fp32"]), threads=2)
     pixels = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     singles = np.concatenate([encoder.encode_pixels(pixels[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(encoder.encode_pixels(pixels), singles, atol=1e-5)
@@ -59,7 +61,7 @@ def test_compiled_entry_records_runtime_parity_and_parent(compiled_tiny: dict[st
     assert meta["runtime_version"].startswith("20") and meta["compile"]["precision"] == "int8"
     assert meta["compile"]["calibration"]["images"] == 128 and "nncf" in meta["compile"]["calibration"]["tool"]
     assert set(meta["parity"]) == {"image_mean", "image_min", "text_mean", "text_min"}
-    assert min(meta["parity"]["image_mean"], meta["parity"]["text_mean"]) >= compiled.PARITY_BAR
+    assert min(meta["parity"]["image_mean"], meta["parity"]["text_mean"]) >= PARITY_BAR
     assert set(meta["files_sha256"]) == {*COMPILED_FILES, "tokenizer.json"} and "weights_sha256" not in meta
     assert meta["embedding_size"] == 32 and not (entry.path / "open_clip_model.safetensors").exists()
 
@@ -70,13 +72,13 @@ def test_altered_compiled_files_are_refused_at_load(tiny_tag: str) -> None:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ModelNotAvailable, match=r"image\.bin sha256 .* does not match"):
-        CompiledEncoder(open_entry(tag), threads=1)
+    with pytest.raises(ModelNotAvailable, match=r"image\.bin does not match its recorded sha256"):
+        OpenVINOEncoder(open_entry(tag), threads=1)
     bentoml.models.delete(tag)
 
 
 def test_parity_under_the_bar_refuses_and_writes_nothing(tiny_tag: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compiled, "PARITY_BAR", 1.5)  # no compile reaches it
+    monkeypatch.setattr(openvino_compiler, "PARITY_BAR", 1.5)  # no compile reaches it
     before = {e.tag for e in list_entries()}
     with pytest.raises(CompileRefused, match=r"int8 compile of .* refused: mean cosine .* nothing was written"):
         compile_entry(tiny_tag, "int8", threads=2)
@@ -91,7 +93,7 @@ def test_calibration_folder_is_used_and_unreadable_files_skipped(tiny_tag: str, 
     for seed in range(6):
         (tmp_path / f"{seed}.jpg").write_bytes(make_jpeg(seed, size=(96, 80)))
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with caplog.at_level(logging.WARNING, logger="clip_runner.compiled"):
+    with caplog.at_level(logging.WARNING, logger="clip_runner.runtimes.choice"):
         tag = compile_entry(tiny_tag, "int8", tmp_path, threads=2)
     calibration = open_entry(tag).metadata["compile"]["calibration"]
     assert calibration["images"] == 6 and calibration["image_source"] == str(tmp_path)
@@ -117,38 +119,39 @@ def test_cli_compile_prints_the_new_tag_last(tiny_tag: str) -> None:
 
 
 def test_without_openvino_the_error_names_the_extra(tiny_tag: str, monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino → ImportError
-    with pytest.raises(RuntimeMissing, match=r"pip install 'clip-service\[openvino\]'"):
-        compile_entry(tiny_tag, "fp32")
+    for module in ("clip_runner.compile.openvino_compiler", "clip_runner.runtimes.openvino_encoder"):
+        monkeypatch.delitem(sys.modules, module, raising=False)  # imported again, now without OpenVINO
+    assert cli.main(["compile", tiny_tag]) == 1
+    assert "pip install 'clip-service[openvino]'" in capsys.readouterr().err
     with pytest.raises(RuntimeMissing, match=r"clip-service\[openvino\]"):
-        runtime.load_encoder(tiny_tag, ClipSettings(model_tag=tiny_tag, runtime="openvino", device="cpu"), 1)
-    with caplog.at_level(logging.INFO, logger="clip_runner.runtime"):
-        settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
-        encoder, choice = runtime.load_encoder(tiny_tag, settings, 1)
+        runtime_choice.choose_runtime(tiny_tag, ClipSettings(model_tag=tiny_tag, runtime="openvino", device="cpu"), 1)
+    settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
+    encoder, choice = runtime_choice.choose_runtime(tiny_tag, settings, 1)
     assert encoder.describe()["runtime"] == "torch" and "OpenVINO not installed" in choice.reason
 
 
 def test_int8_needs_a_compiled_runtime(tiny_tag: str) -> None:
     settings = ClipSettings(model_tag=tiny_tag, runtime="torch", precision="int8")
     with pytest.raises(ModelNotAvailable, match="int8 run on CPU, with CLIP_RUNTIME=auto or openvino"):
-        runtime.load_encoder(tiny_tag, settings, 1)
+        runtime_choice.choose_runtime(tiny_tag, settings, 1)
 
 
 def test_auto_times_the_candidates_once_and_serves_the_fastest(compiled_tiny: dict[str, str], tiny_tag: str) -> None:
     settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
-    decisions = Path(store_home()).parent / runtime.DECISION_FILE
+    decisions = Path(store_home()).parent / runtime_choice.DECISION_FILE
     decisions.unlink(missing_ok=True)
-    encoder, choice = runtime.load_encoder(tiny_tag, settings, 1)
+    encoder, choice = runtime_choice.choose_runtime(tiny_tag, settings, 1)
     measured = choice.measured
     assert measured is not None and set(measured) >= {"fp32", "int8"}
     fastest = max(measured, key=lambda p: measured[p]["images_per_s"])
     assert encoder.describe() | {"runtime": "openvino", "precision": fastest} == encoder.describe()
     assert encoder.entry.tag == compiled_tiny[fastest] and "measured now" in choice.reason
     assert list(json.loads(decisions.read_text()).values())[0]["measured"] == measured
-    again, second = runtime.load_encoder(tiny_tag, settings, 1)
+    again, second = runtime_choice.choose_runtime(tiny_tag, settings, 1)
     assert second.measured == measured and "measured at" in second.reason and again.entry.tag == encoder.entry.tag
-    pinned, why = runtime.load_encoder(tiny_tag, settings.model_copy(update={"precision": "fp32"}), 1)
+    pinned, why = runtime_choice.choose_runtime(tiny_tag, settings.model_copy(update={"precision": "fp32"}), 1)
     assert pinned.entry.tag == compiled_tiny["fp32"] and why.measured is None
 
 
@@ -157,7 +160,7 @@ import asyncio, io, sys
 sys.modules["torch"] = None  # any import of torch now fails loudly
 import httpx
 from PIL import Image
-from clip_http.app import local_app
+from clip_http.local import local_app
 from clip_runner.settings import ClipSettings
 
 jpeg = io.BytesIO()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_runner.encoder import BatchEncoder
-from clip_runner.images import PixelPipeline
-from clip_runner.loading import load_entry
+from clip_runner.preprocessing.images import PixelPipeline
+from clip_runner.runtimes.torch_encoder import TorchEncoder
+from clip_runner.store.weights import load_entry
 from tests.conftest import make_jpeg, unit_rows
 
 
@@ -22,7 +22,7 @@ def loaded(tiny_tag: str):
 
 def test_image_embedding_matches_open_clip(loaded, reference) -> None:
     model, preprocess, _ = reference
-    encoder = BatchEncoder(loaded, "fp32")
+    encoder = TorchEncoder(loaded, "fp32")
     pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
     for seed in range(3):
         data = make_jpeg(seed, size=(120 + seed * 17, 90))
@@ -36,7 +36,7 @@ def test_image_embedding_matches_open_clip(loaded, reference) -> None:
 def test_text_embedding_matches_open_clip(loaded, reference) -> None:
     model, _, tokenizer = reference
     texts = ["a red circle", "a blue square on a white background", "ünïcødé 🙂 text"]
-    ours = BatchEncoder(loaded, "fp32").encode_texts(texts)
+    ours = TorchEncoder(loaded, "fp32").encode_texts(texts)
     with torch.no_grad():
         theirs = unit_rows(model.encode_text(tokenizer(texts)))
     assert ours.shape == (3, loaded.embedding_size)
@@ -44,7 +44,7 @@ def test_text_embedding_matches_open_clip(loaded, reference) -> None:
 
 
 def test_rows_are_unit_float32_and_batch_equals_singles(loaded) -> None:
-    encoder = BatchEncoder(loaded)
+    encoder = TorchEncoder(loaded)
     pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
     pixels = np.stack([pipeline(Image.open(io.BytesIO(make_jpeg(s))).convert("RGB")) for s in range(4)])
     batch = encoder.encode_pixels(pixels)
@@ -58,7 +58,7 @@ def test_rows_are_unit_float32_and_batch_equals_singles(loaded) -> None:
 
 def test_bad_pixel_shape_is_refused(loaded) -> None:
     with pytest.raises(ValueError, match="expected"):
-        BatchEncoder(loaded).encode_pixels(np.zeros((2, 64, 64), dtype=np.uint8))
+        TorchEncoder(loaded).encode_pixels(np.zeros((2, 64, 64), dtype=np.uint8))
 
 
 def test_weights_load_straight_into_the_serving_dtype(tiny_tag: str, loaded) -> None:
@@ -78,9 +78,9 @@ def _pixels(loaded, n: int) -> np.ndarray:
 
 def test_bf16_weights_stay_close_to_fp32(loaded) -> None:
     pixels, texts = _pixels(loaded, 4), ["a red circle", "a blue square on a white background"]
-    fp32 = BatchEncoder(loaded, "fp32")
+    fp32 = TorchEncoder(loaded, "fp32")
     images32, texts32 = fp32.encode_pixels(pixels), fp32.encode_texts(texts)
-    bf16 = BatchEncoder(loaded, "bf16")
+    bf16 = TorchEncoder(loaded, "bf16")
     assert bf16.precision.name == "bf16"
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
     images16, texts16 = bf16.encode_pixels(pixels), bf16.encode_texts(texts)
@@ -89,6 +89,6 @@ def test_bf16_weights_stay_close_to_fp32(loaded) -> None:
     assert np.all(np.sum(images16 * images32, axis=1) >= 0.999)
     assert np.all(np.sum(texts16 * texts32, axis=1) >= 0.999)
     # and back: an fp32 encoder over the same (now bf16) model casts it back to fp32 weights
-    again = BatchEncoder(loaded, "fp32").encode_pixels(pixels)
+    again = TorchEncoder(loaded, "fp32").encode_pixels(pixels)
     assert next(loaded.model.parameters()).dtype == torch.float32
-    np.testing.assert_allclose(again, images32, atol=1e-3)
+    assert np.all(np.sum(again * images32, axis=1) >= 0.999)  # the bf16 rounding stays in the weights

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from clip_runner.demo import DEMO_DIR, WEIGHTS_FILE, evaluate_tag, register_demo
+from clip_runner.store.entries import WEIGHTS_FILE
+from clip_runner.store.registration import DEMO_DIR, register_demo
+from clip_runner.training.demo import evaluate_tag
 
 pytestmark = pytest.mark.skipif(not (DEMO_DIR / WEIGHTS_FILE).is_file(), reason="demo model not built (make demo)")
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bench import photo_jpeg
-from clip_runner.images import PixelPipeline, decode_image
+from clip_runner.preprocessing.images import PixelPipeline, decode_image
 from tests.conftest import unit_rows
 
 LIMITS = {"max_bytes": 50 * 1024 * 1024, "max_pixels": 100_000_000}
@@ -81,7 +81,7 @@ def test_small_jpegs_and_other_formats_decode_at_full_size() -> None:
 
 
 def test_uploads_use_fast_decode_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_runner.images import UploadPreparer
+    from clip_runner.preprocessing.images import UploadPreparer
     from clip_runner.settings import ClipSettings
 
     assert UploadPreparer.from_settings(OPENAI_224, ClipSettings()).draft_side == 224

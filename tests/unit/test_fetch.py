@@ -15,8 +15,9 @@ import threading
 import pytest
 
 from clip_runner.errors import InputError, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UrlForbidden
-from clip_runner.fetch import RESOLVER_THREADS, ByteBudget, UrlFetcher, display, is_public, parse_hosts
-from clip_runner.references import INLINE_CHARS, ImageReferences
+from clip_runner.serving.fetch import RESOLVER_THREADS, ByteBudget, UrlFetcher, display, is_public
+from clip_runner.serving.references import INLINE_CHARS, ImageReferences
+from clip_runner.settings import parse_hosts
 from tests.conftest import make_jpeg
 from tests.image_server import IMAGE, ImageServer
 
@@ -56,7 +57,7 @@ async def test_large_base64_decodes_in_a_thread_to_the_same_bytes(monkeypatch: p
 
 async def test_malformed_text_is_400_naming_the_field() -> None:
     assert "not valid base64" in (await _refused(InvalidInput, "not base64 at all!")).message
-    assert "never opened" in (await _refused(InvalidInput, "/photos/cat.jpg")).message
+    assert "not valid base64" in (await _refused(InvalidInput, "/photos/cat.jpg")).message  # paths are not opened
     assert "must be a string" in (await _refused(InvalidInput, {"url": "x"})).message
     assert "empty" in (await _refused(InvalidInput, "  ")).message
     assert "must be base64" in (await _refused(InvalidInput, "data:image/png,%89PNG")).message
@@ -75,7 +76,7 @@ async def test_base64_over_the_byte_limit_is_413_before_decoding() -> None:
 
 async def test_urls_are_refused_while_off_and_say_how_to_turn_them_on() -> None:
     err = (await _refused(InvalidInput, "https://example.com/cat.jpg"))
-    assert "CLIP_ALLOW_IMAGE_URLS=true" in err.message and "CLIP_IMAGE_URL_HOSTS" in err.message
+    assert "CLIP_ALLOW_IMAGE_URLS=true" in err.message and "send the image as base64" in err.message
     assert "CLIP_ALLOW_IMAGE_URLS" in (await _refused(InvalidInput, "ftp://example.com/cat.jpg")).message
 
 

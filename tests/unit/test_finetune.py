@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip_runner import demo_data
-from clip_runner import finetune as ft
-from clip_runner.loading import load_entry
-from clip_runner.pairs import PairDataError, load_pairs, read_pair_rows
-from clip_runner.store import WEIGHTS_FILE, open_entry, sha256_file, store_home
+from clip_runner import synthetic_images
+from clip_runner.store.entries import WEIGHTS_FILE, open_entry, sha256_file, store_home
+from clip_runner.store.weights import load_entry
+from clip_runner.training import finetune as ft
+from clip_runner.training.pairs import PairDataError, load_pairs, read_pair_rows
 from tests.conftest import TINY_CONFIG, make_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def _config(tmp_path: Path, **overrides) -> ft.TrainConfig:
 @pytest.fixture(scope="module")
 def shapes_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """160 generated captioned images (64 px: the tiny model's input size)."""
-    return demo_data.write_dataset(tmp_path_factory.mktemp("shapes"), 160, seed=11, image_size=64)
+    return synthetic_images.write_dataset(tmp_path_factory.mktemp("shapes"), 160, seed=11, image_size=64)
 
 
 def _weights_digest(checkpoint: Path) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from clip_runner.hardware import DECISION_FILE, HardwareFacts, choose_default_model, detect_hardware, record_decision
+from clip_runner.hardware import HardwareFacts, detect_hardware
+from clip_runner.store.selection import choose_default_model
 
 
 @pytest.mark.parametrize(
@@ -29,15 +28,6 @@ def test_tiers(facts: HardwareFacts, arch: str) -> None:
 
 def test_cpu_forced_ignores_cuda() -> None:
     assert detect_hardware("cpu") == HardwareFacts(cuda_available=False)
-
-
-def test_decision_is_recorded(tmp_path) -> None:
-    choice = choose_default_model(HardwareFacts(True, "gpu", free_vram_gib=5.5, total_vram_gib=8.0))
-    path = record_decision(choice, tmp_path, served_tag="clip-vit-b-16-openai:abc")
-    body = json.loads((tmp_path / DECISION_FILE).read_text())
-    assert path.name == DECISION_FILE
-    assert body["arch"] == "ViT-B-16" and body["served_tag"] == "clip-vit-b-16-openai:abc"
-    assert body["facts"]["free_vram_gib"] == 5.5 and "5.5 GiB" in body["rule"]
 
 
 def test_serves_on_cpu_reads_the_device_nodes_before_torch(monkeypatch, tmp_path) -> None:

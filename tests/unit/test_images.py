@@ -21,7 +21,7 @@ from clip_runner.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from clip_runner.images import SUPPORTED_FORMATS, decode_image
+from clip_runner.preprocessing.images import SUPPORTED_FORMATS, decode_image
 
 MAX_BYTES = 10_000_000
 MAX_PIXELS = 4_000_000
@@ -150,13 +150,13 @@ def test_zero_width_image_is_invalid() -> None:
     ("data", "hint"),
     [
         (np.random.default_rng(0).bytes(2048), "not a recognised image"),
-        (b"just some words, not a picture\n", "text"),
-        (b"<!DOCTYPE html><html><body><img src='cat.jpg'></body></html>", "HTML"),
-        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="4"/>', "SVG"),
-        (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n", "PDF"),
-        (b'{"image": "cat.jpg"}', "JSON"),
-        (base64.b64encode(_save(_solid(RED), "PNG")), "base64"),
-        (b"data:image/png;base64,iVBORw0KGgo=", "data: URI"),
+        (b"just some words, not a picture\n", "upload is text"),
+        (b"<!DOCTYPE html><html><body><img src='cat.jpg'></body></html>", "upload is text"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="4"/>', "upload is text"),
+        (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n", "upload is text"),
+        (b'{"image": "cat.jpg"}', "upload is text"),
+        (base64.b64encode(_save(_solid(RED), "PNG")), "base64, data: URIs and URLs are read from a JSON body"),
+        (b"data:image/png;base64,iVBORw0KGgo=", "base64, data: URIs and URLs are read from a JSON body"),
     ],
     ids=["random", "text", "html", "svg", "pdf", "json", "base64", "data-uri"],
 )
@@ -171,13 +171,13 @@ def test_non_images_are_415(data: bytes, hint: str) -> None:
 )
 def test_url_is_not_fetched(data: bytes) -> None:
     err = _expect(UnsupportedMediaType, 415, data)
-    assert "looks like a URL; upload the image bytes instead" in err.message
+    assert "upload is text, not image bytes" in err.message and "URLs are read from a JSON body" in err.message
 
 
 @pytest.mark.parametrize("data", [b"/etc/passwd", b"./cat.jpg", b"C:\\Users\\me\\cat.jpg"])
 def test_path_is_not_opened(data: bytes) -> None:
     err = _expect(UnsupportedMediaType, 415, data)
-    assert "looks like a file path; upload the image bytes instead" in err.message
+    assert "upload is text, not image bytes" in err.message and "paths are never opened" in err.message
 
 
 def test_path_to_a_real_image_is_still_not_opened(tmp_path: Path) -> None:
@@ -456,7 +456,7 @@ def test_mutated_bytes_only_ever_raise_input_errors(fmt: str) -> None:
 def test_pillow_pipeline_equals_open_clips_transform_pixel_for_pixel(cfg: dict) -> None:
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-    from clip_runner.images import PixelPipeline
+    from clip_runner.preprocessing.images import PixelPipeline
 
     reference = image_transform_v2(PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), cfg)), is_train=False)
     pil_steps = reference.transforms[: [type(t).__name__ for t in reference.transforms].index("MaybeToTensor")]
@@ -474,6 +474,6 @@ def test_preprocess_defaults_are_open_clips() -> None:
 
     from open_clip.transform import PreprocessCfg
 
-    from clip_runner.images import PREPROCESS_DEFAULTS
+    from clip_runner.preprocessing.images import PREPROCESS_DEFAULTS
 
     assert PREPROCESS_DEFAULTS == dataclasses.asdict(PreprocessCfg())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clip_runner import device as device_mod
-from clip_runner.device import Precision, resolve_precision
+from clip_runner.runtimes import torch_encoder as device_mod
+from clip_runner.runtimes.torch_encoder import Precision, resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

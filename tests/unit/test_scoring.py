@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clip_runner import scoring
+from clip_runner.serving import scoring
 from clip_runner.settings import ClipSettings
 
 

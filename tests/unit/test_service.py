@@ -13,8 +13,9 @@ from tests.e2e.conftest import ROOT
 
 def test_the_supervisor_loads_neither_torch_nor_the_model_code() -> None:
     """`bentoml serve` imports service.py in its supervisor too: it must stay light."""
-    probe = ("import sys, service; heavy = ['torch', 'open_clip', 'torchvision', 'PIL', 'clip_runner.encoder', "
-             "'clip_runner.images', 'clip_runner.loading']; print([m for m in heavy if m in sys.modules])")
+    probe = ("import sys, service; heavy = ['torch', 'open_clip', 'torchvision', 'openvino', 'huggingface_hub', "
+             "'clip_runner.startup', 'clip_runner.runtimes.choice', 'clip_runner.store.selection']; "
+             "print([m for m in heavy if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=server_env({}),
                           capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stderr
@@ -58,7 +59,7 @@ def test_a_cpu_worker_leaves_triton_unloaded() -> None:
 
 def test_a_cpu_worker_releases_the_pages_of_cuda_libraries() -> None:
     """The CUDA build of torch maps its CUDA libraries on a CPU too: their pages are handed back."""
-    probe = ("import torch; from clip_runner.device import page_out_gpu_libraries, _is_gpu_library; "
+    probe = ("import torch; from clip_runner.runtimes.torch_encoder import page_out_gpu_libraries, _is_gpu_library; "
              "mapped = any(_is_gpu_library(l.split()[-1]) for l in open('/proc/self/maps') if len(l.split()) > 5); "
              "released = page_out_gpu_libraries(); print(mapped, released > 0, float(torch.ones(2) @ torch.ones(2)))")
     mapped, released, works = _run(probe).split()

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from clip_runner.errors import ModelNotAvailable
-from clip_runner.loading import load_entry
-from clip_runner.registry import register_random
-from clip_runner.resolve import parse_model_name, resolve_model
 from clip_runner.settings import ClipSettings
-from clip_runner.store import CONFIG_FILE, WEIGHTS_FILE, list_entries, open_entry, store_name
+from clip_runner.store.entries import CONFIG_FILE, WEIGHTS_FILE, list_entries, open_entry, store_name
+from clip_runner.store.registration import register_random
+from clip_runner.store.selection import parse_model_name, select_model
+from clip_runner.store.weights import load_entry
 from tests.conftest import TINY_CONFIG
 
 
@@ -74,22 +74,22 @@ def test_store_name() -> None:
 
 
 def test_resolve_order(tiny_tag: str, tmp_path: Path) -> None:
-    assert resolve_model(ClipSettings(model_tag=tiny_tag)).tag == tiny_tag
+    assert select_model(ClipSettings(model_tag=tiny_tag)).tag == tiny_tag
     # A name already in the store is used without any download.
     tag = register_random(str(TINY_CONFIG), name=store_name("tiny-arch", "openai"))
-    found = resolve_model(ClipSettings(model_name="tiny-arch", allow_download=False))
+    found = select_model(ClipSettings(model_name="tiny-arch", allow_download=False))
     assert found.tag == tag and "found in store" in found.reason
     with pytest.raises(ModelNotAvailable, match="downloading is disabled"):
-        resolve_model(ClipSettings(model_name="ViT-B-16", allow_download=False))
+        select_model(ClipSettings(model_name="ViT-B-16", allow_download=False))
 
 
 def test_checkpoint_directory_registers_once(tiny_tag: str, tmp_path: Path) -> None:
     checkpoint = tmp_path / "finetuned"
     shutil.copytree(open_entry(tiny_tag).path, checkpoint)
     settings = ClipSettings(model_path=str(checkpoint), model_name="tiny_clip")
-    first = resolve_model(settings)
+    first = select_model(settings)
     assert first.registered and open_entry(first.tag).labels["source"] == "checkpoint"
-    second = resolve_model(settings)
+    second = select_model(settings)
     assert second.tag == first.tag and not second.registered
     cfg = json.loads((open_entry(first.tag).path / CONFIG_FILE).read_text())
     assert cfg["model_cfg"]["embed_dim"] == 32

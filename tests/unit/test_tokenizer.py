@@ -9,7 +9,9 @@ import numpy as np
 import open_clip
 import pytest
 
-from clip_runner.tokenizer import TOKENIZER_FILE, ClipTokenizer, write_tokenizer
+from clip_runner.compile.openvino_compiler import write_tokenizer
+from clip_runner.preprocessing.clip_tokenizer import ClipTokenizer
+from clip_runner.store.entries import TOKENIZER_FILE
 
 TEXTS = [
     "a red circle", "A Blue   SQUARE\n on a white background!", "ünïcødé 🙂 text",

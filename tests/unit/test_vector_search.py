@@ -153,13 +153,13 @@ def test_cli(folder: Path, tmp_path: Path, tiny_tag: str, monkeypatch: pytest.Mo
                     reason="demo model not built (make demo)")
 async def test_caption_finds_its_image_with_the_demo_model(tmp_path: Path) -> None:
     """With a model that means something, a caption's own image comes back first."""
-    from clip_runner import demo_data
-    from clip_runner.demo import register_demo
+    from clip_runner import synthetic_images
+    from clip_runner.store.registration import register_demo
 
     root = tmp_path / "shapes"
     root.mkdir()
     seen: dict[str, str] = {}
-    for index_no, (scene, image) in enumerate(demo_data.generate(200, seed=777)):
+    for index_no, (scene, image) in enumerate(synthetic_images.generate(200, seed=777)):
         if scene.category not in seen and len(seen) < 8:  # 8 images of 8 different categories
             name = f"{index_no:03d}.png"
             image.save(root / name)

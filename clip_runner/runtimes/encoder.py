@@ -1,0 +1,91 @@
+"""The encoder interface every runtime implements, in the three phases of an encode.
+
+* **pre** — :meth:`Encoder.tokenize`: texts → token ids (images arrive preprocessed, as uint8
+  pixels, from :mod:`clip_runner.preprocessing`). Runs per request, in the decode threads.
+* **core** — :meth:`Encoder.image_features` / :meth:`Encoder.text_features`: the model, one
+  whole batch of arrays per call, on the model thread.
+* **post** — :func:`unit_rows`: float32 rows of unit length, per request, by the caller.
+
+:meth:`Encoder.encode_pixels` and :meth:`Encoder.encode_texts` run all three in one call, for
+offline tools (compiling, calibration, evaluation, benchmarks). Importing this module loads no
+runtime library.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..store.entries import StoreEntry
+
+logger = logging.getLogger(__name__)
+
+
+class Encoder:
+    """A model in one runtime: the torch encoder or the OpenVINO encoder. ``entry`` is the store
+    entry served; ``describe()`` feeds ``/health`` and the start-up log."""
+
+    entry: StoreEntry
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """pre: N texts → (N, context_length) int64 token ids, zero-padded, cut at the context length."""
+        raise NotImplementedError
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        """core: (N, H, W, 3) uint8 → (N, D) float32 features (not normalised)."""
+        raise NotImplementedError
+
+    def text_features(self, tokens: np.ndarray) -> np.ndarray:
+        """core: (N, context_length) token ids → (N, D) float32 features (not normalised)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime, device, precision and load time, for ``/health`` and logs."""
+        raise NotImplementedError
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 → (N, D) unit rows: core and post in one call."""
+        return unit_rows(self.image_features(pixels))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """N texts → (N, D) unit rows: pre, core and post in one call."""
+        return unit_rows(self.text_features(self.tokenize(texts)))
+
+    def warm_up(self) -> None:
+        """Run one image and one text: the first call pays for lazy initialisation, not a caller."""
+        self.encode_pixels(np.zeros((1, *self.entry.input_size, 3), dtype=np.uint8))
+        self.encode_texts(["warm up"])
+
+
+def warn_fp16_on_cpu() -> None:
+    """fp16 has no fast CPU kernels: every CPU runtime serves fp32 instead, and says so."""
+    logger.warning("CLIP_PRECISION=fp16 is not supported on CPU; using fp32 (bf16 is the fast CPU choice)")
+
+
+def check_pixels(pixels: np.ndarray) -> None:
+    """Refuse anything but a batch of (H, W, 3) images."""
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) pixels, got shape {pixels.shape}")
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """post: features → float32 rows of unit length (a zero row stays zero)."""
+    # Normalise in fp32: fp16 norms lose precision for the cosine scores built on them.
+    rows = np.asarray(features, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
+
+
+def token_counts(tokens: np.ndarray) -> list[int]:
+    """Tokens the model reads per row of ids: start and end tokens included (ids are zero-padded)."""
+    return [int(np.flatnonzero(row)[-1]) + 1 if row.any() else 0 for row in np.asarray(tokens)]
+
+
+def encode_in_chunks(encode: Callable[[Any], np.ndarray], items: Sequence[Any], size: int = 64) -> np.ndarray:
+    """``encode`` applied to ``items`` ``size`` at a time, rows concatenated in order.
+
+    For offline tools (calibration, evaluation) that encode whole datasets with bounded memory.
+    """
+    return np.concatenate([encode(items[i : i + size]) for i in range(0, len(items), size)])

@@ -1,0 +1,76 @@
+"""The OpenVINO runtime: a compiled entry's two towers, in fp32, bf16 or int8, without torch.
+
+:mod:`clip_runner.compile` makes compiled entries (``python -m models compile``). The image
+graph takes the batcher's uint8 pixels as they are (scaling and normalisation are compiled
+into it); the text graph takes the ids of the entry's ``tokenizer.json``, run by
+:class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`. This module is the only home
+of OpenVINO on the serving side: the runtime choice imports it only when OpenVINO is installed
+(``pip install 'clip-service[openvino]'``).
+
+Precisions: ``fp32`` (inference in fp32), ``bf16`` (weights stored in fp16, inference in bf16
+where the CPU has it), ``int8`` (NNCF post-training quantization). ONNX Runtime was measured
+too and lost on every tower and precision (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ..errors import ModelNotAvailable
+from ..preprocessing.clip_tokenizer import ClipTokenizer
+from ..store.entries import OPENVINO, TOKENIZER_FILE, StoreEntry, verify_files
+from .encoder import Encoder, check_pixels
+
+logger = logging.getLogger(__name__)
+
+
+class OpenVINOEncoder(Encoder):
+    """Serves a compiled entry: one OpenVINO infer request per tower, one batch at a time."""
+
+    def __init__(self, entry: StoreEntry, threads: int, *, verify: bool = True) -> None:
+        """Compile ``entry``'s towers for this CPU with ``threads`` inference threads."""
+        start = time.perf_counter()
+        if verify:
+            verify_files(entry)
+        self.entry = entry
+        self.precision = entry.labels.get("precision", "fp32")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
+        core = ov.Core()
+        try:
+            self._image, self._text = (core.compile_model(str(entry.path / f"{tower}.xml"), "CPU", config)
+                                       .create_infer_request() for tower in ("image", "text"))
+        except RuntimeError as exc:
+            raise ModelNotAvailable(f"store entry {entry.tag}: OpenVINO could not compile it: {exc}") from exc
+        self._tokenizer = _tokenizer(entry)
+        self.load_seconds = time.perf_counter() - start
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._tokenizer(list(texts)))
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        check_pixels(pixels)
+        return np.array(self._image.infer([np.ascontiguousarray(pixels, dtype=np.uint8)])[0])
+
+    def text_features(self, tokens: np.ndarray) -> np.ndarray:
+        return np.array(self._text.infer([np.asarray(tokens, dtype=np.int64)])[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": OPENVINO, "runtime_version": self.entry.metadata.get("runtime_version"),
+                "device": "cpu", "device_name": "cpu", "precision": self.precision,
+                "parent": self.entry.labels.get("parent"), "load_seconds": round(self.load_seconds, 3)}
+
+
+def _tokenizer(entry: StoreEntry) -> Callable[[list[str]], Any]:
+    """The entry's torch-free tokenizer; open_clip's for an entry compiled without one."""
+    if (entry.path / TOKENIZER_FILE).is_file():
+        return ClipTokenizer(entry.path / TOKENIZER_FILE, int(entry.metadata.get("context_length", 77)))
+    import open_clip  # torch boundary: only for a tokenizer that is not CLIP BPE (the compile log warned)
+
+    return open_clip.get_tokenizer(entry.local_dir_name)

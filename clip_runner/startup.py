@@ -1,0 +1,32 @@
+"""Start-up, in its one order: settings → model selection → runtime choice → warm-up → serving.
+
+:func:`serve` is what a worker (``service.py``) and the in-process app (``clip_http.local``) call.
+It logs one line saying what serves, where, how and why. Importing it loads no torch: a runtime
+library is imported only once the runtime choice picks it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .runtimes.choice import choose_runtime
+from .serving import ClipAPI
+from .serving.served_model import ServedModel
+from .settings import ClipSettings, cpu_share
+from .store.selection import select_model
+
+logger = logging.getLogger(__name__)
+
+
+def serve(settings: ClipSettings) -> ClipAPI:
+    """Select (registering if needed), load and warm up the configured model, and serve it.
+
+    Inference threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
+    """
+    threads = settings.num_threads or cpu_share(settings.workers)
+    selection = select_model(settings)
+    encoder, choice = choose_runtime(selection.tag, settings, threads)
+    encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
+    served = ServedModel(selection, encoder, threads, choice)
+    logger.info("%s", served.summary())
+    return ClipAPI(served, settings)

@@ -1,0 +1,473 @@
+"""Contrastive fine-tuning of a CLIP model on image–caption pairs listed in a CSV.
+
+The pairs are read by :mod:`clip_runner.training.pairs` (the service's own decode and the model's own
+preprocessing, so the model is trained on exactly the pixels it will be served). The model
+starts from a store entry, or from random weights of a named open_clip architecture or a
+model-config JSON. Training uses open_clip's ``ClipLoss``, AdamW and a cosine learning
+rate schedule with linear warmup; after every epoch it measures image→text recall@1 and the
+contrastive loss on a held-out split and writes a checkpoint (safetensors weights in the
+open_clip ``local-dir`` layout, ``train_state.json`` and ``optimizer.pt``) that a later run can
+resume from. The result is registered as a new store version with its metrics in metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..errors import FinetuneError
+from ..runtimes.torch_encoder import normalize, pick_device
+from ..store.entries import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, store_name
+from ..store.registration import model_config as builtin_model_config
+from ..store.weights import build_from_config, cpu_state_dict, create_model, load_entry, plain_config, save_entry
+from .pairs import PairSet, load_pairs
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+# Metadata a fine-tuned model inherits from its base: they describe its use, not its weights.
+INHERITED_METADATA = ("categories", "prompt_templates")
+
+
+class TrainSettings(BaseSettings):
+    """Training defaults, from ``CLIP_TRAIN_*`` and ``CLIP_CHECKPOINT_DIR``; CLI flags override them.
+
+    An empty variable means unset, as it does for the server settings.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CLIP_", extra="ignore", env_ignore_empty=True)
+
+    train_batch_size: int = Field(16, ge=2, description="Pairs per contrastive batch.")
+    train_learning_rate: float = Field(5e-6, gt=0, description="Peak AdamW learning rate.")
+    train_epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    checkpoint_dir: Path = Field(Path("./clip_checkpoints"), description="Where runs write checkpoints.")
+
+
+# ---- configuration --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides its data and starting model."""
+
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    checkpoint_dir: Path
+    val_fraction: float = 0.1
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
+        if self.batch_size < 2:
+            raise FinetuneError("batch size must be at least 2: contrastive training needs negatives")
+        if not 0 <= self.val_fraction < 1:
+            raise FinetuneError("the validation fraction must be in [0, 1)")
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults from the environment, then any override that is not None."""
+        settings = settings or TrainSettings()
+        values: dict[str, Any] = {
+            "batch_size": settings.train_batch_size,
+            "learning_rate": settings.train_learning_rate,
+            "epochs": settings.train_epochs,
+            "checkpoint_dir": settings.checkpoint_dir,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form (for checkpoints and store metadata)."""
+        out = dataclasses.asdict(self)
+        out["checkpoint_dir"] = str(self.checkpoint_dir)
+        return out
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine decay to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) split of ``range(count)``; at least 2 rows stay for training."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = min(count - 2, int(round(count * val_fraction))) if val_fraction > 0 else 0
+    if val_fraction > 0 and count >= 4:
+        n_val = max(2, n_val)  # recall over fewer than 2 texts says nothing
+    n_val = max(0, n_val)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainableModel:
+    """A model in training mode with its configs, tokenizer and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    arch: str
+    origin: dict[str, Any]
+    inherited: dict[str, Any]
+
+
+def _from_dir(folder: Path) -> tuple[torch.nn.Module, Any]:
+    name = f"local-dir:{folder}"
+    return create_model(name), open_clip.get_tokenizer(name)
+
+
+def init_model(*, tag: str | None = None, arch: str | None = None, model_config: str | Path | None = None,
+               seed: int = 0) -> TrainableModel:
+    """The starting model: a store entry (``tag``), or random weights for ``arch`` / ``model_config``."""
+    if sum(x is not None for x in (tag, arch, model_config)) != 1:
+        raise FinetuneError("give exactly one starting model: a store tag, an architecture or a model-config JSON")
+    torch.manual_seed(seed)  # random init (and nothing else) depends on it
+    if tag is not None:
+        loaded = load_entry(tag, torch.device("cpu"))
+        entry = loaded.entry
+        inherited = {k: entry.metadata[k] for k in INHERITED_METADATA if k in entry.metadata}
+        return TrainableModel(loaded.model, loaded.tokenizer, entry.model_cfg, entry.preprocess_cfg,
+                              entry.labels.get("arch", entry.tag.split(":")[0]), {"base_tag": entry.tag}, inherited)
+    if arch is not None:
+        model_cfg = builtin_model_config(arch)
+        model, tokenizer = build_from_config(model_cfg, {})
+        origin = {"arch": arch, "init": "random", "seed": seed}
+    else:
+        path = Path(model_config)  # type: ignore[arg-type]
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise FinetuneError(f"cannot read model config {path}: {exc}") from exc
+        model_cfg = raw.get("model_cfg", raw)
+        model, tokenizer = build_from_config(model_cfg, raw.get("preprocess_cfg", {}))
+        arch, origin = path.stem, {"model_config": str(path), "init": "random", "seed": seed}
+    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
+    return TrainableModel(model, tokenizer, plain_config(model_cfg), preprocess_cfg, arch, origin, {})
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # As in CLIP training: no decay on gains, biases and the temperature.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        param.requires_grad_(True)
+        skip = param.ndim < 2 or "bias" in name or "ln" in name or "logit_scale" in name
+        (no_decay if skip else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> Path:
+    """Write a resumable checkpoint folder (open_clip local-dir layout + state + optimizer)."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = {"model_cfg": trainable.model_cfg, "preprocess_cfg": trainable.preprocess_cfg}
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file(cpu_state_dict(trainable.model), str(tmp / WEIGHTS_FILE))
+    # Tensors and plain containers only, so torch.load(..., weights_only=True) reads it back.
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # a crash mid-write never leaves a checkpoint that looks complete
+    return folder
+
+
+def read_checkpoint(folder: str | Path) -> tuple[TrainableModel, dict[str, Any], dict[str, Any]]:
+    """(model with the checkpoint's weights, train state, optimizer state) of a checkpoint folder."""
+    folder = Path(folder)
+    needed = [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, OPTIMIZER_FILE)]
+    if missing := [p.name for p in needed if not p.is_file()]:
+        raise FinetuneError(f"{folder} is not a complete checkpoint; missing {', '.join(missing)}")
+    state = json.loads((folder / STATE_FILE).read_text())
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model, tokenizer = _from_dir(folder)
+    optimizer_state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    trainable = TrainableModel(model, tokenizer, config["model_cfg"], config["preprocess_cfg"],
+                               state["arch"], state["origin"], state.get("inherited", {}))
+    return trainable, state, optimizer_state
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    for old in sorted(run_dir.glob("epoch-*"))[:-keep]:
+        if old.is_dir() and not old.name.endswith(".partial"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EpochMetrics(MetadataRecord):
+    """What one epoch did. Epoch 0 is the model before training (no train loss)."""
+
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_recall_at_1: float | None
+    learning_rate: float
+    seconds: float
+
+
+@dataclasses.dataclass
+class _Run:
+    """A training run in progress: model, optimizer, progress so far and where it checkpoints."""
+
+    trainable: TrainableModel
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    run_dir: Path
+    name: str
+    epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    checkpoint: Path | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The JSON that a checkpoint stores and a resumed run starts from."""
+        return {"epoch": self.epoch, "global_step": self.global_step, "history": self.history,
+                "config": self.config.to_json(), "arch": self.trainable.arch, "origin": self.trainable.origin,
+                "inherited": self.trainable.inherited, "name": self.name}
+
+
+class _Trainer:
+    """Batches, optimizer steps and validation for one run over one split of the data."""
+
+    def __init__(self, run: _Run, pairs: PairSet, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+        self.run, self.pairs = run, pairs
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.device = pick_device(run.config.device)
+        self.model = run.trainable.model.to(self.device)
+        self.loss = open_clip.ClipLoss()
+        self.total_steps = self.steps_per_epoch * run.config.epochs
+        self.warmup_steps = int(round(run.config.warmup_fraction * self.total_steps))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches(1))
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This epoch's batches: a seeded shuffle, so a resumed run sees the same order."""
+        order = np.random.default_rng([self.run.config.seed, epoch]).permutation(self.train_idx)
+        size = self.run.config.batch_size
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        return [c for c in chunks if len(c) >= 2]  # a batch of one has no negatives
+
+    def _features(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pipeline = self.pairs.pipeline
+        images = normalize(self.pairs.batch_pixels(indices), pipeline.mean, pipeline.std, self.device)
+        tokens = self.run.trainable.tokenizer([self.pairs.rows[i].text for i in indices]).to(self.device)
+        return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
+
+    def step(self, indices: np.ndarray) -> tuple[float, float]:
+        """One optimizer step on one batch; returns (loss, learning rate)."""
+        lr = lr_at(self.run.global_step, self.total_steps, self.warmup_steps, self.run.config.learning_rate)
+        for group in self.run.optimizer.param_groups:
+            group["lr"] = lr
+        image_features, text_features = self._features(indices)
+        loss = self.loss(image_features, text_features, self.model.logit_scale.exp())
+        self.run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.config.max_grad_norm)
+        self.run.optimizer.step()
+        with torch.no_grad():  # CLIP caps the temperature at 100 to keep the logits stable
+            self.model.logit_scale.clamp_(0, math.log(100))
+        self.run.global_step += 1
+        return float(loss.item()), lr
+
+    def train_epoch(self, epoch: int) -> EpochMetrics:
+        """One pass over the training split, then validation."""
+        start = time.perf_counter()
+        self.model.train()
+        losses, lr = [], 0.0
+        batches = self.batches(epoch)
+        desc = f"epoch {epoch}/{self.run.config.epochs}"
+        with tqdm(batches, desc=desc, unit="batch", disable=not self.run.config.progress) as bar:
+            for indices in bar:
+                loss, lr = self.step(indices)
+                losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        val_loss, recall = self.validate()
+        return EpochMetrics(epoch, float(np.mean(losses)), val_loss, recall, lr, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float | None, float | None]:
+        """(contrastive loss in training-size batches, image→text recall@1) on the held-out split."""
+        if len(self.val_idx) < 2:
+            return None, None
+        self.model.eval()
+        size = self.run.config.batch_size
+        chunks = [self._features(self.val_idx[i : i + size]) for i in range(0, len(self.val_idx), size)]
+        scale = self.model.logit_scale.exp()
+        losses = [float(self.loss(img, txt, scale)) for img, txt in chunks if len(img) >= 2]
+        images = torch.cat([img for img, _ in chunks])
+        texts = torch.cat([txt for _, txt in chunks])
+        self.model.train()
+        val_texts = [self.pairs.rows[i].text for i in self.val_idx]
+        return float(np.mean(losses)), recall_at_1(images, texts, val_texts)
+
+
+def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, texts: Sequence[str]) -> float:
+    """Share of images whose most similar text is their own caption (identical captions count as hits)."""
+    best = (image_features @ text_features.T).argmax(dim=1).tolist()
+    return float(np.mean([texts[j] == texts[i] for i, j in enumerate(best)]))
+
+
+# ---- runs -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """A finished run: the registered tag (None when not registered), metrics and last checkpoint."""
+
+    tag: str | None
+    history: list[dict[str, Any]]
+    data: dict[str, Any]
+    checkpoint: Path | None
+    seconds: float
+
+
+def _new_run(config: TrainConfig, trainable: TrainableModel, name: str | None) -> _Run:
+    name = name or default_name(trainable)
+    run_dir = config.checkpoint_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    optimizer = torch.optim.AdamW(_param_groups(trainable.model, config.weight_decay), lr=config.learning_rate)
+    return _Run(trainable, optimizer, config, run_dir, name)
+
+
+def _resumed_run(folder: str | Path, config: TrainConfig) -> _Run:
+    trainable, state, optimizer_state = read_checkpoint(folder)
+    saved = TrainConfig(**{**state["config"], "checkpoint_dir": Path(state["config"]["checkpoint_dir"])})
+    # The checkpoint fixes how the run optimises; the caller decides where it stops and runs.
+    config = dataclasses.replace(saved, epochs=config.epochs, device=config.device, progress=config.progress)
+    if state["epoch"] >= config.epochs:
+        raise FinetuneError(f"checkpoint {folder} already completed epoch {state['epoch']} of {config.epochs}; "
+                            "pass a larger --epochs to train further")
+    optimizer = torch.optim.AdamW(_param_groups(trainable.model, config.weight_decay), lr=config.learning_rate)
+    optimizer.load_state_dict(optimizer_state)
+    logger.info("resuming %s after epoch %d (step %d)", folder, state["epoch"], state["global_step"])
+    return _Run(trainable, optimizer, config, Path(folder).parent, state["name"], state["epoch"],
+                state["global_step"], list(state["history"]), Path(folder))
+
+
+def default_name(trainable: TrainableModel) -> str:
+    """Store name of a fine-tuned model: its base's name (or architecture) + ``-finetune``."""
+    base = trainable.origin.get("base_tag")
+    if base:
+        return f"{base.split(':')[0]}-finetune"
+    return store_name(trainable.arch, "finetune")
+
+
+def finetune(
+    csv_path: str | Path,
+    config: TrainConfig,
+    *,
+    tag: str | None = None,
+    arch: str | None = None,
+    model_config: str | Path | None = None,
+    image_root: str | Path | None = None,
+    resume: str | Path | None = None,
+    name: str | None = None,
+    register: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """Fine-tune on the CSV's pairs and register the result as a new store version.
+
+    Start from exactly one of ``tag``, ``arch`` or ``model_config``, or continue the run saved
+    in the checkpoint folder ``resume`` (its hyperparameters win; ``config.epochs`` says where
+    it stops). ``metadata`` (e.g. ``categories``, ``prompt_templates``) is stored with the
+    result, as metadata inherited from a base model is. Raises
+    :class:`~clip_runner.training.pairs.PairDataError` when the CSV has fewer than two usable pairs.
+    """
+    start = time.perf_counter()
+    if resume is not None:
+        run = _resumed_run(resume, config)
+    else:
+        run = _new_run(config, init_model(tag=tag, arch=arch, model_config=model_config, seed=config.seed), name)
+    run.trainable.inherited.update(metadata or {})
+    pairs = load_pairs(csv_path, run.trainable.preprocess_cfg, image_root, min_rows=2,
+                       threads=max(1, torch.get_num_threads()))
+    train_idx, val_idx = split_indices(len(pairs.rows), run.config.val_fraction, run.config.seed)
+    trainer = _Trainer(run, pairs, train_idx, val_idx)
+    logger.info("training on %d pairs, validating on %d; %d steps per epoch", len(train_idx), len(val_idx),
+                trainer.steps_per_epoch)
+    if not run.history:
+        val_loss, recall = trainer.validate()
+        run.history.append(EpochMetrics(0, None, val_loss, recall, 0.0, 0.0).to_json())
+    for epoch in range(run.epoch + 1, run.config.epochs + 1):
+        metrics = trainer.train_epoch(epoch)
+        run.history.append(metrics.to_json())
+        run.epoch = epoch
+        _log_epoch(metrics)
+        run.checkpoint = save_checkpoint(run.run_dir / f"epoch-{epoch:03d}", run.trainable, run.optimizer, run.state())
+        _prune_checkpoints(run.run_dir, run.config.keep_checkpoints)
+    seconds = time.perf_counter() - start
+    data = {**pairs.report(), "csv": str(csv_path), "train_rows": len(train_idx), "val_rows": len(val_idx)}
+    new_tag = register_run(run, data, seconds) if register else None
+    return FinetuneResult(new_tag, run.history, data, run.checkpoint, seconds)
+
+
+def _log_epoch(metrics: EpochMetrics) -> None:
+    logger.info("epoch %d: train loss %.4f, val loss %s, val recall@1 %s (%.0fs)", metrics.epoch,
+                metrics.train_loss or 0.0, _fmt(metrics.val_loss), _fmt(metrics.val_recall_at_1), metrics.seconds)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def register_run(run: _Run, data: dict[str, Any], seconds: float) -> str:
+    """Save the trained model as a new store version (source ``finetune``) with its metrics."""
+    trainable = run.trainable
+    last = run.history[-1]
+    training = {"config": run.config.to_json(), "history": run.history, "data": data,
+                "base": trainable.origin, "seconds": round(seconds, 1), "epochs_completed": run.epoch}
+    if run.checkpoint is not None:
+        training["checkpoint"] = str(run.checkpoint)
+    extra: dict[str, Any] = {**trainable.inherited, "training": training,
+                             "origin": trainable.origin.get("base_tag") or f"random init of {trainable.arch}"}
+    for key in ("val_recall_at_1", "val_loss"):
+        if key in last:
+            extra[key] = last[key]
+    trainable.model.to("cpu").eval()
+    tag = save_entry(trainable.model, trainable.model_cfg, trainable.preprocess_cfg, name=run.name,
+                     arch=trainable.arch, pretrained="finetune", source="finetune", extra_metadata=extra)
+    logger.info("registered %s", tag)
+    return tag
+
