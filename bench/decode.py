@@ -1,11 +1,12 @@
 """Fast decode benchmark: a 12 MP JPEG through our decode+preprocess vs open_clip's reference.
 
     python -m bench.decode [--model-tag TAG] [--repeats 9]
-    python -m bench.decode --model-tag "$(python -c 'from clip_runner.store import registration as r; print(r.register_demo())')"
+    tag=$(python -c 'from clip_runner.store import registration; print(registration.register_demo())')
+    python -m bench.decode --model-tag "$tag"
 
 Reference: ``PIL.Image.open`` + full decode + open_clip's own eval transform (resize, crop,
-to-tensor, normalise). Ours: :class:`~clip_runner.preprocess.UploadPreparer`, the service's
-own decode (at the draft size it uses) and resize, then :func:`~clip_runner.preprocess.normalize`.
+to-tensor, normalise). Ours: :class:`~clip_runner.preprocessing.images.UploadPreparer`, the service's
+own decode (at the draft size it uses) and resize, then :func:`~clip_runner.runtimes.torch_encoder.normalize`.
 The two run alternately, ``--repeats`` times each. Prints the median time of each (and its
 range), the speed-up of the medians, and the cosine between the two embeddings of the same
 photo under the served model (goal: ≥ 5× faster at cosine ≥ 0.99). Both paths run

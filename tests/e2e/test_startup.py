@@ -27,6 +27,11 @@ def test_the_seed_commands_serve(app: str, tiny_tag: str, tmp_path: Path) -> Non
         assert len(rows) == 1 and len(rows[0]) == 32
     finally:
         stop_server(srv)
+    log = (tmp_path / "serve.log").read_text()
+    # At the default level: our one start-up line says what serves, how and why; no third-party INFO chatter.
+    started = [line for line in log.splitlines() if f"serving {tiny_tag} with torch at fp32 on cpu" in line]
+    assert len(started) == 1 and "model: CLIP_MODEL_TAG" in started[0] and "runtime: CLIP_RUNTIME=torch" in started[0]
+    assert "Parsing model identifier" not in log and "Loaded built-in" not in log, log
 
 
 @pytest.mark.parametrize(("env", "says"), [

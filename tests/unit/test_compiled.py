@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from clip_runner.compile import openvino_compiler
-from models import __main__ as cli
 from clip_runner.compile.openvino_compiler import compile_entry
 from clip_runner.errors import CompileRefused, ModelNotAvailable, RuntimeMissing
 from clip_runner.hardware import NVIDIA_DEVICE_NODE
@@ -24,6 +23,7 @@ from clip_runner.runtimes import choice as runtime_choice
 from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
 from clip_runner.settings import ClipSettings
 from clip_runner.store.entries import COMPILED_FILES, PARITY_BAR, list_entries, open_entry, store_home
+from models import __main__ as cli
 from tests.conftest import make_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]

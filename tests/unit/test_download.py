@@ -60,7 +60,7 @@ for line in sys.stdin:
 
 
 class HubWorker:
-    """A child process that runs ``clip_runner.download`` functions with the hub env it was given."""
+    """A child process that runs ``clip_runner.store.download`` functions with the hub env it was given."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
