@@ -118,7 +118,7 @@ class ClipBaseline:
         import torch
         from transformers import CLIPModel
 
-        self.threads = configure_threads(settings.num_threads)
+        self.threads = configure_threads(settings.model_copy(update={"workers": 1}).inference_thread_count)
         self.device = pick_device(settings.device)
         model_cfg, size = architecture(settings.model_tag)
         torch.manual_seed(0)

@@ -868,9 +868,9 @@ def _service_batch(device: str) -> int:
 
 
 def _threads() -> int:
-    from clip_runner.settings import cpu_share, get_settings
+    from clip_runner.settings import get_settings
 
-    return get_settings().num_threads or cpu_share(1)
+    return get_settings().model_copy(update={"workers": 1}).inference_thread_count
 
 
 def _served_as(encoder: Any) -> str:

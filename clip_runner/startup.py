@@ -12,18 +12,15 @@ import logging
 from .runtimes.choice import choose_runtime
 from .serving import ClipAPI
 from .serving.served_model import ServedModel
-from .settings import ClipSettings, cpu_share
+from .settings import ClipSettings
 from .store.selection import select_model
 
 logger = logging.getLogger(__name__)
 
 
 def serve(settings: ClipSettings) -> ClipAPI:
-    """Select (registering if needed), load and warm up the configured model, and serve it.
-
-    Inference threads are this worker's share of the CPUs (``CLIP_WORKERS`` split them).
-    """
-    threads = settings.num_threads or cpu_share(settings.workers)
+    """Select (registering if needed), load and warm up the configured model, and serve it."""
+    threads = settings.inference_thread_count
     selection = select_model(settings)
     encoder, choice = choose_runtime(selection.tag, settings, threads)
     encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's

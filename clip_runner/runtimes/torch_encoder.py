@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..hardware import cpu_has_native_bf16
-from ..settings import ClipSettings, cpu_share
+from ..settings import ClipSettings
 from ..store.entries import StoreEntry
 from ..store.weights import LoadedModel, load_entry
 from .encoder import Encoder, check_pixels, warn_fp16_on_cpu
@@ -156,13 +156,8 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> Precisio
     return Precision("bf16", weights=torch.bfloat16)
 
 
-def configure_threads(num_threads: int | None, workers: int = 1) -> int:
-    """Set torch intra-op threads: the given number, else the CPUs shared among workers.
-
-    Over-subscribing cores (torch's default of one thread per core in every worker) makes
-    batched CPU inference slower, so each worker gets its share.
-    """
-    threads = num_threads or cpu_share(workers)
+def configure_threads(threads: int) -> int:
+    """Set torch's intra-op threads (:attr:`ClipSettings.inference_thread_count` when serving)."""
     torch.set_num_threads(threads)
     return threads
 
