@@ -56,3 +56,20 @@ def test_encode_image_runs_through_the_files_the_readme_lists(tiny_tag: str) -> 
         threading.setprofile(None)
         local.close()
     assert sorted(seen) == sorted(ENCODE_IMAGE_FILES)
+
+
+def test_texts_are_tokenized_once_before_the_batcher(client, service_module, monkeypatch) -> None:
+    """pre → core → post: one tokenization per request; the model thread gets ids; usage counts them."""
+    api = service_module.app.state.api
+    encoder, tokenized, fed = api.model.encoder, [], []
+    tokenize, text_features = encoder.tokenize, api.batcher._encode["text"]
+    monkeypatch.setattr(encoder, "tokenize", lambda texts: tokenized.append(list(texts)) or tokenize(texts))
+    monkeypatch.setitem(api.batcher._encode, "text", lambda ids: fed.append(ids) or text_features(ids))
+    texts = ["a red circle", "a blue square on a white background"]
+    body = client.post("/v1/embeddings", json={"input": texts}).json()
+    assert tokenized == [texts] and len(fed) == 1 and fed[0].dtype.kind == "i"  # ids reach the model thread
+    assert body["usage"]["prompt_tokens"] == int((fed[0] != 0).sum())  # from that one tokenization
+    tokenized.clear()
+    assert client.post("/similarity", files={"image": ("a.jpg", make_jpeg(3))},
+                       data={"texts": texts}).status_code == 200
+    assert tokenized == [texts]
