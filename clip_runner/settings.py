@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -91,6 +92,12 @@ class ClipSettings(BaseSettings):
 
     cors_origins: str | None = Field(
         None, description="Comma-separated origins whose web pages may call the service (CORS), or *.")
+
+    # Fine-tuning defaults (python -m models finetune; its flags override them).
+    train_batch_size: int = Field(16, ge=2, description="Pairs per contrastive batch.")
+    train_learning_rate: float = Field(5e-6, gt=0, description="Peak AdamW learning rate.")
+    train_epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    checkpoint_dir: Path = Field(Path("./clip_checkpoints"), description="Where training runs write checkpoints.")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_key: str | None = Field(None, description="When set, callers must send it.")

@@ -31,11 +31,8 @@ def _register(args: argparse.Namespace) -> None:
     from clip_runner.store import registration as registry
 
     if args.random_init:
-        print(
-            f"WARNING: registering {args.random_init} with RANDOM weights: for benchmarks and "
-            "tests only, its embeddings carry no meaning.",
-            file=sys.stderr,
-        )
+        print(f"WARNING: registering {args.random_init} with RANDOM weights: for benchmarks and tests only, "
+              "its embeddings carry no meaning.", file=sys.stderr)
         tag = registry.register_random(args.random_init, seed=args.seed, name=args.name)
     elif args.checkpoint:
         tag = registry.register_checkpoint(args.checkpoint, args.arch, name=args.name)
@@ -64,8 +61,7 @@ def _list(_: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import bentoml
 
-    path = bentoml.models.export_model(args.tag, args.path)
-    print(path)
+    print(bentoml.models.export_model(args.tag, args.path))
 
 
 def _compile(args: argparse.Namespace) -> None:
@@ -88,9 +84,6 @@ def _finetune(args: argparse.Namespace) -> None:
     config = TrainConfig.from_settings(
         batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs,
         checkpoint_dir=args.checkpoint_dir, val_fraction=args.val_fraction, seed=args.seed, device=args.device)
-    start = None if args.resume else (args.tag, args.arch, args.model_config)
-    if start is not None and sum(x is not None for x in start) != 1:
-        raise SystemExit("error: give exactly one of --tag, --arch, --model-config (or --resume CHECKPOINT)")
     result = finetune(args.csv, config, tag=args.tag, arch=args.arch, model_config=args.model_config,
                       image_root=args.image_root, resume=args.resume, name=args.name,
                       register=not args.no_register)

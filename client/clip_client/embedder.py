@@ -50,13 +50,12 @@ class CLIPEmbedder:
         configured = model_name is not None or device != "auto" or settings is not None
         if backend is None:
             client = ClientSettings.from_env()
-            if client.use_local_clip:
-                if configured:
-                    logger.debug("model_name=%r, device=%r ignored: the CLIP service at %s serves its own model",
-                                 model_name, device, client.local_clip_url)
-                backend = from_env(client=client)
-            else:
-                backend = from_env(_local_settings(model_name, device, settings), client=client)
+            # The in-process settings are built only when used: they need the full install.
+            local = None if client.use_local_clip else _local_settings(model_name, device, settings)
+            if configured and client.use_local_clip:
+                logger.debug("model_name=%r, device=%r ignored: the CLIP service at %s serves its own model",
+                             model_name, device, client.local_clip_url)
+            backend = from_env(local, client=client)
         elif configured:
             logger.debug("model_name=%r, device=%r ignored: a backend was given", model_name, device)
         self.backend = backend
@@ -71,8 +70,6 @@ class CLIPEmbedder:
     def close(self) -> None:
         """Release the client (HTTP connections, or the in-process model)."""
         self.backend.close()
-
-    # ---- images -----------------------------------------------------------------------------
 
     async def generate_embedding(self, image_path: PathLike) -> np.ndarray | None:
         """The (D,) unit embedding of one image file (or ``http(s)`` URL, fetched by the service).
@@ -130,8 +127,6 @@ class CLIPEmbedder:
             out[i] = row
         return out
 
-    # ---- texts and vectors ------------------------------------------------------------------
-
     def encode_text(self, text: str | Sequence[str]) -> np.ndarray:
         """A text → (D,); a list of texts → (N, D). Unit float32 rows. Blocking."""
         if isinstance(text, str):
@@ -139,8 +134,8 @@ class CLIPEmbedder:
         texts = list(text)
         if not texts:
             return np.zeros((0, self.get_embedding_dimension()), dtype=np.float32)
-        chunks = [self.backend.encode_text(texts[i : i + _TEXT_CHUNK]) for i in range(0, len(texts), _TEXT_CHUNK)]
-        return np.concatenate(chunks)
+        return np.concatenate([self.backend.encode_text(texts[i : i + _TEXT_CHUNK])
+                               for i in range(0, len(texts), _TEXT_CHUNK)])
 
     @staticmethod
     def compute_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -161,11 +156,8 @@ class CLIPEmbedder:
 
 def _local_settings(model_name: str | None, device: str, settings: ClipSettings | None) -> ClipSettings | None:
     """``settings`` (default: from ``CLIP_*``) with the constructor's model name and device applied."""
-    updates: dict[str, object] = {}
-    if model_name is not None:
-        updates["model_name"] = model_name
-    if device != "auto":
-        updates["device"] = device
+    updates = {**({"model_name": model_name} if model_name is not None else {}),
+               **({"device": device} if device != "auto" else {})}
     if not updates:
         return settings
     base = settings or import_full("clip_runner.settings").ClipSettings()

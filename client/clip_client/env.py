@@ -37,11 +37,7 @@ _FALSE = {"0", "false", "f", "no", "n", "off"}
 class ClientSettings:
     """Caller-side settings: which client :func:`from_env` builds, and how the HTTP one connects.
 
-    ``use_local_clip``: true calls the service at ``local_clip_url``, false loads the model
-    in-process. ``local_clip_api_key`` is sent as ``Authorization: Bearer <key>``;
-    ``local_clip_timeout`` is the seconds to wait for an answer; ``local_clip_retries`` how many
-    times connection errors and 429/503 answers are retried; ``local_clip_json_images`` sends
-    images as base64 in JSON bodies instead of multipart uploads.
+    Each field is the variable of its name in capitals; docs/client.md has their meanings.
     """
 
     use_local_clip: bool = False
@@ -64,11 +60,8 @@ class ClientSettings:
         A value that cannot be read (``USE_LOCAL_CLIP=maybe``) raises ``ValueError`` naming it.
         """
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            raw = env.get(field.name.upper(), "").strip()
-            if raw:
-                values[field.name] = _parse(field.name.upper(), raw, field.type)
+        raw = {f: env.get(f.name.upper(), "").strip() for f in dataclasses.fields(cls)}
+        values = {f.name: _parse(f.name.upper(), value, f.type) for f, value in raw.items() if value}
         return cls(**values)  # type: ignore[arg-type]
 
     def retry_policy(self) -> RetryPolicy:

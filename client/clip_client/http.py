@@ -2,15 +2,10 @@
 
 Every route of the HTTP contract is a method, written once in :class:`AsyncClipClient`;
 :class:`ClipClient` runs the same coroutines on a private event loop. Embeddings come back as
-float32 numpy arrays and JSON results as typed dicts. Images may be given as bytes, a path or a
-PIL image, or an ``http(s)`` URL string for the service to fetch (when it allows image URLs).
-Images go as multipart uploads, or as base64 in JSON bodies with ``json_images=True`` (a request
-that holds a URL always goes as JSON). Connection errors and 429/503 answers are retried with exponential backoff
-(``Retry-After`` is honoured); every failure is raised as :class:`ClipServiceError` carrying the
-server's own error text.
-
-``in_process()`` gives the same client over the service's own app loaded in this process (no
-network, same checks and answers); it needs the full clip-service install.
+float32 numpy arrays and JSON results as typed dicts. Connection errors and 429/503 answers are
+retried with exponential backoff (``Retry-After`` is honoured); every failure is raised as
+:class:`ClipServiceError` carrying the server's own error text. ``in_process()`` gives the same
+client over the service's own app loaded in this process (full clip-service install only).
 """
 
 from __future__ import annotations
@@ -70,14 +65,8 @@ ImageInput: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str]
 # Failures after which the request certainly or very probably never reached the model. Every
 # route is a pure computation, so repeating one is safe; read timeouts are not retried because
 # a slow model would only be given more work.
-RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
-    httpx.NetworkError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.RemoteProtocolError,
-)
-
-# ---- results --------------------------------------------------------------------------------
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (httpx.NetworkError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                                                  httpx.RemoteProtocolError)
 
 
 class SimilarityItem(TypedDict):
@@ -143,9 +132,6 @@ class EncodedImages:
     errors: list[str | None]
 
 
-# ---- errors ---------------------------------------------------------------------------------
-
-
 class ClipServiceError(Exception):
     """The service refused or could not serve a call.
 
@@ -157,10 +143,7 @@ class ClipServiceError(Exception):
     def __init__(self, message: str, *, status: int | None = None, field: str | None = None,
                  attempts: int = 1) -> None:
         super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
-        self.attempts = attempts
+        self.message, self.status, self.field, self.attempts = message, status, field, attempts
 
     def __str__(self) -> str:
         return self.message if self.status is None else f"{self.status}: {self.message}"
@@ -169,8 +152,6 @@ class ClipServiceError(Exception):
 class ClipConnectionError(ClipServiceError):
     """No usable answer: the service could not be reached, or the connection failed, after retries."""
 
-
-# ---- inputs ---------------------------------------------------------------------------------
 
 # Modes PNG can store as they are; others (CMYK, YCbCr, ...) are converted to RGB first.
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
@@ -204,11 +185,6 @@ def image_text(image: ImageInput) -> str:
     return image if is_url(image) else base64.b64encode(image_bytes(image)).decode("ascii")  # type: ignore[return-value]
 
 
-def _upload(field: str, image: ImageInput, index: int = 0) -> tuple[str, tuple[str, bytes, str]]:
-    name = Path(image).name if isinstance(image, (str, os.PathLike)) else f"image{index}"
-    return field, (name, image_bytes(image), "application/octet-stream")
-
-
 def text_list(texts: Sequence[str], field: str) -> list[str]:
     """``texts`` as a list; a bare string is refused (it would be read character by character)."""
     if isinstance(texts, str):
@@ -221,33 +197,29 @@ def image_request(images: Mapping[str, ImageInput | list[ImageInput]], *, as_jso
     """httpx arguments for a route's image fields and other fields (None ones left out): a multipart
     form, or (``as_json``, or any image a URL) a JSON object with base64 images."""
     fields = {k: v for k, v in fields.items() if v is not None}
-    flat = [i for value in images.values() for i in (value if isinstance(value, list) else [value])]
-    if as_json or any(is_url(image) for image in flat):
+    flat = [(name, i, image) for name, value in images.items()
+            for i, image in enumerate(value if isinstance(value, list) else [value])]
+    if as_json or any(is_url(image) for _, _, image in flat):
         texts = {name: [image_text(i) for i in value] if isinstance(value, list) else image_text(value)
                  for name, value in images.items()}
         return {"json": {**texts, **fields}}
-    files = [_upload(name, image, i) for name, value in images.items()
-             for i, image in enumerate(value if isinstance(value, list) else [value])]
+    files = [(name, (Path(image).name if isinstance(image, (str, os.PathLike)) else f"image{i}", image_bytes(image),
+                     "application/octet-stream")) for name, i, image in flat]
     # List fields go as one JSON array: a single text that starts with "[" or holds a comma
     # would otherwise be read as an array or split into several categories.
     form = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in fields.items()}
     return {"files": files, "data": form}
 
 
-def _vector(body: Any) -> np.ndarray:
-    return np.asarray(body, dtype=np.float32)
+_vector = functools.partial(np.asarray, dtype=np.float32)
 
 
 def _encoded_images(body: Any) -> EncodedImages:
-    rows = [None if row is None else np.asarray(row, dtype=np.float32) for row in body["embeddings"]]
-    return EncodedImages(rows, list(body["errors"]))
+    return EncodedImages([None if row is None else _vector(row) for row in body["embeddings"]], list(body["errors"]))
 
 
 def _as_is(body: Any) -> Any:
     return body
-
-
-# ---- retries --------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +246,7 @@ class RetryPolicy:
         hint = retry_after(response) if response is not None else None
         if hint is not None:
             return min(hint, self.max_retry_after_s)
-        base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
-        return base * random.uniform(0.5, 1.0)
+        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * random.uniform(0.5, 1.0)
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -291,9 +262,7 @@ def retry_after(response: httpx.Response) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when.replace(tzinfo=when.tzinfo or UTC) - datetime.now(UTC)).total_seconds())
 
 
 def error_from_response(response: httpx.Response, attempts: int = 1) -> ClipServiceError:
@@ -321,25 +290,12 @@ def _result(path: str, parse: Callable[[Any], T], response: httpx.Response, atte
     return parse(body)
 
 
-def _headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
-    headers = dict(extra or {})
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    return headers
-
-
-# ---- in-process -----------------------------------------------------------------------------
-
-
 def import_full(module: str) -> ModuleType:
     """A module of the full clip-service install, or an ``ImportError`` that says how to get it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{FULL_INSTALL} ({exc})") from exc
-
-
-# ---- the clients ----------------------------------------------------------------------------
 
 
 class AsyncClipClient:
@@ -351,15 +307,15 @@ class AsyncClipClient:
     proxies and gateways that only pass JSON).
     """
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
-                 headers: Mapping[str, str] | None = None,
+    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, retry: RetryPolicy | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, json_images: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.json_images = json_images
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
-                                       headers=_headers(api_key, headers), transport=transport)
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers={**(headers or {}), **auth},
+                                       transport=transport)
         self._release: Callable[[], None] | None = None  # what close() also frees (an in-process app)
 
     @classmethod
@@ -460,23 +416,10 @@ class AsyncClipClient:
         return await self._send("GET", "/health", _as_is)
 
 
-class _LoopThread:
-    """A private event loop in a daemon thread, so blocking callers (even inside a loop) can share it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="clip-client", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
 
 
 def _blocking(method: Callable[Concatenate[AsyncClipClient, P], Coroutine[Any, Any, T]],
@@ -485,7 +428,7 @@ def _blocking(method: Callable[Concatenate[AsyncClipClient, P], Coroutine[Any, A
 
     @functools.wraps(method)
     def call(self: ClipClient, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._loop.run(method(self._async, *args, **kwargs))
+        return asyncio.run_coroutine_threadsafe(method(self._async, *args, **kwargs), self._loop).result()
 
     return call
 
@@ -498,18 +441,20 @@ class ClipClient:
     The arguments are those of :class:`AsyncClipClient` (``transport`` is an httpx async transport).
     """
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
-                 headers: Mapping[str, str] | None = None,
+    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, retry: RetryPolicy | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, json_images: bool = False) -> None:
         self._wrap(AsyncClipClient(base_url, api_key=api_key, timeout=timeout, retry=retry, headers=headers,
                                    transport=transport, json_images=json_images))
 
     def _wrap(self, client: AsyncClipClient) -> None:
         self._async = client
-        self._loop = _LoopThread()
+        # A private event loop in a daemon thread, so blocking callers (even inside a loop) can share it.
+        self._loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=self._loop.run_forever, name="clip-client", daemon=True)
+        thread.start()
         # Stops the loop thread if the client is dropped without close(); runs at most once.
-        self._stop_loop = weakref.finalize(self, self._loop.close)
+        self._stop_loop = weakref.finalize(self, _close_loop, self._loop, thread)
 
     @classmethod
     def in_process(cls, settings: ClipSettings | None = None, *, retry: RetryPolicy | None = None) -> ClipClient:
@@ -534,8 +479,8 @@ class ClipClient:
 
     def close(self) -> None:
         """Close the connection pool (and stop an in-process model), then the private loop."""
-        if not self._loop.loop.is_closed():
-            self._loop.run(self._async.close())
+        if not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
         self._stop_loop()
 
     encode_image = _blocking(AsyncClipClient.encode_image)

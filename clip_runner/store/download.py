@@ -4,40 +4,29 @@ Every pretrained entry of open_clip names a hub repo (``hf_hub``); files are fet
 ``huggingface_hub.hf_hub_download``, so ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and its
 cache all behave as users expect, and interrupted downloads resume.
 
-Every file is fetched with retries and exponential backoff, but only for failures that a retry
-can fix (connection problems, timeouts, HTTP 5xx/408/429). A missing repo or file, a gated repo
-or a refused token fails at once, and so does a metadata request that huggingface_hub has
-already retried on its own. The final failure is a :class:`DownloadError` that says what was
-requested and what went wrong; docs/troubleshooting.md says how to work around it.
-
+Only failures that a retry can fix (:func:`should_retry`) are retried, with exponential backoff;
+the final failure is a :class:`DownloadError` that says what was requested and what went wrong.
 Only files are fetched here; nothing is deserialised.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import overload
 
 import httpx2  # huggingface_hub's HTTP client (a separate package from httpx)
 import open_clip
 import tenacity
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-)
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError
 
 from ..errors import ModelNotAvailable
 from .entries import CONFIG_FILE, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"  # a hub repo's pickled weights, when it has no safetensors
 
@@ -63,23 +52,19 @@ class HubFiles:
     weights_path: Path
 
 
-# ---- public API -----------------------------------------------------------------------------
-
-
-def download_pretrained(
-    arch: str,
-    pretrained: str,
-    *,
-    cache_dir: str | None = None,
-    retries: int = 3,
-    backoff_s: float = 2.0,
-) -> Path:
+def download_pretrained(arch: str, pretrained: str, *, cache_dir: str | None = None, retries: int = 3,
+                        backoff_s: float = 2.0) -> Path:
     """Fetch the weights file open_clip knows as ``arch``/``pretrained`` (e.g. "ViT-B-32", "openai").
 
     From the entry's hub repo, preferring a ``.safetensors`` alternative of the named file (as
     open_clip itself does). ``cache_dir`` overrides the hub cache (``$HF_HOME/hub``).
     """
-    cfg = _pretrained_cfg(arch, pretrained)
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        which = (f"{pretrained!r} for {arch}; register one of its tags: {', '.join(tags)}" if tags else
+                 f"for architecture {arch!r}; open_clip.list_pretrained() lists the ones it knows")
+        raise ModelNotAvailable(f"open_clip has no pretrained weights {which}")
     label = f"{arch}/{pretrained}"
     if not cfg.get("hf_hub"):  # every entry of open_clip 3.3 has one
         raise DownloadError(f"open_clip lists no hub repo for {label}")
@@ -88,47 +73,22 @@ def download_pretrained(
     return hub.fetch_first([*safetensors_alternatives(filename), filename])
 
 
-def download_hub_repo(
-    repo_id: str,
-    *,
-    cache_dir: str | None = None,
-    retries: int = 3,
-    backoff_s: float = 2.0,
-) -> HubFiles:
+def download_hub_repo(repo_id: str, *, cache_dir: str | None = None, retries: int = 3,
+                      backoff_s: float = 2.0) -> HubFiles:
     """Fetch an open_clip-format hub repo (``hf-hub:org/repo``): its config and its weights,
     ``open_clip_model.safetensors`` when present, else ``open_clip_pytorch_model.bin``.
 
     A repo without ``open_clip_config.json`` yields ``config_path=None``; the caller decides
     whether that is acceptable.
     """
-    hub = _HubRepo(repo_id, label=f"hf-hub:{repo_id}", cache_dir=cache_dir,
-                   retries=retries, backoff_s=backoff_s)
-    config = hub.fetch_optional(CONFIG_FILE)
-    weights = hub.fetch_first([WEIGHTS_FILE, HF_WEIGHTS_NAME])
-    return HubFiles(config_path=config, weights_path=weights)
-
-
-# ---- open_clip metadata -----------------------------------------------------------------------
-
-
-def _pretrained_cfg(arch: str, pretrained: str) -> dict[str, Any]:
-    """open_clip's pretrained entry, or a DownloadError listing the tags it does know."""
-    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-    if cfg:
-        return dict(cfg)
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if tags:
-        raise ModelNotAvailable(f"open_clip has no pretrained weights {pretrained!r} for {arch}; "
-                                f"register one of its tags: {', '.join(tags)}")
-    raise ModelNotAvailable(f"open_clip has no pretrained weights for architecture {arch!r}; "
-                            "open_clip.list_pretrained() lists the ones it knows")
+    hub = _HubRepo(repo_id, label=f"hf-hub:{repo_id}", cache_dir=cache_dir, retries=retries, backoff_s=backoff_s)
+    return HubFiles(config_path=hub.fetch_first([CONFIG_FILE], required=False),
+                    weights_path=hub.fetch_first([WEIGHTS_FILE, HF_WEIGHTS_NAME]))
 
 
 def split_hf_hub(hf_hub: str) -> tuple[str, str]:
-    """Split open_clip's ``"org/repo/"`` or ``"org/repo/filename"`` into (repo id, filename).
-
-    A trailing slash means "the default weights file of the repo".
-    """
+    """Split open_clip's ``"org/repo/filename"`` into (repo id, filename); ``"org/repo/"`` means the
+    repo's default weights file."""
     org, repo, filename = (hf_hub.strip("/").split("/", 2) + ["", ""])[:3]
     if not org or not repo:
         raise DownloadError(f"malformed hf_hub entry {hf_hub!r} in open_clip's table")
@@ -144,9 +104,6 @@ def safetensors_alternatives(filename: str) -> list[str]:
     return []
 
 
-# ---- hub downloads ------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _HubRepo:
     """One hub repo being fetched from, with what error messages need to know about it."""
@@ -157,26 +114,15 @@ class _HubRepo:
     retries: int
     backoff_s: float
 
-    def fetch(self, filename: str) -> Path:
-        """Download one file (or find it in the cache), retrying transient failures."""
-        def attempt() -> str:
-            return hf_hub_download(repo_id=self.repo_id, filename=filename,
-                                   cache_dir=self.cache_dir)
+    @overload
+    def fetch_first(self, filenames: list[str]) -> Path: ...
 
-        return Path(with_retries(attempt, what=f"{self.repo_id}/{filename}",
-                                 attempts=self.retries, backoff_s=self.backoff_s))
+    @overload
+    def fetch_first(self, filenames: list[str], *, required: bool) -> Path | None: ...
 
-    def fetch_optional(self, filename: str) -> Path | None:
-        """Like :meth:`fetch`, but a file the repo does not have is ``None``."""
-        try:
-            return self.fetch(filename)
-        except Exception as exc:
-            if is_missing_file(exc):
-                return None
-            raise self.error(filename, exc) from exc
-
-    def fetch_first(self, filenames: list[str]) -> Path:
-        """The first of ``filenames`` that the repo has.
+    def fetch_first(self, filenames: list[str], *, required: bool = True) -> Path | None:
+        """The first of ``filenames`` that the repo has (downloaded, or found in the cache), retrying
+        transient failures; ``None`` when it has none of them and they are not ``required``.
 
         Only a missing file moves on to the next name: after a network failure the next name
         would most likely fail too, and silently settling for a pickle would hide the problem.
@@ -187,16 +133,32 @@ class _HubRepo:
                 return self.fetch(filename)
             except Exception as exc:
                 if not is_missing_file(exc):
-                    raise self.error(filename, exc) from exc
-                offline = offline or _is_offline_error(exc.__cause__)
+                    raise DownloadError(f"could not download {self.label}: {filename} from hub repo {self.repo_id} "
+                                        f"(endpoint {hf_constants.ENDPOINT}) failed: {describe_error(exc)}") from exc
+                offline = offline or isinstance(exc.__cause__, OfflineModeIsEnabled)
                 logger.info("%s has no %s", self.repo_id, filename)
+        if not required:
+            return None
         where = "the local cache (offline mode)" if offline else f"hub repo {self.repo_id}"
         raise DownloadError(f"could not download {self.label}: none of {', '.join(filenames)} is in {where} "
                             f"(endpoint {hf_constants.ENDPOINT})")
 
-    def error(self, filename: str, exc: BaseException) -> DownloadError:
-        return DownloadError(f"could not download {self.label}: {filename} from hub repo {self.repo_id} "
-                             f"(endpoint {hf_constants.ENDPOINT}) failed: {describe_error(exc)}")
+    def fetch(self, filename: str) -> Path:
+        """Download one file (or find it in the cache) in up to ``retries`` tries, waiting ``backoff_s``,
+        2x, 4x ... (capped at 60 s) between them; only :func:`should_retry` errors are retried, the
+        last error is re-raised."""
+        attempts = max(1, self.retries)
+
+        def log(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            logger.warning("download of %s/%s failed (attempt %d/%d: %s); retrying in %.2fs", self.repo_id,
+                           filename, state.attempt_number, attempts, describe_error(exc, lines=1), wait)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts), retry=tenacity.retry_if_exception(should_retry),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_s, max=_MAX_WAIT_S), before_sleep=log, reraise=True)
+        return Path(retrying(hf_hub_download, repo_id=self.repo_id, filename=filename, cache_dir=self.cache_dir))
 
 
 def is_missing_file(exc: BaseException) -> bool:
@@ -205,16 +167,8 @@ def is_missing_file(exc: BaseException) -> bool:
     In offline mode a file that is not in the cache counts as missing too, so that a cached
     ``.bin`` is still found when its ``.safetensors`` alternative was never downloaded.
     """
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return True
-    return isinstance(exc, LocalEntryNotFoundError) and _is_offline_error(exc.__cause__)
-
-
-def _is_offline_error(exc: BaseException | None) -> bool:
-    return isinstance(exc, OfflineModeIsEnabled)
-
-
-# ---- retries ----------------------------------------------------------------------------------
+    return isinstance(exc, RemoteEntryNotFoundError) or (
+        isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, OfflineModeIsEnabled))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -226,7 +180,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, LocalEntryNotFoundError):
         # hf_hub_download reports a failed metadata request this way; the cause says why.
         return exc.__cause__ is not None and is_transient(exc.__cause__)
-    if _is_offline_error(exc):
+    if isinstance(exc, OfflineModeIsEnabled):
         return False
     if isinstance(exc, httpx2.TransportError):
         return True
@@ -237,45 +191,15 @@ def is_transient(exc: BaseException) -> bool:
 def should_retry(exc: BaseException) -> bool:
     """Whether our retry loop should try again after ``exc``: a transient failure that
     huggingface_hub has not already retried itself."""
-    return is_transient(exc) and not _retried_by_hub(exc)
-
-
-def _retried_by_hub(exc: BaseException) -> bool:
-    """A failed metadata request reaches us as LocalEntryNotFoundError, but only after
-    hf_hub_download retried it with its own backoff (6 tries over ~23 s, later ones allowed 60 s
-    each). Retrying that again would make an unreachable hub take minutes to report."""
-    return isinstance(exc, LocalEntryNotFoundError)
+    # A failed metadata request reaches us as LocalEntryNotFoundError, but only after
+    # hf_hub_download retried it with its own backoff (6 tries over ~23 s, later ones allowed 60 s
+    # each). Retrying that again would make an unreachable hub take minutes to report.
+    return is_transient(exc) and not isinstance(exc, LocalEntryNotFoundError)
 
 
 def _http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)  # HfHubHTTPError and httpx2.HTTPStatusError
-    status = getattr(response, "status_code", None)
+    status = getattr(getattr(exc, "response", None), "status_code", None)  # HfHubHTTPError, httpx2.HTTPStatusError
     return status if isinstance(status, int) else None
-
-
-def with_retries(fn: Callable[[], T], *, what: str, attempts: int, backoff_s: float) -> T:
-    """Call ``fn`` up to ``attempts`` times, waiting ``backoff_s``, 2x, 4x ... (capped at 60 s)
-    between attempts; only :func:`should_retry` errors are retried, the last error is
-    re-raised."""
-    attempts = max(1, attempts)
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_exponential(multiplier=backoff_s, max=_MAX_WAIT_S),
-        retry=tenacity.retry_if_exception(should_retry),
-        before_sleep=_log_retry(what, attempts),
-        reraise=True,
-    )
-    return retrying(fn)
-
-
-def _log_retry(what: str, attempts: int) -> Callable[[tenacity.RetryCallState], None]:
-    def log(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("download of %s failed (attempt %d/%d: %s); retrying in %.2fs",
-                       what, state.attempt_number, attempts, describe_error(exc, lines=1), wait)
-
-    return log
 
 
 def describe_error(exc: BaseException | None, *, lines: int = 4) -> str:

@@ -1,18 +1,11 @@
 """Calibration of the mismatch threshold from labelled or shuffled image–caption pairs.
 
-The service calls an image–text pair a *mismatch* when their cosine similarity is below the
-threshold. Calibration treats **mismatch as the positive class**: a true positive is a pair
-whose text does not describe its image and that is flagged; a false positive is a correct
-caption flagged as a mismatch. Precision, recall and F1 are those of the mismatch class, and
-the threshold chosen is the one that maximises that F1. AUC is the probability that a random
-matching pair scores a higher similarity than a random mismatching one (ties count half),
-the ROC AUC of ``-similarity`` as a mismatch score.
-
-Pairs come from a CSV with ``image_path`` and ``text`` columns. Without a ``label`` column
-every row is a match, and each image also gets the caption of another row, chosen by a seeded
-derangement (a shuffle that leaves no caption in place), as a mismatch; a shuffled caption
-that is word for word the image's own caption is dropped, since it is not a mismatch. With a
-``label`` column (1 = match, 0 = mismatch) the pairs are taken as labelled.
+A pair is a *mismatch* when its cosine similarity is below the threshold. Calibration treats
+**mismatch as the positive class** (precision, recall and F1 are those of the mismatch class) and
+picks the threshold that maximises that F1; AUC is the ROC AUC of ``-similarity`` as a mismatch
+score. With a ``label`` column (1 = match, 0 = mismatch) the CSV's pairs are taken as labelled;
+without one every row is a match, and each image also gets another row's caption, chosen by a
+seeded derangement, as a mismatch (one word for word its own caption is dropped).
 
 The functions down to :func:`fit_threshold` are pure (numpy in, numbers out).
 """
@@ -31,7 +24,7 @@ from ..runtimes.encoder import Encoder, encode_in_chunks
 from ..runtimes.torch_encoder import TorchEncoder
 from ..store.entries import MetadataRecord, open_entry
 from ..store.weights import LoadedModel, load_entry, save_entry
-from .pairs import PairDataError, PairSet, load_pairs
+from .pairs import PairDataError, load_pairs
 
 # Store metadata that save_entry recomputes for the new version.
 _RECOMPUTED = ("weights_sha256", "weights_bytes")
@@ -64,8 +57,7 @@ def derangement(n: int, seed: int) -> np.ndarray:
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """ROC AUC of ``scores`` for the ``positive`` (True) class via the rank-sum statistic; ties count half."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both classes")
@@ -84,8 +76,7 @@ def f1_score(true_positives: Any, flagged: Any, positives: int) -> Any:
 
 def f1_at(similarities: np.ndarray, is_mismatch: np.ndarray, threshold: float) -> float:
     """Mismatch F1 when pairs under ``threshold`` are flagged."""
-    flagged = np.asarray(similarities) < threshold
-    positive = np.asarray(is_mismatch, dtype=bool)
+    flagged, positive = np.asarray(similarities) < threshold, np.asarray(is_mismatch, dtype=bool)
     return float(f1_score(int(np.sum(flagged & positive)), int(flagged.sum()), int(positive.sum())))
 
 
@@ -95,8 +86,7 @@ def fit_threshold(similarities: np.ndarray, is_mismatch: np.ndarray) -> Calibrat
     Candidates lie midway between consecutive distinct similarities (and just above the
     largest), so the chosen threshold sits in the middle of the gap it opens.
     """
-    sims = np.asarray(similarities, dtype=np.float64)
-    positive = np.asarray(is_mismatch, dtype=bool)
+    sims, positive = np.asarray(similarities, dtype=np.float64), np.asarray(is_mismatch, dtype=bool)
     n_pos = int(positive.sum())
     if n_pos == 0 or n_pos == len(sims):
         raise ValueError("calibration needs both matching and mismatching pairs")
@@ -107,21 +97,13 @@ def fit_threshold(similarities: np.ndarray, is_mismatch: np.ndarray) -> Calibrat
     f1 = f1_score(tp, flagged, n_pos)
     best = int(np.argmax(f1))
     upper = values[best + 1] if best + 1 < len(values) else values[best] + 1e-6
-    precision = tp[best] / flagged[best]
-    return Calibration(
-        threshold=float((values[best] + upper) / 2.0),
-        precision=float(precision),
-        recall=float(tp[best] / n_pos),
-        f1=float(f1[best]),
-        auc=roc_auc(-sims, positive),
-        mismatches=n_pos,
-        matches=len(sims) - n_pos,
-    )
+    return Calibration(threshold=float((values[best] + upper) / 2.0), precision=float(tp[best] / flagged[best]),
+                       recall=float(tp[best] / n_pos), f1=float(f1[best]), auc=roc_auc(-sims, positive),
+                       mismatches=n_pos, matches=len(sims) - n_pos)
 
 
-def build_pairs(
-    texts: Sequence[str], labels: Sequence[int | None] | None, seed: int
-) -> tuple[np.ndarray, list[str], np.ndarray]:
+def build_pairs(texts: Sequence[str], labels: Sequence[int | None] | None,
+                seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(image row of each pair, its text, is-mismatch) from the CSV rows.
 
     Labelled rows are used as they are; otherwise every row is a match and a seeded
@@ -137,41 +119,22 @@ def build_pairs(
     return image_rows, pair_texts, is_mismatch
 
 
-# ---- with a model ---------------------------------------------------------------------------
-
-
-def encode_images(encoder: Encoder, pairs: PairSet, batch_size: int = 64) -> np.ndarray:
-    """Unit image embeddings of every row, through the service's encoder."""
-    return encode_in_chunks(lambda rows: encoder.encode_pixels(pairs.batch_pixels(rows)),
-                            range(len(pairs.rows)), batch_size)
-
-
 def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Unit text embeddings, each distinct text encoded once."""
-    distinct = sorted(set(texts))
-    rows = encode_in_chunks(encoder.encode_texts, distinct, batch_size)
-    index = {text: i for i, text in enumerate(distinct)}
-    return rows[[index[text] for text in texts]]
-
-
-def pair_similarities(loaded: LoadedModel, pairs: PairSet, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine similarity, is-mismatch) of every calibration pair built from ``pairs``."""
-    labels = [row.label for row in pairs.rows]
-    image_rows, texts, is_mismatch = build_pairs(pairs.texts, labels, seed)
-    encoder = TorchEncoder(loaded, precision="fp32")
-    images = encode_images(encoder, pairs)[image_rows]
-    sims = np.einsum("nd,nd->n", images, encode_texts(encoder, texts))
-    return sims, is_mismatch
+    distinct, inverse = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
+    return encode_in_chunks(encoder.encode_texts, distinct.tolist(), batch_size)[inverse]
 
 
 def calibrate(loaded: LoadedModel, csv_path: str | Path, image_root: str | Path | None = None,
               *, seed: int = 0) -> Calibration:
     """Fit the mismatch threshold of a loaded model on the CSV's pairs."""
     pairs = load_pairs(csv_path, loaded.entry.preprocess_cfg, image_root, with_label=True, min_rows=2)
-    sims, is_mismatch = pair_similarities(loaded, pairs, seed)
+    image_rows, texts, is_mismatch = build_pairs([r.text for r in pairs.rows], [r.label for r in pairs.rows], seed)
     if is_mismatch.all() or not is_mismatch.any():
         raise PairDataError(f"{csv_path}: calibration needs both matching and mismatching pairs")
-    return fit_threshold(sims, is_mismatch)
+    encoder = TorchEncoder(loaded, precision="fp32")
+    images = encode_in_chunks(lambda rows: encoder.encode_pixels(pairs.batch_pixels(rows)), range(len(pairs.rows)))
+    return fit_threshold(np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts)), is_mismatch)
 
 
 def register_calibrated(tag: str, calibration: Calibration, details: dict[str, Any] | None = None) -> str:
@@ -181,8 +144,6 @@ def register_calibrated(tag: str, calibration: Calibration, details: dict[str, A
     metadata = {k: v for k, v in entry.metadata.items() if k not in _RECOMPUTED}
     metadata["calibrated_threshold"] = calibration.threshold
     metadata["calibration"] = {**calibration.to_json(), "calibrated_from": entry.tag, **(details or {})}
-    return save_entry(
-        loaded.model, entry.model_cfg, entry.preprocess_cfg, name=entry.tag.split(":")[0],
-        arch=entry.labels.get("arch", ""), pretrained=entry.labels.get("pretrained", ""),
-        source=entry.labels.get("source", "checkpoint"), extra_metadata=metadata,
-    )
+    return save_entry(loaded.model, entry.model_cfg, entry.preprocess_cfg, name=entry.tag.split(":")[0],
+                      arch=entry.labels.get("arch", ""), pretrained=entry.labels.get("pretrained", ""),
+                      source=entry.labels.get("source", "checkpoint"), extra_metadata=metadata)

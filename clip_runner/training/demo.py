@@ -1,25 +1,12 @@
 """Building and evaluating the bundled demo model: a small CLIP that knows coloured shapes.
 
-``models/demo/`` holds its weights (safetensors), its open_clip config and ``demo.json`` (label
-set, prompt templates, calibrated threshold, evaluation and training figures). It is trained by
-the project's own fine-tuning pipeline from random weights on images drawn by
-:mod:`clip_runner.synthetic_images`; :func:`build_demo` regenerates it::
-
-    python -m models build-demo          # or: make demo
-
-:func:`~clip_runner.store.registration.register_demo` puts the bundled files into the model
-store (the server does for ``CLIP_MODEL_NAME=demo`` and as the offline fallback).
-:func:`evaluate` is its report card, on a held-out generated set (a seed of its own):
-
-* **zero-shot top-1**: each image is classified over the full label set
-  (:data:`clip_runner.synthetic_images.CATEGORIES`, e.g. "red circle") with the prompt templates
-  averaged, exactly as ``/classify`` does; accuracy is the share whose top label is the image's own;
-* **mismatch F1**: every image is paired with its caption (a match) and with a shuffled caption
-  from another image (a mismatch); a pair is flagged when its similarity is below the
-  threshold. F1 of the mismatch class is reported at the threshold the service would use (the
-  model's calibrated one, else the default) and at the best threshold for this set, with AUC.
-
-    python -m models evaluate [TAG] --count 1000 --seed 1000
+``models/demo/`` holds its weights, open_clip config and ``demo.json`` (label set, prompt templates,
+calibrated threshold, evaluation and training figures). :func:`build_demo` (``python -m models
+build-demo``) trains it from random weights with the project's fine-tuning pipeline on images drawn
+by :mod:`clip_runner.synthetic_images`. :func:`evaluate` (``python -m models evaluate [TAG]``) is its
+report card on a held-out generated set: zero-shot top-1 over the full label set with the prompt
+templates averaged, as ``/classify`` does, and the F1 of the mismatch class (each image paired with
+its caption and with a shuffled one) at the threshold the service would use and at the best one.
 """
 
 from __future__ import annotations
@@ -81,13 +68,6 @@ class DemoRecipe:
     seed: int = 0
     threads: int = 2  # float reduction order depends on it: fixed so a rebuild is bit-identical
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict (stored in ``demo.json``)."""
-        return dataclasses.asdict(self)
-
-
-# ---- its report card ------------------------------------------------------------------------
-
 
 EVAL_SEED = 1_000_003  # far from the training seeds, so no image is shared
 
@@ -118,19 +98,16 @@ def evaluate(model: LoadedModel | Encoder, count: int = 1000, seed: int = EVAL_S
     encoder = model if isinstance(model, Encoder) else TorchEncoder(model, precision="fp32")
     entry = encoder.entry
     pipeline = PixelPipeline(entry.preprocess_cfg)
-    scenes, pixels = [], []
-    for scene, image in synthetic_images.generate(count, seed):
-        scenes.append(scene)
-        pixels.append(pipeline(image))
+    scenes, pixels = zip(*((scene, pipeline(image)) for scene, image in synthetic_images.generate(count, seed)),
+                         strict=True)
     images = encode_in_chunks(encoder.encode_pixels, np.stack(pixels))
     templates = list(entry.metadata.get("prompt_templates") or synthetic_images.PROMPT_TEMPLATES)
     labels = list(synthetic_images.CATEGORIES)
     label_rows = average_prompts(encode_texts(encoder, prompts_for(labels, templates)), len(labels))
-    predicted = [labels[i] for i in (images @ label_rows.T).argmax(axis=1)]
-    truth = [scene.category for scene in scenes]
-    top1 = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
-    colour = float(np.mean([p.split()[0] == t.split()[0] for p, t in zip(predicted, truth, strict=True)]))
-    shape = float(np.mean([p.split()[1] == t.split()[1] for p, t in zip(predicted, truth, strict=True)]))
+    predicted = [labels[i].split() for i in (images @ label_rows.T).argmax(axis=1)]
+    truth = [scene.category.split() for scene in scenes]  # labels are "colour shape"
+    hits = [(p == t, p[0] == t[0], p[1] == t[1]) for p, t in zip(predicted, truth, strict=True)]
+    top1, colour, shape = (float(x) for x in np.mean(hits, axis=0))
 
     image_rows, texts, is_mismatch = build_pairs([scene.caption for scene in scenes], None, seed)
     sims = np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts))
@@ -163,9 +140,6 @@ def format_report(tag: str, result: Evaluation) -> str:
     ])
 
 
-# ---- building it ----------------------------------------------------------------------------
-
-
 @dataclasses.dataclass
 class DemoBuild:
     """Result of :func:`build_demo`."""
@@ -176,17 +150,11 @@ class DemoBuild:
     seconds: float
 
 
-def _write_config(folder: Path) -> Path:
-    path = folder / "demo_model_config.json"
-    path.write_text(json.dumps({"model_cfg": DEMO_MODEL_CFG, "preprocess_cfg": DEMO_PREPROCESS_CFG}))
-    return path
-
-
 def build_demo(out_dir: Path = DEMO_DIR, recipe: DemoRecipe | None = None, *, progress: bool = True) -> DemoBuild:
     """Generate data, train from scratch, calibrate, evaluate and write the bundle to ``out_dir``.
 
     Training, calibration and evaluation sets come from different seeds of
-    :mod:`clip_runner.demo_data`, so the reported figures are on images the model never saw.
+    :mod:`clip_runner.synthetic_images`, so the reported figures are on images the model never saw.
     """
     recipe = recipe or DemoRecipe()
     start = time.perf_counter()
@@ -197,36 +165,40 @@ def build_demo(out_dir: Path = DEMO_DIR, recipe: DemoRecipe | None = None, *, pr
             work = Path(tmp)
             train_csv = synthetic_images.write_dataset(work / "train", recipe.train_images, recipe.seed)
             calib_csv = synthetic_images.write_dataset(work / "calibration", recipe.calibration_images, recipe.seed + 1)
+            model_config = work / "demo_model_config.json"
+            model_config.write_text(json.dumps({"model_cfg": DEMO_MODEL_CFG, "preprocess_cfg": DEMO_PREPROCESS_CFG}))
             config = TrainConfig(batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                  epochs=recipe.epochs, checkpoint_dir=work / "checkpoints", val_fraction=0.05,
                                  seed=recipe.seed, device="cpu", progress=progress, keep_checkpoints=1)
             labels = {"categories": list(synthetic_images.CATEGORIES),
                       "prompt_templates": list(synthetic_images.PROMPT_TEMPLATES)}
-            trained = finetune(train_csv, config, model_config=_write_config(work), name=DEMO_STORE_NAME,
-                               metadata=labels)
+            trained = finetune(train_csv, config, model_config=model_config, name=DEMO_STORE_NAME, metadata=labels)
             assert trained.tag is not None
             calibration = calibrate(load_entry(trained.tag, torch.device("cpu")), calib_csv, seed=recipe.seed)
             tag = register_calibrated(trained.tag, calibration, {"calibration_images": recipe.calibration_images})
-        loaded = load_entry(tag, torch.device("cpu"))
-        result = evaluate(loaded, recipe.eval_images, EVAL_SEED)
+        result = evaluate(load_entry(tag, torch.device("cpu")), recipe.eval_images, EVAL_SEED)
         logger.info("\n%s", format_report(tag, result))
         seconds = time.perf_counter() - start
-        card = _card(open_entry(tag).metadata, recipe, result.to_json(), trained.seconds, seconds)
-        _export(tag, out_dir, card)
+        card = _export(tag, out_dir, recipe, result.to_json(), trained.seconds, seconds)
         return DemoBuild(tag, out_dir, card, seconds)
     finally:
         torch.set_num_threads(threads)
 
 
-def _card(metadata: dict[str, Any], recipe: DemoRecipe, evaluation: dict[str, Any],
-          train_seconds: float, seconds: float) -> dict[str, Any]:
-    training = metadata.get("training", {})
+def _export(tag: str, out_dir: Path, recipe: DemoRecipe, evaluation: dict[str, Any], train_seconds: float,
+            seconds: float) -> dict[str, Any]:
+    """Copy the entry's weights and config to ``out_dir`` and write its card (``demo.json``); returns the card."""
+    entry = open_entry(tag)
+    size = (entry.path / WEIGHTS_FILE).stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise RuntimeError(f"demo weights are {size / 1e6:.1f} MB, over the {MAX_WEIGHTS_BYTES / 1e6:.0f} MB budget")
+    metadata, training = entry.metadata, entry.metadata.get("training", {})
     kept = ("categories", "prompt_templates", "calibrated_threshold", "calibration", "val_recall_at_1", "val_loss")
-    return {
+    card = {
         "name": DEMO_STORE_NAME,
         "description": "Small CLIP trained from scratch on generated images of coloured shapes; "
                        "it knows the 64 'colour shape' labels and nothing else.",
-        "recipe": recipe.to_json(),
+        "recipe": dataclasses.asdict(recipe),
         "evaluation": evaluation,
         "training_seconds": round(train_seconds, 1),
         "build_seconds": round(seconds, 1),
@@ -237,14 +209,8 @@ def _card(metadata: dict[str, Any], recipe: DemoRecipe, evaluation: dict[str, An
                                   "data": {k: v for k, v in training.get("data", {}).items() if k != "csv"}},
                      "evaluation": evaluation},
     }
-
-
-def _export(tag: str, out_dir: Path, card: dict[str, Any]) -> None:
-    entry = open_entry(tag)
-    size = (entry.path / WEIGHTS_FILE).stat().st_size
-    if size > MAX_WEIGHTS_BYTES:
-        raise RuntimeError(f"demo weights are {size / 1e6:.1f} MB, over the {MAX_WEIGHTS_BYTES / 1e6:.0f} MB budget")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         shutil.copyfile(entry.path / name, out_dir / name)
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return card

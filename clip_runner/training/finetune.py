@@ -1,13 +1,11 @@
 """Contrastive fine-tuning of a CLIP model on image–caption pairs listed in a CSV.
 
-The pairs are read by :mod:`clip_runner.training.pairs` (the service's own decode and the model's own
-preprocessing, so the model is trained on exactly the pixels it will be served). The model
-starts from a store entry, or from random weights of a named open_clip architecture or a
-model-config JSON. Training uses open_clip's ``ClipLoss``, AdamW and a cosine learning
-rate schedule with linear warmup; after every epoch it measures image→text recall@1 and the
-contrastive loss on a held-out split and writes a checkpoint (safetensors weights in the
-open_clip ``local-dir`` layout, ``train_state.json`` and ``optimizer.pt``) that a later run can
-resume from. The result is registered as a new store version with its metrics in metadata.
+The model starts from a store entry, or from random weights of an open_clip architecture or a
+model-config JSON, and is trained with open_clip's ``ClipLoss``, AdamW and a cosine learning rate
+schedule with linear warmup. After every epoch the run measures image→text recall@1 and the loss on
+a held-out split and writes a checkpoint that a later run can resume from (the open_clip
+``local-dir`` layout plus ``train_state.json`` and ``optimizer.pt``). The result is registered as a
+new store version with its metrics in metadata.
 """
 
 from __future__ import annotations
@@ -26,13 +24,12 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.model import get_model_preprocess_cfg
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import FinetuneError
 from ..runtimes.torch_encoder import normalize, pick_device
+from ..settings import ClipSettings
 from ..store.entries import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, store_name
 from ..store.registration import model_config as builtin_model_config
 from ..store.weights import build_from_config, cpu_state_dict, create_model, load_entry, plain_config, save_entry
@@ -44,23 +41,6 @@ STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 # Metadata a fine-tuned model inherits from its base: they describe its use, not its weights.
 INHERITED_METADATA = ("categories", "prompt_templates")
-
-
-class TrainSettings(BaseSettings):
-    """Training defaults, from ``CLIP_TRAIN_*`` and ``CLIP_CHECKPOINT_DIR``; CLI flags override them.
-
-    An empty variable means unset, as it does for the server settings.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="CLIP_", extra="ignore", env_ignore_empty=True)
-
-    train_batch_size: int = Field(16, ge=2, description="Pairs per contrastive batch.")
-    train_learning_rate: float = Field(5e-6, gt=0, description="Peak AdamW learning rate.")
-    train_epochs: int = Field(3, ge=1, description="Passes over the training split.")
-    checkpoint_dir: Path = Field(Path("./clip_checkpoints"), description="Where runs write checkpoints.")
-
-
-# ---- configuration --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,23 +68,16 @@ class TrainConfig:
             raise FinetuneError("the validation fraction must be in [0, 1)")
 
     @classmethod
-    def from_settings(cls, settings: TrainSettings | None = None, **overrides: Any) -> TrainConfig:
-        """Defaults from the environment, then any override that is not None."""
-        settings = settings or TrainSettings()
-        values: dict[str, Any] = {
-            "batch_size": settings.train_batch_size,
-            "learning_rate": settings.train_learning_rate,
-            "epochs": settings.train_epochs,
-            "checkpoint_dir": settings.checkpoint_dir,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_settings(cls, settings: ClipSettings | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults from ``CLIP_TRAIN_*`` and ``CLIP_CHECKPOINT_DIR``, then any override that is not None."""
+        s = settings or ClipSettings()
+        values = {"batch_size": s.train_batch_size, "learning_rate": s.train_learning_rate,
+                  "epochs": s.train_epochs, "checkpoint_dir": s.checkpoint_dir}
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form (for checkpoints and store metadata)."""
-        out = dataclasses.asdict(self)
-        out["checkpoint_dir"] = str(self.checkpoint_dir)
-        return out
+        return {**dataclasses.asdict(self), "checkpoint_dir": str(self.checkpoint_dir)}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -115,20 +88,12 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# ---- data -----------------------------------------------------------------------------------
-
-
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) split of ``range(count)``; at least 2 rows stay for training."""
     order = np.random.default_rng(seed).permutation(count)
-    n_val = min(count - 2, int(round(count * val_fraction))) if val_fraction > 0 else 0
-    if val_fraction > 0 and count >= 4:
-        n_val = max(2, n_val)  # recall over fewer than 2 texts says nothing
-    n_val = max(0, n_val)
+    # 2 or more held out once there are 4 rows: recall over fewer than 2 texts says nothing.
+    n_val = max(0, min(count - 2, max(2 if count >= 4 else 0, round(count * val_fraction)))) if val_fraction > 0 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-# ---- model ----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -142,11 +107,6 @@ class TrainableModel:
     arch: str
     origin: dict[str, Any]
     inherited: dict[str, Any]
-
-
-def _from_dir(folder: Path) -> tuple[torch.nn.Module, Any]:
-    name = f"local-dir:{folder}"
-    return create_model(name), open_clip.get_tokenizer(name)
 
 
 def init_model(*, tag: str | None = None, arch: str | None = None, model_config: str | Path | None = None,
@@ -178,17 +138,15 @@ def init_model(*, tag: str | None = None, arch: str | None = None, model_config:
     return TrainableModel(model, tokenizer, plain_config(model_cfg), preprocess_cfg, arch, origin, {})
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     # As in CLIP training: no decay on gains, biases and the temperature.
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         param.requires_grad_(True)
         skip = param.ndim < 2 or "bias" in name or "ln" in name or "logit_scale" in name
         (no_decay if skip else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.weight_decay}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
 def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.optim.Optimizer,
@@ -211,27 +169,16 @@ def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.op
 def read_checkpoint(folder: str | Path) -> tuple[TrainableModel, dict[str, Any], dict[str, Any]]:
     """(model with the checkpoint's weights, train state, optimizer state) of a checkpoint folder."""
     folder = Path(folder)
-    needed = [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, OPTIMIZER_FILE)]
-    if missing := [p.name for p in needed if not p.is_file()]:
+    if missing := [name for name in (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, OPTIMIZER_FILE)
+                   if not (folder / name).is_file()]:
         raise FinetuneError(f"{folder} is not a complete checkpoint; missing {', '.join(missing)}")
     state = json.loads((folder / STATE_FILE).read_text())
     config = json.loads((folder / CONFIG_FILE).read_text())
-    model, tokenizer = _from_dir(folder)
+    model, tokenizer = create_model(f"local-dir:{folder}"), open_clip.get_tokenizer(f"local-dir:{folder}")
     optimizer_state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     trainable = TrainableModel(model, tokenizer, config["model_cfg"], config["preprocess_cfg"],
                                state["arch"], state["origin"], state.get("inherited", {}))
     return trainable, state, optimizer_state
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    for old in sorted(run_dir.glob("epoch-*"))[:-keep]:
-        if old.is_dir() and not old.name.endswith(".partial"):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-# ---- training -------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -271,17 +218,13 @@ class _Trainer:
     """Batches, optimizer steps and validation for one run over one split of the data."""
 
     def __init__(self, run: _Run, pairs: PairSet, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
-        self.run, self.pairs = run, pairs
-        self.train_idx, self.val_idx = train_idx, val_idx
+        self.run, self.pairs, self.train_idx, self.val_idx = run, pairs, train_idx, val_idx
         self.device = pick_device(run.config.device)
         self.model = run.trainable.model.to(self.device)
         self.loss = open_clip.ClipLoss()
+        self.steps_per_epoch = len(self.batches(1))
         self.total_steps = self.steps_per_epoch * run.config.epochs
         self.warmup_steps = int(round(run.config.warmup_fraction * self.total_steps))
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.batches(1))
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This epoch's batches: a seeded shuffle, so a resumed run sees the same order."""
@@ -291,7 +234,7 @@ class _Trainer:
         return [c for c in chunks if len(c) >= 2]  # a batch of one has no negatives
 
     def _features(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        pipeline = self.pairs.pipeline
+        pipeline = self.pairs.prepare.pipeline
         images = normalize(self.pairs.batch_pixels(indices), pipeline.mean, pipeline.std, self.device)
         tokens = self.run.trainable.tokenizer([self.pairs.rows[i].text for i in indices]).to(self.device)
         return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
@@ -317,9 +260,8 @@ class _Trainer:
         start = time.perf_counter()
         self.model.train()
         losses, lr = [], 0.0
-        batches = self.batches(epoch)
-        desc = f"epoch {epoch}/{self.run.config.epochs}"
-        with tqdm(batches, desc=desc, unit="batch", disable=not self.run.config.progress) as bar:
+        with tqdm(self.batches(epoch), desc=f"epoch {epoch}/{self.run.config.epochs}", unit="batch",
+                  disable=not self.run.config.progress) as bar:
             for indices in bar:
                 loss, lr = self.step(indices)
                 losses.append(loss)
@@ -337,20 +279,15 @@ class _Trainer:
         chunks = [self._features(self.val_idx[i : i + size]) for i in range(0, len(self.val_idx), size)]
         scale = self.model.logit_scale.exp()
         losses = [float(self.loss(img, txt, scale)) for img, txt in chunks if len(img) >= 2]
-        images = torch.cat([img for img, _ in chunks])
-        texts = torch.cat([txt for _, txt in chunks])
+        images, texts = (torch.cat(towers) for towers in zip(*chunks, strict=True))
         self.model.train()
-        val_texts = [self.pairs.rows[i].text for i in self.val_idx]
-        return float(np.mean(losses)), recall_at_1(images, texts, val_texts)
+        return float(np.mean(losses)), recall_at_1(images, texts, [self.pairs.rows[i].text for i in self.val_idx])
 
 
 def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, texts: Sequence[str]) -> float:
     """Share of images whose most similar text is their own caption (identical captions count as hits)."""
     best = (image_features @ text_features.T).argmax(dim=1).tolist()
     return float(np.mean([texts[j] == texts[i] for i, j in enumerate(best)]))
-
-
-# ---- runs -----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -364,13 +301,6 @@ class FinetuneResult:
     seconds: float
 
 
-def _new_run(config: TrainConfig, trainable: TrainableModel, name: str | None) -> _Run:
-    name = name or default_name(trainable)
-    run_dir = config.checkpoint_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    optimizer = torch.optim.AdamW(_param_groups(trainable.model, config.weight_decay), lr=config.learning_rate)
-    return _Run(trainable, optimizer, config, run_dir, name)
-
-
 def _resumed_run(folder: str | Path, config: TrainConfig) -> _Run:
     trainable, state, optimizer_state = read_checkpoint(folder)
     saved = TrainConfig(**{**state["config"], "checkpoint_dir": Path(state["config"]["checkpoint_dir"])})
@@ -379,7 +309,7 @@ def _resumed_run(folder: str | Path, config: TrainConfig) -> _Run:
     if state["epoch"] >= config.epochs:
         raise FinetuneError(f"checkpoint {folder} already completed epoch {state['epoch']} of {config.epochs}; "
                             "pass a larger --epochs to train further")
-    optimizer = torch.optim.AdamW(_param_groups(trainable.model, config.weight_decay), lr=config.learning_rate)
+    optimizer = _adamw(trainable.model, config)
     optimizer.load_state_dict(optimizer_state)
     logger.info("resuming %s after epoch %d (step %d)", folder, state["epoch"], state["global_step"])
     return _Run(trainable, optimizer, config, Path(folder).parent, state["name"], state["epoch"],
@@ -389,24 +319,13 @@ def _resumed_run(folder: str | Path, config: TrainConfig) -> _Run:
 def default_name(trainable: TrainableModel) -> str:
     """Store name of a fine-tuned model: its base's name (or architecture) + ``-finetune``."""
     base = trainable.origin.get("base_tag")
-    if base:
-        return f"{base.split(':')[0]}-finetune"
-    return store_name(trainable.arch, "finetune")
+    return f"{base.split(':')[0]}-finetune" if base else store_name(trainable.arch, "finetune")
 
 
-def finetune(
-    csv_path: str | Path,
-    config: TrainConfig,
-    *,
-    tag: str | None = None,
-    arch: str | None = None,
-    model_config: str | Path | None = None,
-    image_root: str | Path | None = None,
-    resume: str | Path | None = None,
-    name: str | None = None,
-    register: bool = True,
-    metadata: dict[str, Any] | None = None,
-) -> FinetuneResult:
+def finetune(csv_path: str | Path, config: TrainConfig, *, tag: str | None = None, arch: str | None = None,
+             model_config: str | Path | None = None, image_root: str | Path | None = None,
+             resume: str | Path | None = None, name: str | None = None, register: bool = True,
+             metadata: dict[str, Any] | None = None) -> FinetuneResult:
     """Fine-tune on the CSV's pairs and register the result as a new store version.
 
     Start from exactly one of ``tag``, ``arch`` or ``model_config``, or continue the run saved
@@ -419,7 +338,10 @@ def finetune(
     if resume is not None:
         run = _resumed_run(resume, config)
     else:
-        run = _new_run(config, init_model(tag=tag, arch=arch, model_config=model_config, seed=config.seed), name)
+        trainable = init_model(tag=tag, arch=arch, model_config=model_config, seed=config.seed)
+        name = name or default_name(trainable)
+        run_dir = config.checkpoint_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = _Run(trainable, _adamw(trainable.model, config), config, run_dir, name)
     run.trainable.inherited.update(metadata or {})
     pairs = load_pairs(csv_path, run.trainable.preprocess_cfg, image_root, min_rows=2,
                        threads=max(1, torch.get_num_threads()))
@@ -434,37 +356,27 @@ def finetune(
         metrics = trainer.train_epoch(epoch)
         run.history.append(metrics.to_json())
         run.epoch = epoch
-        _log_epoch(metrics)
+        logger.info("epoch %d of %d: %s", epoch, run.config.epochs, json.dumps(metrics.to_json()))
         run.checkpoint = save_checkpoint(run.run_dir / f"epoch-{epoch:03d}", run.trainable, run.optimizer, run.state())
-        _prune_checkpoints(run.run_dir, run.config.keep_checkpoints)
+        keep = run.config.keep_checkpoints  # the last ones; 0 keeps all
+        for old in sorted(run.run_dir.glob("epoch-*"))[:-keep] if keep > 0 else []:
+            if old.is_dir() and not old.name.endswith(".partial"):
+                shutil.rmtree(old, ignore_errors=True)
     seconds = time.perf_counter() - start
     data = {**pairs.report(), "csv": str(csv_path), "train_rows": len(train_idx), "val_rows": len(val_idx)}
     new_tag = register_run(run, data, seconds) if register else None
     return FinetuneResult(new_tag, run.history, data, run.checkpoint, seconds)
 
 
-def _log_epoch(metrics: EpochMetrics) -> None:
-    logger.info("epoch %d: train loss %.4f, val loss %s, val recall@1 %s (%.0fs)", metrics.epoch,
-                metrics.train_loss or 0.0, _fmt(metrics.val_loss), _fmt(metrics.val_recall_at_1), metrics.seconds)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def register_run(run: _Run, data: dict[str, Any], seconds: float) -> str:
     """Save the trained model as a new store version (source ``finetune``) with its metrics."""
     trainable = run.trainable
-    last = run.history[-1]
-    training = {"config": run.config.to_json(), "history": run.history, "data": data,
-                "base": trainable.origin, "seconds": round(seconds, 1), "epochs_completed": run.epoch}
-    if run.checkpoint is not None:
-        training["checkpoint"] = str(run.checkpoint)
+    training = {"config": run.config.to_json(), "history": run.history, "data": data, "base": trainable.origin,
+                "seconds": round(seconds, 1), "epochs_completed": run.epoch,
+                **({"checkpoint": str(run.checkpoint)} if run.checkpoint is not None else {})}
     extra: dict[str, Any] = {**trainable.inherited, "training": training,
                              "origin": trainable.origin.get("base_tag") or f"random init of {trainable.arch}"}
-    for key in ("val_recall_at_1", "val_loss"):
-        if key in last:
-            extra[key] = last[key]
+    extra.update({k: run.history[-1][k] for k in ("val_recall_at_1", "val_loss") if k in run.history[-1]})
     trainable.model.to("cpu").eval()
     tag = save_entry(trainable.model, trainable.model_cfg, trainable.preprocess_cfg, name=run.name,
                      arch=trainable.arch, pretrained="finetune", source="finetune", extra_metadata=extra)
