@@ -59,7 +59,7 @@ class ClipSettings(BaseSettings):
         "auto", description="auto picks the fastest that meets parity on this machine; int8 needs a compiled runtime.")
     runtime: Literal["auto", "torch", "openvino"] = Field(
         "auto", description="auto: a compiled OpenVINO entry on CPU when OpenVINO is installed, else torch.")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
+    num_threads: int | None = Field(None, ge=1, description="Inference threads per worker; default the CPUs ÷ workers.")
     workers: int = Field(
         1, ge=1, le=64, validation_alias=AliasChoices("CLIP_WORKERS", "CLIP_ENCODER_WORKERS"),
         description="Worker processes, each with a model copy and a batch queue (CLIP_ENCODER_WORKERS "
@@ -133,6 +133,15 @@ class ClipSettings(BaseSettings):
         if self.batch_size is not None:
             return self.batch_size
         return CPU_BATCH_SIZE if serves_on_cpu(self.device) else CUDA_BATCH_SIZE
+
+    @property
+    def inference_thread_count(self) -> int:
+        """``CLIP_NUM_THREADS``, else this worker's share of the CPUs (``CLIP_WORKERS`` split them).
+
+        Over-subscribing cores (torch's default of one thread per core in every worker) makes
+        batched CPU inference slower, so each worker gets its share.
+        """
+        return self.num_threads or cpu_share(self.workers)
 
     @property
     def decode_thread_count(self) -> int:
