@@ -119,12 +119,13 @@ class ClipAPI:
         if len(uploads) > self.settings.max_images:
             raise InvalidInput(f"field '{field}' has {len(uploads)} images; the limit is "
                                f"{self.settings.max_images} (CLIP_MAX_IMAGES)", field=field)
-        return await self._read_all([(u, f"{field}[{i}]") for i, u in enumerate(uploads)])
+        return await self._read_all([(u, f"{field}[{i}]") for i, u in enumerate(uploads)], field)
 
-    async def _read_all(self, fields: Sequence[tuple[ImageField, str]]) -> list[bytes]:
+    async def _read_all(self, fields: Sequence[tuple[ImageField, str]], field: str) -> list[bytes]:
         """Read image fields concurrently (URL fetches overlap, within one byte budget for the
-        request); the first failure stops the others and is raised (the first in order, of several)."""
-        budget = ByteBudget(self.settings.max_request_bytes)
+        request, which names the list ``field`` when spent); the first failure stops the others and
+        is raised (the first in order, of several)."""
+        budget = ByteBudget(self.settings.max_request_bytes, field)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.read_upload(value, field, budget)) for value, field in fields]
@@ -345,8 +346,8 @@ class ClipAPI:
             if count > limit:
                 raise InvalidInput(f"{count} {kind} in one request; the limit is {limit} ({name})", field="input")
         fields = [field for _, _, field in images]
-        prepared = await self.prepare_many(await self._read_all([(value, field) for _, value, field in images]),
-                                           fields, timings)
+        blobs = await self._read_all([(value, field) for _, value, field in images], "input")
+        prepared = await self.prepare_many(blobs, fields, timings)
         for pixels in prepared:
             if isinstance(pixels, InputError):
                 raise pixels

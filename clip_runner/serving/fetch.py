@@ -87,17 +87,23 @@ def display(url: str) -> str:
 
 
 class ByteBudget:
-    """The bytes all the URL fetches of one request may bring in, together."""
+    """The bytes all the URL fetches of one request may bring in, together.
 
-    def __init__(self, limit: int) -> None:
+    Spending it is the request's doing, not one URL's: the 413 names the list ``field`` (e.g.
+    ``images``), never whichever of the concurrent fetches happened to cross the line, so the
+    same request gets the same answer every time.
+    """
+
+    def __init__(self, limit: int, field: str) -> None:
         self.limit = self.left = limit
+        self.field = field
 
-    def take(self, count: int, field: str) -> None:
-        """Count ``count`` more bytes; 413 naming ``field`` once the budget is spent."""
+    def take(self, count: int) -> None:
+        """Count ``count`` more bytes; 413 naming the list field once the budget is spent."""
         self.left -= count
         if self.left < 0:
-            raise PayloadTooLarge(f"field '{field}': the images this request fetches come to more than "
-                                  f"{self.limit / 1e6:.1f} MB in all (CLIP_MAX_REQUEST_BYTES)", field=field)
+            raise PayloadTooLarge(f"field '{self.field}': the images this request fetches come to more than "
+                                  f"{self.limit / 1e6:.1f} MB in all (CLIP_MAX_REQUEST_BYTES)", field=self.field)
 
 
 class UrlFetcher:
@@ -197,7 +203,7 @@ async def _body(response: httpcore.Response, url: str, field: str, max_bytes: in
         if len(body) > max_bytes:
             raise _too_large(url, field, max_bytes)
         if budget is not None:
-            budget.take(len(chunk), field)
+            budget.take(len(chunk))
     return bytes(body)
 
 
