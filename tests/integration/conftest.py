@@ -55,9 +55,10 @@ def asgi_app(client: TestClient):
 
 
 @pytest.fixture
-def client_with(service_module):
+def client_with(service_module, client: TestClient):
     """``make(**settings)``: a client of the service's routes configured with other settings,
-    over the model the session's service already loaded (settings are read once, at start)."""
+    over the model the session's service already loaded (settings are read once, at start: the
+    session's ``client`` starts it, so a test run alone finds it loaded too)."""
     from clip_http.app import create_app
     from clip_runner.serving import ClipAPI
     from clip_runner.settings import ClipSettings
