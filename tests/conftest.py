@@ -56,6 +56,32 @@ def clip_env(settings: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+# Parallel runs (pytest-xdist, `-n 2 --dist loadgroup` in pyproject.toml): a test file runs whole on one
+# worker, so its module-scoped server starts once. Files that share a costly session fixture run on
+# the same worker (it is built once per worker); the longest groups are handed out first, so that
+# none of them is left to run alone at the end.
+XDIST_GROUPS = {
+    "tests/e2e/test_loadtest.py": "bench",  # `bench.run --quick`: minutes of servers, one after another
+    "tests/unit/test_compiled.py": "compiled",  # these three use compiled_tiny (three OpenVINO compiles)
+    "tests/e2e/test_compiled_serve.py": "compiled",
+    "tests/e2e/test_deploy.py": "compiled",
+}
+FIRST_GROUPS = ("bench", "compiled")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test joins its file's xdist group (or the shared one above); the long groups go first."""
+    rank = {name: i for i, name in enumerate(FIRST_GROUPS)}
+
+    def group(item: pytest.Item) -> str:
+        path = item.nodeid.split("::", 1)[0]
+        return XDIST_GROUPS.get(path, path)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: otherwise as collected
+
+
 @pytest.fixture(autouse=True)
 def _clean_clip_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests start from default settings (and TEST_DEFAULTS), whatever CLIP_* variables the shell has."""

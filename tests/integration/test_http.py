@@ -225,7 +225,7 @@ def test_shell_clip_variables_never_reach_the_app() -> None:
     hostile = {"CLIP_API_KEY": "from-the-shell", "CLIP_MAX_TEXTS": "1", "CLIP_PRECISION": "bf16",
                "CLIP_SIMILARITY_THRESHOLD": "0.9", "CLIP_BATCH_SIZE": "3", "CLIP_MODEL_TAG": "no-such-model:v1"}
     test = f"{__file__}::test_the_app_runs_the_settings_its_fixture_names"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", test],
                          env={**os.environ, **hostile}, cwd=Path(__file__).parents[2],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
