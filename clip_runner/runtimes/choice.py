@@ -22,7 +22,7 @@ import fcntl
 import logging
 import subprocess
 import sys
-import time
+import timeit
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,15 +186,8 @@ def _throughput(entry: StoreEntry, threads: int, batch: int, repeats: int = 5) -
     for name, call in (("images_per_s", lambda: encoder.encode_pixels(pixels)),
                        ("texts_per_s", lambda: encoder.encode_texts(texts))):
         call(), call()
-        best = min(_seconds(call) for _ in range(repeats))
-        rates[name] = round(batch / best, 2)
+        rates[name] = round(batch / min(timeit.repeat(call, number=1, repeat=repeats)), 2)
     return rates
-
-
-def _seconds(call: Any) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -209,8 +202,5 @@ def _store_lock() -> Iterator[None]:
         yield
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes, whatever happens
+        yield

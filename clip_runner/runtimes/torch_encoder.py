@@ -109,9 +109,7 @@ def pick_device(requested: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError(f"CLIP_DEVICE={requested} but CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"CLIP_DEVICE={requested} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise RuntimeError(f"CLIP_DEVICE={requested} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 

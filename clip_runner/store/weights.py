@@ -39,10 +39,6 @@ class LoadedModel:
     device: torch.device
     load_seconds: float
 
-    @property
-    def embedding_size(self) -> int:
-        return self.entry.embedding_size
-
 
 def plain_config(cfg: Any) -> dict[str, Any]:
     """JSON-friendly copy of an open_clip config (tuples → lists), as store entries keep them."""

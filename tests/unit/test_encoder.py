@@ -39,7 +39,7 @@ def test_text_embedding_matches_open_clip(loaded, reference) -> None:
     ours = TorchEncoder(loaded, "fp32").encode_texts(texts)
     with torch.no_grad():
         theirs = unit_rows(model.encode_text(tokenizer(texts)))
-    assert ours.shape == (3, loaded.embedding_size)
+    assert ours.shape == (3, loaded.entry.embedding_size)
     assert np.all(np.sum(ours * theirs, axis=1) >= 0.9999)
 
 
@@ -48,7 +48,7 @@ def test_rows_are_unit_float32_and_batch_equals_singles(loaded) -> None:
     pipeline = PixelPipeline(loaded.entry.preprocess_cfg)
     pixels = np.stack([pipeline(Image.open(io.BytesIO(make_jpeg(s))).convert("RGB")) for s in range(4)])
     batch = encoder.encode_pixels(pixels)
-    assert batch.dtype == np.float32 and batch.shape == (4, loaded.embedding_size)
+    assert batch.dtype == np.float32 and batch.shape == (4, loaded.entry.embedding_size)
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
     singles = np.concatenate([encoder.encode_pixels(pixels[i : i + 1]) for i in range(4)])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
