@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import bentoml
+import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
@@ -40,6 +41,14 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 Route = Callable[[Timings], Awaitable[Any]]
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON by orjson: a 512-float embedding encodes several times faster than with the stdlib,
+    and the stdlib's encoding was the event loop's largest single cost per request."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 #: (method, path, handler, OpenAPI request body) of each route a module serves.
 RouteTable = tuple[tuple[str, str, Callable[..., Any], dict[str, Any] | None], ...]
 
@@ -49,7 +58,7 @@ def api_of(request: Request) -> ClipAPI:
     return request.app.state.api  # type: ignore[no-any-return]
 
 
-async def respond(route: Route) -> JSONResponse:
+async def respond(route: Route) -> FastJSONResponse:
     """Run a route's logic; a 200 JSON answer with ``X-Batch-Size`` and ``Server-Timing``."""
     timings = Timings()
     body = await route(timings)
@@ -61,7 +70,7 @@ async def respond(route: Route) -> JSONResponse:
     for kind, size in (("image", timings.image_batch), ("text", timings.text_batch)):
         if size:
             BATCH_SIZE.labels(kind=kind).observe(size)
-    return JSONResponse(body, headers={
+    return FastJSONResponse(body, headers={
         "X-Batch-Size": str(timings.batch_size),
         "Server-Timing": (f"decode;dur={timings.decode_ms:.1f}, queue;dur={timings.queue_ms:.1f}, "
                           f"infer;dur={timings.infer_ms:.1f}, batch;desc=\"{timings.batch_size}\""),
