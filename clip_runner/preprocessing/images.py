@@ -20,6 +20,7 @@ row, with the service's limits: what every upload goes through.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import functools
 import io
@@ -45,18 +46,11 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
 # Magic numbers of the supported formats. Used only after Pillow failed to open the bytes, to
 # tell a damaged image (400) apart from something that is not an image at all (415).
 _MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "TIFF"),
-    (b"MM\x00+", "TIFF"),
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
 )
 # Sizes of the BMP info headers; "BM" alone is too weak a signature (any text may start so).
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-
 
 
 def decode_image(
@@ -100,9 +94,8 @@ def _check_bytes(data: bytes, max_bytes: int, field: str) -> None:
     if len(data) == 0:
         raise InvalidInput(f"field '{field}' is empty; upload the image bytes", field=field)
     if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"field '{field}': upload is {_megabytes(len(data))}, "
-            f"the limit is {_megabytes(max_bytes)}", field=field)
+        raise PayloadTooLarge(f"field '{field}': upload is {len(data) / 1e6:.1f} MB, "
+                              f"the limit is {max_bytes / 1e6:.1f} MB", field=field)
 
 
 def _check_dimensions(size: tuple[int, int], max_pixels: int, field: str) -> None:
@@ -111,12 +104,10 @@ def _check_dimensions(size: tuple[int, int], max_pixels: int, field: str) -> Non
     # anyone may change (or disable), so it is not relied on.
     width, height = size
     if width <= 0 or height <= 0:
-        raise InvalidImage(
-            f"field '{field}': image has zero width or height ({width}x{height})", field=field)
+        raise InvalidImage(f"field '{field}': image has zero width or height ({width}x{height})", field=field)
     if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"field '{field}': decoded size {width}x{height} ({width * height:,} pixels) "
-            f"exceeds the pixel limit of {max_pixels:,}", field=field)
+        raise PayloadTooLarge(f"field '{field}': decoded size {width}x{height} ({width * height:,} pixels) "
+                              f"exceeds the pixel limit of {max_pixels:,}", field=field)
 
 
 def _bomb_error(exc: Exception, max_pixels: int, field: str) -> PayloadTooLarge:
@@ -127,13 +118,8 @@ def _bomb_error(exc: Exception, max_pixels: int, field: str) -> PayloadTooLarge:
     """
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f" of {int(found.group(1)):,} pixels" if found else ""
-    return PayloadTooLarge(
-        f"field '{field}': decoded size{size} exceeds the pixel limit of {max_pixels:,}",
-        field=field)
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1_000_000:.1f} MB"
+    return PayloadTooLarge(f"field '{field}': decoded size{size} exceeds the pixel limit of {max_pixels:,}",
+                           field=field)
 
 
 # ---- identify -------------------------------------------------------------------------------
@@ -151,9 +137,8 @@ def _open(data: bytes, max_pixels: int, field: str) -> Image.Image:
     if image.format not in SUPPORTED_FORMATS:
         name = image.format or "this"
         image.close()
-        raise UnsupportedMediaType(
-            f"field '{field}': {name} images are not supported; "
-            f"supported formats: {_SUPPORTED_LIST}", field=field)
+        raise UnsupportedMediaType(f"field '{field}': {name} images are not supported; "
+                                   f"supported formats: {_SUPPORTED_LIST}", field=field)
     return image
 
 
@@ -161,41 +146,30 @@ def _unrecognised(data: bytes, field: str) -> InvalidImage | UnsupportedMediaTyp
     """Error for bytes Pillow could not open: a damaged supported image, or not an image."""
     fmt = _sniff(data)
     if fmt is not None:
-        return InvalidImage(
-            f"field '{field}': image could not be decoded: truncated or corrupt {fmt}",
-            field=field)
-    return UnsupportedMediaType(
-        f"field '{field}': {_describe(data)}; supported formats: {_SUPPORTED_LIST}",
-        field=field)
+        return InvalidImage(f"field '{field}': image could not be decoded: truncated or corrupt {fmt}", field=field)
+    return UnsupportedMediaType(f"field '{field}': {_describe(data)}; supported formats: {_SUPPORTED_LIST}",
+                                field=field)
 
 
 def _sniff(data: bytes) -> str | None:
     """Supported format named by the magic number, if any."""
-    for magic, fmt in _MAGIC:
-        if data.startswith(magic):
-            return fmt
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
-    return None
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
 
 
 def _describe(data: bytes) -> str:
     """Unrecognised bytes: text (a URL, a path, base64 sent as a file) or something else."""
-    if _is_text(data[:1024].removeprefix(b"\xef\xbb\xbf").strip()):
-        return ("upload is text, not image bytes (base64, data: URIs and URLs are read from a JSON body or a "
-                "form text field; paths are never opened)")
-    return "upload is not a recognised image"
-
-
-def _is_text(head: bytes) -> bool:
-    try:
+    head = data[:1024].removeprefix(b"\xef\xbb\xbf").strip()
+    with contextlib.suppress(UnicodeDecodeError):
         # Incremental, so a character cut in half by the 1 KiB window still counts as text.
         text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\t\r\n" for c in text)
+        if all(c.isprintable() or c in "\t\r\n" for c in text):
+            return ("upload is text, not image bytes (base64, data: URIs and URLs are read from a JSON body or a "
+                    "form text field; paths are never opened)")
+    return "upload is not a recognised image"
 
 
 # ---- decode ---------------------------------------------------------------------------------
@@ -238,9 +212,8 @@ def _to_rgb(source: Image.Image, field: str) -> Image.Image:
     except MemoryError as exc:
         raise _undecodable(source, exc, field) from exc
     except Exception as exc:  # an exotic mode Pillow cannot convert, or a failing transform
-        raise InvalidImage(
-            f"field '{field}': image could not be decoded: cannot convert {source.format} "
-            f"colour mode {source.mode} to RGB", field=field) from exc
+        raise InvalidImage(f"field '{field}': image could not be decoded: cannot convert {source.format} "
+                           f"colour mode {source.mode} to RGB", field=field) from exc
     return image
 
 
@@ -357,12 +330,7 @@ def _resize_and_crop(image: Image.Image, size: tuple[int, int], crop: bool,
 
 def _open_clip_steps(preprocess_cfg: dict[str, Any]) -> Any:
     """The PIL steps of open_clip's own eval transform, for layouts :func:`_resize_and_crop` has not."""
-    from open_clip.transform import (  # torch boundary: rare layouts
-        PreprocessCfg,
-        image_transform_v2,
-        merge_preprocess_dict,
-    )
-
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict  # torch: rare layouts
 
     cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), preprocess_cfg))
     steps = list(image_transform_v2(cfg, is_train=False).transforms)
