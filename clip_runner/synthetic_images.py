@@ -25,14 +25,8 @@ from PIL import Image, ImageDraw
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
 # No colour starts with a vowel, so "a {colour} {shape}" is always grammatical.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 35, 35),
-    "green": (40, 170, 60),
-    "blue": (35, 75, 225),
-    "yellow": (245, 215, 30),
-    "purple": (135, 55, 190),
-    "pink": (250, 135, 190),
-    "cyan": (50, 210, 225),
-    "brown": (125, 75, 35),
+    "red": (220, 35, 35), "green": (40, 170, 60), "blue": (35, 75, 225), "yellow": (245, 215, 30),
+    "purple": (135, 55, 190), "pink": (250, 135, 190), "cyan": (50, 210, 225), "brown": (125, 75, 35),
 }
 # Shape size as a fraction of the image side (the diameter of its bounding circle).
 SIZES: dict[str, float] = {"small": 0.36, "medium": 0.5, "large": 0.64}
@@ -49,10 +43,7 @@ POSITIONS: dict[str, tuple[float, float, str]] = {
     "bottom right": (0.68, 0.68, "at the bottom right"),
 }
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "gray": (128, 128, 128),
-    "beige": (225, 210, 175),
+    "white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128), "beige": (225, 210, 175),
 }
 CAPTION_PREFIXES: tuple[str, ...] = ("a", "a picture of a", "a drawing of a")
 # Zero-shot prompts: the same phrasings the captions use.
@@ -90,13 +81,9 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 def sample_scene(rng: np.random.Generator) -> ShapeScene:
     """Draw the attributes of one image uniformly, and a caption for them."""
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    size = list(SIZES)[rng.integers(len(SIZES))]
-    position = list(POSITIONS)[rng.integers(len(POSITIONS))]
-    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    caption = _caption(rng, shape, colour, size, position, background)
-    return ShapeScene(shape, colour, size, position, background, caption)
+    drawn_from = (SHAPES, COLOURS, SIZES, POSITIONS, BACKGROUNDS)  # in this order: the seeds' streams depend on it
+    attributes = [list(options)[rng.integers(len(options))] for options in drawn_from]
+    return ShapeScene(*attributes, caption=_caption(rng, *attributes))
 
 
 def _caption(rng: np.random.Generator, shape: str, colour: str, size: str, position: str, background: str) -> str:
@@ -130,12 +117,9 @@ def render(scene: ShapeScene, rng: np.random.Generator, image_size: int = IMAGE_
     if scene.shape == "circle":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
     else:
-        points = [
-            (cx + radius * (x * math.cos(angle) - y * math.sin(angle)),
-             cy + radius * (x * math.sin(angle) + y * math.cos(angle)))
-            for x, y in _OUTLINES[scene.shape]
-        ]
-        draw.polygon(points, fill=fill)
+        cos, sin = math.cos(angle), math.sin(angle)
+        draw.polygon([(cx + radius * (x * cos - y * sin), cy + radius * (x * sin + y * cos))
+                      for x, y in _OUTLINES[scene.shape]], fill=fill)
     return image
 
 
@@ -146,12 +130,8 @@ def _regular(sides: int, start_deg: float) -> list[tuple[float, float]]:
 
 
 def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
-    outline = []
-    for i in range(2 * points):
-        r = 1.0 if i % 2 == 0 else inner
-        a = -math.pi / 2 + i * math.pi / points
-        outline.append((r * math.cos(a), r * math.sin(a)))
-    return outline
+    radii_angles = [(1.0 if i % 2 == 0 else inner, -math.pi / 2 + i * math.pi / points) for i in range(2 * points)]
+    return [(r * math.cos(a), r * math.sin(a)) for r, a in radii_angles]
 
 
 def _cross(arm: float = 0.33) -> list[tuple[float, float]]:
@@ -161,13 +141,9 @@ def _cross(arm: float = 0.33) -> list[tuple[float, float]]:
 
 def _heart(steps: int = 48) -> list[tuple[float, float]]:
     # The classic parametric heart, scaled into the unit circle (y grows downwards in images).
-    outline = []
-    for i in range(steps):
-        t = 2 * math.pi * i / steps
-        x = 16 * math.sin(t) ** 3
-        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
-        outline.append((x / 17.0, -(y + 2.5) / 17.0))
-    return outline
+    ts = [2 * math.pi * i / steps for i in range(steps)]
+    ys = [13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t) for t in ts]
+    return [(16 * math.sin(t) ** 3 / 17.0, -(y + 2.5) / 17.0) for t, y in zip(ts, ys, strict=True)]
 
 
 # Outlines in unit coordinates (radius 1 around the centre), drawn scaled to the shape size.
@@ -199,19 +175,16 @@ def write_dataset(out_dir: str | Path, count: int, seed: int, *, image_format: s
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     suffix = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}[image_format.lower()]
+    options = {"format": "PNG", "optimize": False} if suffix == "png" else {"format": "JPEG", "quality": 92}
     csv_path = out / "captions.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image_path", "text", "category"])
         for index, (scene, image) in enumerate(generate(count, seed, image_size)):
             relative = f"images/{index:06d}.{suffix}"
-            if suffix == "png":
-                image.save(out / relative, format="PNG", optimize=False)
-            else:
-                image.save(out / relative, format="JPEG", quality=92)
+            image.save(out / relative, **options)
             writer.writerow([relative, scene.caption, scene.category])
     return csv_path
-
 
 
 def photo_like(seed: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> Image.Image:
