@@ -88,11 +88,6 @@ class Form:
         self.values = values
         self.json = json
 
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> Form:
-        """A JSON object: arrays are lists, anything else one value (null is absent)."""
-        return cls({k: v if isinstance(v, list) else [v] for k, v in payload.items() if v is not None}, json=True)
-
     def one(self, name: str) -> Any:
         """The field's value (a form's last one, as FastAPI reads forms), or None when absent.
 
@@ -116,7 +111,8 @@ async def read_form(request: Request, max_part_bytes: int) -> AsyncIterator[Form
         async with request.form(max_part_size=max_part_bytes) as form:
             yield Form({key: form.getlist(key) for key in form}, json=False)
     elif kind == "application/json" or kind.endswith("+json"):
-        yield Form.from_json(await json_object(request))
+        payload = await json_object(request)  # arrays are lists, anything else one value (null is absent)
+        yield Form({k: v if isinstance(v, list) else [v] for k, v in payload.items() if v is not None}, json=True)
     elif not kind and not await request.body():
         yield Form({}, json=False)  # nothing sent: each required field says so
     else:

@@ -85,13 +85,6 @@ async def send_error(scope: Scope, send: Send, status: int, message: str,
     await send({"type": "http.response.body", "body": payload})
 
 
-def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", ()):
-        if key == b"content-length":
-            return int(value)  # ValueError is handled by the caller
-    return None
-
-
 class BodyLimit:
     """413 for request bodies over ``max_bytes``, however they are sent."""
 
@@ -106,7 +99,7 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         try:
-            declared = _content_length(scope)
+            declared = next((int(v) for k, v in scope.get("headers", ()) if k == b"content-length"), None)
         except ValueError:
             return await send_error(scope, send, 400, "invalid Content-Length header")
         if declared is not None and declared > self.max_bytes:
@@ -150,22 +143,20 @@ class BodyLimit:
 class AdmissionLimit:
     """At most ``max_in_flight`` requests per worker; the excess gets 429 + Retry-After at once."""
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, retry_after_s: int = 1,
-                 exempt: frozenset[str] = EXEMPT_PATHS) -> None:
+    def __init__(self, app: ASGIApp, max_in_flight: int, retry_after_s: int = 1) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.retry_after_s = retry_after_s
-        self.exempt = exempt
         self.in_flight = 0
         self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             return await self.app(scope, receive, send)
-        limit = self.max_in_flight
-        if self.in_flight >= limit:
+        if self.in_flight >= self.max_in_flight:
             self.refused += 1
-            message = f"server is at capacity ({limit} requests in flight); retry after {self.retry_after_s}s"
+            message = (f"server is at capacity ({self.max_in_flight} requests in flight); "
+                       f"retry after {self.retry_after_s}s")
             refused("overload")
             return await send_error(scope, send, 429, message, [("retry-after", str(self.retry_after_s))])
         self.in_flight += 1

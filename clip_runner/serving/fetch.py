@@ -151,21 +151,18 @@ class UrlFetcher:
     async def fetch(self, url: str, field: str, max_bytes: int, budget: ByteBudget | None = None) -> bytes:
         """The image bytes at ``url`` (redirects followed), or an InputError naming ``field``."""
         try:
-            return await self._fetch(url, field, max_bytes, budget)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    return await self._follow(url, field, max_bytes, budget)
+            except TimeoutError:
+                raise InvalidInput(f"field '{field}': fetching {display(url)} took longer than {self.timeout_s:g} s "
+                                   "(CLIP_IMAGE_URL_TIMEOUT)", field=field) from None
+            except (httpcore.ConnectError, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
+                reason = str(exc).strip() or type(exc).__name__
+                raise InvalidInput(f"field '{field}': could not fetch {display(url)}: {reason}", field=field) from None
         except InputError as exc:  # operators see refusals (a run of 403s is someone probing)
             logger.info("image URL %s refused (%d): %s", display(url), exc.status, exc.message)
             raise
-
-    async def _fetch(self, url: str, field: str, max_bytes: int, budget: ByteBudget | None) -> bytes:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await self._follow(url, field, max_bytes, budget)
-        except TimeoutError:
-            raise InvalidInput(f"field '{field}': fetching {display(url)} took longer than {self.timeout_s:g} s "
-                               "(CLIP_IMAGE_URL_TIMEOUT)", field=field) from None
-        except (httpcore.ConnectError, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
-            reason = str(exc).strip() or type(exc).__name__
-            raise InvalidInput(f"field '{field}': could not fetch {display(url)}: {reason}", field=field) from None
 
     async def _follow(self, url: str, field: str, max_bytes: int, budget: ByteBudget | None) -> bytes:
         url = self.target(url, field)
