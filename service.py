@@ -36,26 +36,19 @@ SUPERVISOR_ENV = "_CLIP_SERVICE_SUPERVISOR_PID"  # set by the supervisor for the
 FATAL_SIGNAL = signal.SIGUSR1  # a worker → its supervisor: "this configuration cannot serve"
 
 
-def _baked_model_tag() -> str | None:
-    """The model tag `make build` baked into a bento (absent in a source checkout)."""
-    if not BAKED_MODEL_FILE.is_file():
-        return None
-    return str(json.loads(BAKED_MODEL_FILE.read_text())["tag"])
-
-
 def served_settings(base: ClipSettings) -> ClipSettings:
-    """``base``, with a bento's baked model tag unless ``CLIP_MODEL_TAG`` names another."""
-    baked = _baked_model_tag()
-    return base if base.model_tag or not baked else base.model_copy(update={"model_tag": baked})
+    """``base``, with the model tag `make build` baked into a bento unless ``CLIP_MODEL_TAG`` names another
+    (a source checkout has no baked tag)."""
+    if base.model_tag or not BAKED_MODEL_FILE.is_file():
+        return base
+    return base.model_copy(update={"model_tag": str(json.loads(BAKED_MODEL_FILE.read_text())["tag"])})
 
 
 def service_config(base: ClipSettings) -> dict[str, Any]:
     """BentoML's config: ``CLIP_WORKERS`` workers (one model copy each), ``CLIP_GPUS`` GPUs."""
     # 600 s: a 32-image request on a slow CPU must not be cut off.
-    config: dict[str, Any] = {"workers": base.workers, "traffic": {"timeout": 600}}
-    if base.gpus:
-        config["resources"] = {"gpu": base.gpus}
-    return config
+    gpus = {"resources": {"gpu": base.gpus}} if base.gpus else {}
+    return {"workers": base.workers, "traffic": {"timeout": 600}, **gpus}
 
 
 def _stop_serving(signum: int, frame: object) -> None:

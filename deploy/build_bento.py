@@ -40,10 +40,8 @@ def build(cuda: bool) -> str:
         env.setdefault("CLIP_GPUS", "1")
     bentoml = Path(sys.executable).with_name("bentoml")
     try:
-        out = subprocess.run(
-            [str(bentoml), "build", "-f", bentofile, "--output", "tag", str(ROOT)],
-            env=env, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True,
-        )
+        out = subprocess.run([str(bentoml), "build", "-f", bentofile, "--output", "tag", str(ROOT)],
+                             env=env, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
     finally:
         BAKED.unlink(missing_ok=True)  # a source checkout must not stay pinned
     bento_tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
