@@ -138,26 +138,19 @@ def checkpoint_store_name(arch: str, digest: str) -> str:
     return store_name(arch, f"ckpt-{digest[:12]}")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def recorded_hashes(entry: StoreEntry) -> dict[str, str]:
-    """The sha256 of each model file as recorded when the entry was written (empty: none recorded)."""
-    if entry.runtime == "torch":
-        digest = entry.metadata.get("weights_sha256")
-        return {WEIGHTS_FILE: digest} if digest else {}
-    return dict(entry.metadata.get("files_sha256") or {})
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def verify_files(entry: StoreEntry) -> None:
     """Refuse an entry whose model files do not match the sha256 recorded when it was written."""
-    expected = recorded_hashes(entry)
+    if entry.runtime == "torch":
+        weights = entry.metadata.get("weights_sha256")
+        expected = {WEIGHTS_FILE: weights} if weights else {}
+    else:
+        expected = dict(entry.metadata.get("files_sha256") or {})
     if not expected:
         logger.warning("store entry %s records no file hashes; integrity not checked", entry.tag)
         return
