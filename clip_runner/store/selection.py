@@ -25,15 +25,7 @@ from huggingface_hub import constants as hf_constants
 from ..errors import ModelNotAvailable
 from ..hardware import HardwareFacts, detect_hardware
 from ..settings import DEFAULT_PRETRAINED, ClipSettings
-from .entries import (
-    checkpoint_store_name,
-    hub_store_name,
-    latest_tag,
-    open_entry,
-    sha256_file,
-    store_name,
-    write_beside_store,
-)
+from . import entries
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +57,9 @@ class ModelRef:
 
     @property
     def store_name(self) -> str:
-        return hub_store_name(self.hub_repo) if self.hub_repo else store_name(self.arch, self.pretrained)
+        if self.hub_repo:
+            return entries.hub_store_name(self.hub_repo)
+        return entries.store_name(self.arch, self.pretrained)
 
     @property
     def register_command(self) -> str:
@@ -124,7 +118,7 @@ def choose_default_model(facts: HardwareFacts) -> DefaultChoice:
 def select_model(settings: ClipSettings, *, register_missing: bool = True) -> Selection:
     """Decide which store entry to serve (see the module docstring)."""
     if settings.model_tag:
-        return Selection(open_entry(settings.model_tag).tag, "CLIP_MODEL_TAG")
+        return Selection(entries.open_entry(settings.model_tag).tag, "CLIP_MODEL_TAG")
     if settings.model_name.strip().lower() == DEMO_NAME:
         return Selection(_store().register_demo(), "CLIP_MODEL_NAME=demo (bundled demo model)")
     ref = parse_model_name(settings.model_name, settings.pretrained)
@@ -143,7 +137,7 @@ def _store() -> ModuleType:
 
 
 def _select_named(ref: ModelRef, why: str, settings: ClipSettings, register_missing: bool) -> Selection:
-    if (tag := latest_tag(ref.store_name)) is not None:
+    if (tag := entries.latest_tag(ref.store_name)) is not None:
         return Selection(tag, f"{why} (found in store)")
     if not (register_missing and settings.allow_download):
         raise ModelNotAvailable(f"{ref.store_name} is not in the model store and downloading is disabled; "
@@ -162,7 +156,7 @@ def _select_default(settings: ClipSettings, register_missing: bool) -> Selection
     choice = choose_default_model(detect_hardware(settings.device))
     ref = ModelRef(arch=choice.arch, pretrained=choice.pretrained)
     try:
-        if latest_tag(ref.store_name) is None and settings.allow_download:
+        if entries.latest_tag(ref.store_name) is None and settings.allow_download:
             if reason := hub_unreachable_reason():
                 raise ModelNotAvailable(f"{ref.store_name} is not in the store and the hub is unreachable: {reason}")
         selection = _select_named(ref, f"default for this hardware: {choice.rule}", settings, register_missing)
@@ -176,7 +170,7 @@ def _select_default(settings: ClipSettings, register_missing: bool) -> Selection
         selection = Selection(_store().register_demo(), f"fallback to the demo model: {choice.arch}/"
                               f"{choice.pretrained} unavailable ({_first_line(exc)})", fallback=True)
     selection = dataclasses.replace(selection, hardware=choice.to_dict())
-    write_beside_store(DECISION_FILE, {**choice.to_dict(), "served_tag": selection.tag,
+    entries.write_beside_store(DECISION_FILE, {**choice.to_dict(), "served_tag": selection.tag,
                                        "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     return selection
 
@@ -189,9 +183,9 @@ def _first_line(exc: Exception) -> str:
 def _select_checkpoint(path: Path, ref: ModelRef, register_missing: bool) -> Selection:
     if not path.exists():
         raise ModelNotAvailable(f"CLIP_MODEL_PATH={path} does not exist")
-    digest = sha256_file(path / "open_clip_config.json" if path.is_dir() else path)
-    name = checkpoint_store_name(ref.arch, digest)
-    if (tag := latest_tag(name)) is not None:
+    digest = entries.sha256_file(path / "open_clip_config.json" if path.is_dir() else path)
+    name = entries.checkpoint_store_name(ref.arch, digest)
+    if (tag := entries.latest_tag(name)) is not None:
         return Selection(tag, f"CLIP_MODEL_PATH={path} (found in store)")
     if not register_missing:
         raise ModelNotAvailable(f"checkpoint {path} is not registered yet")

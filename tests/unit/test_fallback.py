@@ -39,7 +39,7 @@ def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No default model in the store and the hub unreachable."""
     monkeypatch.setattr(selection, "hub_unreachable_reason", lambda *a, **k: "connection refused (test)")
-    monkeypatch.setattr(selection, "latest_tag", lambda name: None if not name.startswith("clip-demo")
+    monkeypatch.setattr(selection.entries, "latest_tag", lambda name: None if not name.startswith("clip-demo")
                         else registration.latest_tag(name))
 
 
