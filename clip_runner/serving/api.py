@@ -30,7 +30,7 @@ from ..preprocessing.images import UploadPreparer
 from ..runtimes.encoder import token_counts, unit_rows
 from ..settings import ClipSettings
 from . import scoring
-from .batcher import Batch, MicroBatcher
+from .batcher import Batch, DecodeWindow, MicroBatcher
 from .fetch import ByteBudget
 from .references import FORMS, ImageReferences
 from .scoring import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
@@ -95,6 +95,7 @@ class ClipAPI:
         self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         self.batcher = MicroBatcher(model.encoder.image_features, model.encoder.text_features,
                                     self.max_batch, name="clip-model")
+        self.window = DecodeWindow(2 * self.max_batch)
 
     def close(self) -> None:
         """Finish queued work, stop the model thread and the decode threads."""
@@ -198,14 +199,6 @@ class ClipAPI:
         """Token ids of checked texts, in a decode thread: the one tokenization a text gets."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.model.encoder.tokenize, list(texts))
 
-    async def prepare(self, data: bytes, field: str, timings: Timings) -> np.ndarray:
-        """Decode + preprocess one upload off the event loop; bad bytes raise an InputError."""
-        start = time.perf_counter()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, data, field)
-        finally:
-            timings.decode_ms += (time.perf_counter() - start) * 1000
-
     async def prepare_many(self, blobs: Sequence[bytes], fields: Sequence[str],
                            timings: Timings) -> list[np.ndarray | InputError]:
         """Decode several images in parallel (one field name each); a failure is returned in place, not raised."""
@@ -241,17 +234,22 @@ class ClipAPI:
             chunks.append(unit_rows(batch.rows))
         return np.concatenate(chunks)
 
-    async def _image_row(self, upload: ImageField | None, field: str, timings: Timings) -> np.ndarray:
-        pixels = await self.prepare(await self.read_upload(upload, field), field, timings)
-        return (await self.embed_pixels([pixels], timings))[0]
-
-    async def _image_rows(self, blobs: list[bytes], field: str,
+    async def _image_rows(self, blobs: Sequence[bytes], fields: Sequence[str],
                           timings: Timings) -> list[np.ndarray | InputError]:
-        """One unit row per upload, or the InputError that upload raised (others still run)."""
-        prepared = await self.prepare_many(blobs, [f"{field}[{i}]" for i in range(len(blobs))], timings)
-        good = [p for p in prepared if not isinstance(p, InputError)]
-        rows = iter(await self.embed_pixels(good, timings)) if good else iter(())
+        """One unit row per image, or the InputError its bytes raised (the others still run). Decoding
+        starts once the decode window has room: it runs one batch ahead of the model, no further."""
+        async with self.window.hold(len(blobs)) as waited_ms:
+            timings.queue_ms += waited_ms
+            prepared = await self.prepare_many(blobs, fields, timings)
+            good = [p for p in prepared if not isinstance(p, InputError)]
+            rows = iter(await self.embed_pixels(good, timings)) if good else iter(())
         return [p if isinstance(p, InputError) else next(rows) for p in prepared]
+
+    async def _image_row(self, upload: ImageField | None, field: str, timings: Timings) -> np.ndarray:
+        (row,) = await self._image_rows([await self.read_upload(upload, field)], [field], timings)
+        if isinstance(row, InputError):
+            raise row
+        return row
 
     # ---- routes -----------------------------------------------------------------------------
 
@@ -262,7 +260,8 @@ class ClipAPI:
     async def encode_images(self, uploads: Sequence[ImageField] | None, field: str,
                             timings: Timings) -> dict[str, Any]:
         """``/encode_images``: ``{"embeddings": [...|None], "errors": [None|"why"]}``."""
-        rows = await self._image_rows(await self.read_uploads(uploads, field), field, timings)
+        blobs = await self.read_uploads(uploads, field)
+        rows = await self._image_rows(blobs, [f"{field}[{i}]" for i in range(len(blobs))], timings)
         return {"embeddings": [None if isinstance(r, InputError) else r.tolist() for r in rows],
                 "errors": [r.message if isinstance(r, InputError) else None for r in rows]}
 
@@ -312,7 +311,8 @@ class ClipAPI:
         limit = self.threshold_for(threshold)
         blobs = await self.read_uploads(uploads, field)
         rows, text_rows = await asyncio.gather(
-            self._image_rows(blobs, field, timings), self.embed_texts(checked, timings))
+            self._image_rows(blobs, [f"{field}[{i}]" for i in range(len(blobs))], timings),
+            self.embed_texts(checked, timings))
         results = [{"text": text, "error": row.message, "status": row.status} if isinstance(row, InputError)
                    else {"text": text, **scoring.analyze_pair(float(row @ text_row), limit)}
                    for text, row, text_row in zip(checked, rows, text_rows, strict=True)]
@@ -345,17 +345,16 @@ class ClipAPI:
                                          ("images", len(images), self.settings.max_images, "CLIP_MAX_IMAGES")):
             if count > limit:
                 raise InvalidInput(f"{count} {kind} in one request; the limit is {limit} ({name})", field="input")
-        fields = [field for _, _, field in images]
         blobs = await self._read_all([(value, field) for _, value, field in images], "input")
-        prepared = await self.prepare_many(blobs, fields, timings)
-        for pixels in prepared:
-            if isinstance(pixels, InputError):
-                raise pixels
         ids = await self.tokenize([text for _, text in texts]) if texts else np.zeros((0, 1), np.int64)
         image_rows, text_rows = await asyncio.gather(
-            self.embed_pixels(prepared, timings), self._embed("text", ids, timings))  # type: ignore[arg-type]
+            self._image_rows(blobs, [field for _, _, field in images], timings), self._embed("text", ids, timings))
+        for row in image_rows:
+            if isinstance(row, InputError):
+                raise row
         rows = np.zeros((len(items), self.embedding_size), np.float32)
-        rows[[i for i, _, _ in images]] = image_rows
+        for (i, _, _), row in zip(images, image_rows, strict=True):
+            rows[i] = row
         rows[[i for i, _ in texts]] = text_rows
         tokens = [0] * len(items)
         for (i, _), count in zip(texts, token_counts(ids), strict=True):

@@ -15,12 +15,14 @@ and model time of the batch they ran in (the ``X-Batch-Size`` and ``Server-Timin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 import numpy as np
@@ -195,3 +197,35 @@ def _settle(request: _Request, *, result: Batch | None = None,
         request.loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
         pass
+
+
+class DecodeWindow:
+    """At most ``limit`` images between the start of their decoding and the end of their batch.
+
+    Under load, decoding runs one batch ahead of the model and no further (``limit`` is two
+    batches: one encoding, one decoding), as the in-process pipeline the benchmark's (a′) measures
+    does. Unbounded, every upload in flight decodes at once and the decoders take the cores from
+    the model for images that would only wait in its queue: more clients, fewer images/s. A
+    request larger than the window runs once nothing else is in it. One count per event loop.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[list[int], asyncio.Condition]] = \
+            weakref.WeakKeyDictionary()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, images: int) -> AsyncIterator[float]:
+        """Wait for room for ``images``, hold it for the block; yields the milliseconds waited."""
+        loop = asyncio.get_running_loop()
+        count, room = self._counts.setdefault(loop, ([0], asyncio.Condition()))
+        start = time.perf_counter()
+        async with room:
+            await room.wait_for(lambda: count[0] == 0 or count[0] + images <= self.limit)
+            count[0] += images
+        try:
+            yield (time.perf_counter() - start) * 1000
+        finally:
+            async with room:
+                count[0] -= images
+                room.notify_all()

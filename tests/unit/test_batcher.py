@@ -196,3 +196,31 @@ def test_a_model_that_returns_the_wrong_number_of_rows_fails_its_callers_not_the
     assert asyncio.run(batcher.image_features(_pixels(encoder, 0))).rows.shape[0] == 1  # still serving
     batcher.close()
     assert not batcher.alive
+
+
+def test_the_decode_window_holds_decoding_to_one_batch_ahead() -> None:
+    from clip_runner.serving.batcher import DecodeWindow
+
+    window, entered = DecodeWindow(limit=3), asyncio.Queue()
+
+    async def request(name: str, images: int, release: asyncio.Event) -> None:
+        async with window.hold(images):
+            entered.put_nowait(name)
+            await release.wait()
+
+    async def scenario() -> None:
+        first, second, big = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.ensure_future(request("a", 2, first)), asyncio.ensure_future(request("b", 1, second)),
+                 asyncio.ensure_future(request("c", 1, second)), asyncio.ensure_future(request("big", 5, big))]
+        assert [await entered.get(), await entered.get()] == ["a", "b"]
+        for _ in range(20):  # c and big get turns on the loop, and must still wait: the window is full
+            await asyncio.sleep(0)
+        assert entered.empty()
+        first.set()
+        assert await entered.get() == "c"  # room for one image: c, not big
+        second.set()
+        assert await entered.get() == "big"  # larger than the window: it runs once the window is empty
+        big.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
