@@ -199,19 +199,15 @@ class ClipAPI:
         """Token ids of checked texts, in a decode thread: the one tokenization a text gets."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.model.encoder.tokenize, list(texts))
 
-    async def prepare_many(self, blobs: Sequence[bytes], fields: Sequence[str],
-                           timings: Timings) -> list[np.ndarray | InputError]:
-        """Decode several images in parallel (one field name each); a failure is returned in place, not raised."""
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self._pool, self._prepare, blob, field)
-                   for blob, field in zip(blobs, fields, strict=True)]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+    async def prepare(self, blobs: Sequence[bytes], fields: Sequence[str], timings: Timings) -> list[Any]:
+        """Decode images in parallel (one field name each): pixels, or the InputError in place."""
+        start, loop = time.perf_counter(), asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._prepare, blob, field)
+                                         for blob, field in zip(blobs, fields, strict=True)), return_exceptions=True)
         timings.decode_ms += (time.perf_counter() - start) * 1000
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, InputError):
-                raise result
-        return results  # type: ignore[return-value]
+        if bug := next((r for r in results if isinstance(r, BaseException) and not isinstance(r, InputError)), None):
+            raise bug
+        return results
 
     # ---- core (the batcher's model thread) and post ----------------------------------------
 
@@ -240,7 +236,7 @@ class ClipAPI:
         starts once the decode window has room: it runs one batch ahead of the model, no further."""
         async with self.window.hold(len(blobs)) as waited_ms:
             timings.queue_ms += waited_ms
-            prepared = await self.prepare_many(blobs, fields, timings)
+            prepared = await self.prepare(blobs, fields, timings)
             good = [p for p in prepared if not isinstance(p, InputError)]
             rows = iter(await self.embed_pixels(good, timings)) if good else iter(())
         return [p if isinstance(p, InputError) else next(rows) for p in prepared]

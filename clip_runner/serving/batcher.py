@@ -200,13 +200,10 @@ def _settle(request: _Request, *, result: Batch | None = None,
 
 
 class DecodeWindow:
-    """At most ``limit`` images between the start of their decoding and the end of their batch.
+    """At most ``limit`` images (two batches: one encoding, one decoding) from decode to batch end.
 
-    Under load, decoding runs one batch ahead of the model and no further (``limit`` is two
-    batches: one encoding, one decoding), as the in-process pipeline the benchmark's (a′) measures
-    does. Unbounded, every upload in flight decodes at once and the decoders take the cores from
-    the model for images that would only wait in its queue: more clients, fewer images/s. A
-    request larger than the window runs once nothing else is in it. One count per event loop.
+    Unbounded, every upload in flight decodes at once and the decoders take the model's cores for
+    images that would only wait in its queue. A request larger than the window runs alone.
     """
 
     def __init__(self, limit: int) -> None:

@@ -65,36 +65,23 @@ def softmax(similarities: np.ndarray, logit_scale: float) -> np.ndarray:
     return (exp / exp.sum()).astype(np.float32)
 
 
-def similarity_scores(
-    image: np.ndarray, texts: Sequence[str], text_rows: np.ndarray, logit_scale: float
-) -> list[dict[str, Any]]:
+def similarity_scores(image: np.ndarray, texts: Sequence[str], text_rows: np.ndarray,
+                      logit_scale: float) -> list[dict[str, Any]]:
     """One ``{"text", "similarity", "probability"}`` per text, in the order given."""
     sims = cosine(image, text_rows)
-    probs = softmax(sims, logit_scale)
-    return [
-        {"text": text, "similarity": float(s), "probability": float(p)}
-        for text, s, p in zip(texts, sims, probs, strict=True)
-    ]
+    return [{"text": text, "similarity": float(s), "probability": float(p)}
+            for text, s, p in zip(texts, sims, softmax(sims, logit_scale), strict=True)]
 
 
 def analyze_pair(similarity: float, threshold: Threshold) -> dict[str, Any]:
     """Mismatch decision for one image–text pair: a mismatch when similarity < threshold."""
-    return {
-        "similarity": float(similarity),
-        "is_mismatch": bool(similarity < threshold.value),
-        "threshold": threshold.value,
-        "threshold_source": threshold.source,
-        "margin": float(similarity - threshold.value),
-    }
+    return {"similarity": float(similarity), "is_mismatch": bool(similarity < threshold.value),
+            "threshold": threshold.value, "threshold_source": threshold.source,
+            "margin": float(similarity - threshold.value)}
 
 
-def rank_labels(
-    image: np.ndarray,
-    labels: Sequence[str],
-    label_rows: np.ndarray,
-    logit_scale: float,
-    top_k: int,
-) -> list[dict[str, Any]]:
+def rank_labels(image: np.ndarray, labels: Sequence[str], label_rows: np.ndarray, logit_scale: float,
+                top_k: int) -> list[dict[str, Any]]:
     """Labels ranked by probability: ``[{"category", "probability", "similarity"}]``, top_k long."""
     sims = cosine(image, label_rows)
     probs = softmax(sims, logit_scale)
