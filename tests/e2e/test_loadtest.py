@@ -72,7 +72,8 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     from bench.run import GOALS
 
     assert len(report["goals"]) == sum("cpu" in goal.devices for goal in GOALS)
-    assert all(goal["value"] is not None for goal in report["goals"]), report["goals"]
+    # Every goal is judged, but 64 clients against 16: --quick runs only 1 and 16.
+    assert all(goal["value"] is not None for goal in report["goals"] if "c=64" not in goal["goal"]), report["goals"]
     assert "goals:" in run.stdout and report["decode"]["sizes"]["12MP"]["reference_range_ms"][0] > 0
     unbatched = report["unbatched"]
     assert run.returncode == 0, run.stderr[-3000:]
