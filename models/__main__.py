@@ -115,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from clip_runner.training.demo import evaluate_tag, format_report
 
     tag = args.tag or register_demo()
-    result = evaluate_tag(tag, args.count, args.seed)
+    result = evaluate_tag(tag, args.count, *([] if args.seed is None else [args.seed]))
     print(format_report(tag, result))
     if args.json:
         print(json.dumps(result.to_json()))
@@ -125,7 +125,8 @@ def _build_demo(args: argparse.Namespace) -> None:
     from clip_runner.store.registration import DEMO_DIR
     from clip_runner.training.demo import DemoRecipe, build_demo
 
-    recipe = DemoRecipe(train_images=args.train_images, epochs=args.epochs, seed=args.seed)
+    given = {"train_images": args.train_images, "epochs": args.epochs, "seed": args.seed}
+    recipe = DemoRecipe(**{name: value for name, value in given.items() if value is not None})
     built = build_demo(Path(args.out) if args.out else DEMO_DIR, recipe)
     ev = built.card["evaluation"]
     print(f"demo model {built.tag} written to {built.folder} in {built.seconds / 60:.1f} min: zero-shot top-1 "
@@ -133,8 +134,7 @@ def _build_demo(args: argparse.Namespace) -> None:
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    from clip_runner.training.demo import EVAL_SEED, DemoRecipe
-
+    """The training commands; their defaults live in clip_runner.training (not imported here: torch)."""
     ft = sub.add_parser("finetune", help="contrastive fine-tuning on an image_path,text CSV; prints the new tag")
     ft.set_defaults(run=_finetune)
     ft.add_argument("csv", help="CSV with a header holding image_path and text columns")
@@ -163,14 +163,12 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(run=_evaluate)
     ev.add_argument("tag", nargs="?", help="store tag (default: the bundled demo model)")
     ev.add_argument("--count", type=int, default=1000)
-    ev.add_argument("--seed", type=int, default=EVAL_SEED)
+    ev.add_argument("--seed", type=int, help="default: the demo's held-out evaluation seed")
     ev.add_argument("--json", action="store_true", help="also print the figures as JSON")
     demo = sub.add_parser("build-demo", help="regenerate the bundled demo model (CPU, deterministic)")
     demo.set_defaults(run=_build_demo)
-    defaults = DemoRecipe()
-    demo.add_argument("--train-images", type=int, default=defaults.train_images)
-    demo.add_argument("--epochs", type=int, default=defaults.epochs)
-    demo.add_argument("--seed", type=int, default=defaults.seed)
+    for flag in ("--train-images", "--epochs", "--seed"):
+        demo.add_argument(flag, type=int, help="default: the demo recipe's (clip_runner.training.demo.DemoRecipe)")
     demo.add_argument("--out", help="output folder (default: models/demo)")
 
 

@@ -55,3 +55,13 @@ def test_a_change_that_breaks_a_boundary_fails(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "Nothing on the serving side imports compile or training code" in done.stdout
     assert "clip_runner.serving.batcher -> clip_runner.training.finetune" in done.stdout
+
+
+def test_listing_the_store_loads_no_torch() -> None:
+    """`python -m models list` only reads entries: the store's read side, without torch."""
+    probe = ("import runpy, sys; sys.argv = ['models', 'list']\n"
+             "try:\n    runpy.run_module('models', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print([m for m in ('torch', 'open_clip', 'openvino') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
