@@ -425,8 +425,7 @@ def _encode_throughput(encoder: Any, batch_sizes: Sequence[int], seconds: float)
     """Images/s and median batch time for each batch size (batch 1 gives the single-image latency)."""
     import numpy as np
 
-    size = encoder.entry.preprocess_cfg.get("size", 224)
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = encoder.entry.input_size
     rng = np.random.default_rng(0)
     per_batch: dict[str, dict[str, float]] = {}
     for batch in batch_sizes:

@@ -274,6 +274,12 @@ PREPROCESS_DEFAULTS: dict[str, Any] = {
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
+def input_size(preprocess_cfg: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of a model's input pixels, from its open_clip preprocess config."""
+    size = preprocess_cfg.get("size", PREPROCESS_DEFAULTS["size"])
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 class PixelPipeline:
     """PIL image → ``uint8`` array of shape (H, W, 3) at the model's input size."""
 
@@ -281,8 +287,7 @@ class PixelPipeline:
         cfg = {**PREPROCESS_DEFAULTS, **{k: v for k, v in preprocess_cfg.items() if k in PREPROCESS_DEFAULTS}}
         self.mean = tuple(float(m) for m in cfg["mean"])
         self.std = tuple(float(s) for s in cfg["std"])
-        size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
-        self.size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.size = input_size(cfg)
         square = self.size[0] == self.size[1]
         if cfg["interpolation"] in _RESAMPLING and cfg["mode"] == "RGB" and (
                 cfg["resize_mode"] == "squash" or (cfg["resize_mode"] == "shortest" and square)):

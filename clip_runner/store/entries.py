@@ -32,6 +32,7 @@ import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
 
 from ..errors import ModelNotAvailable
+from ..preprocessing.images import input_size
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ class StoreEntry:
     @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) of the model's input pixels."""
-        size = self.preprocess_cfg.get("size", 224)
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return input_size(self.preprocess_cfg)
 
     @property
     def runtime(self) -> str:
