@@ -24,6 +24,7 @@ def serve(settings: ClipSettings) -> ClipAPI:
     selection = select_model(settings)
     encoder, choice = choose_runtime(selection.tag, settings, threads)
     encoder.warm_up()  # the first call pays for lazy initialisation: not a caller's
-    served = ServedModel(selection, encoder, threads, choice)
-    logger.info("%s", served.summary())
-    return ClipAPI(served, settings)
+    facts = encoder.describe()  # the start-up log's one line: what serves, where, how and why
+    logger.info("serving %s with %s at %s on %s (%d threads); model: %s; runtime: %s", encoder.entry.tag,
+                facts["runtime"], facts["precision"], facts["device_name"], threads, selection.reason, choice.reason)
+    return ClipAPI(ServedModel(selection, encoder, threads, choice), settings)

@@ -201,28 +201,31 @@ def _settle(request: _Request, *, result: Batch | None = None,
 
 class DecodeWindow:
     """At most ``limit`` images (two batches: one encoding, one decoding) from decode to batch end.
-
     Unbounded, every upload in flight decodes at once and the decoders take the model's cores for
-    images that would only wait in its queue. A request larger than the window runs alone.
-    """
+    images that would only wait in its queue. A request larger than the window runs alone."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._counts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[list[int], asyncio.Condition]] = \
-            weakref.WeakKeyDictionary()
+        self._rooms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Room] = weakref.WeakKeyDictionary()
 
     @contextlib.asynccontextmanager
     async def hold(self, images: int) -> AsyncIterator[float]:
         """Wait for room for ``images``, hold it for the block; yields the milliseconds waited."""
-        loop = asyncio.get_running_loop()
-        count, room = self._counts.setdefault(loop, ([0], asyncio.Condition()))
+        room = self._rooms.setdefault(asyncio.get_running_loop(), _Room())
         start = time.perf_counter()
-        async with room:
-            await room.wait_for(lambda: count[0] == 0 or count[0] + images <= self.limit)
-            count[0] += images
+        async with room.changed:
+            await room.changed.wait_for(lambda: room.images == 0 or room.images + images <= self.limit)
+            room.images += images
         try:
             yield (time.perf_counter() - start) * 1000
         finally:
-            async with room:
-                count[0] -= images
-                room.notify_all()
+            async with room.changed:
+                room.images -= images
+                room.changed.notify_all()
+
+
+@dataclasses.dataclass
+class _Room:
+    """One event loop's images in the window, and the condition its waiters wait on."""
+    images: int = 0
+    changed: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)

@@ -49,10 +49,3 @@ class ServedModel:
             "threads": self.threads,
             "image_size": entry.metadata.get("image_size"),
         }
-
-    def summary(self) -> str:
-        """The start-up log's one line: model, runtime, precision, device and why."""
-        facts = self.encoder.describe()
-        return (f"serving {self.encoder.entry.tag} with {facts['runtime']} at {facts['precision']} on "
-                f"{facts['device_name']} ({self.threads} threads); model: {self.selection.reason}; "
-                f"runtime: {self.choice.reason}")
