@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -447,11 +447,28 @@ def bench_photos(per_size: int) -> list[bytes]:
     return [photo_jpeg(10_000 + i, PHOTO_SIZES[label]) for i in range(per_size) for label in PAYLOAD_SIZES]
 
 
-async def _post(session: aiohttp.ClientSession, target: Target, photo: bytes) -> tuple[int, int | None]:
-    form = aiohttp.FormData()
-    form.add_field(target.field, photo, filename="photo.jpg", content_type="image/jpeg")
+class Upload(NamedTuple):
+    """One request's multipart body and content type, encoded once: the load generator shares the
+    machine with the server, so what it spends per request is kept small."""
+
+    body: bytes
+    content_type: str
+
+
+def uploads(target: Target, photos: Sequence[bytes]) -> list[Upload]:
+    """Each photo as ``target``'s multipart upload (httpx writes the form)."""
+    out = []
+    for photo in photos:
+        request = httpx.Request("POST", "http://bench" + target.route,
+                                files={target.field: ("photo.jpg", photo, "image/jpeg")})
+        out.append(Upload(request.read(), request.headers["Content-Type"]))
+    return out
+
+
+async def _post(session: aiohttp.ClientSession, target: Target, upload: Upload) -> tuple[int, int | None]:
     try:
-        async with session.post(target.route, data=form) as resp:
+        async with session.post(target.route, data=upload.body,
+                                headers={"Content-Type": upload.content_type}) as resp:
             await resp.read()
             batch = resp.headers.get("X-Batch-Size")
             return resp.status, int(batch) if batch and batch.isdigit() else None
@@ -459,12 +476,12 @@ async def _post(session: aiohttp.ClientSession, target: Target, photo: bytes) ->
         return 0, None  # connection-level failure
 
 
-async def _client(session: aiohttp.ClientSession, target: Target, photos: Sequence[bytes], first: int,
+async def _client(session: aiohttp.ClientSession, target: Target, bodies: Sequence[Upload], first: int,
                   window: Window, sink: list[Sample]) -> None:
     n = first
     while time.perf_counter() < window.stop:
         start = time.perf_counter()
-        status, batch = await _post(session, target, photos[n % len(photos)])
+        status, batch = await _post(session, target, bodies[n % len(bodies)])
         sample = Sample(time.perf_counter(), time.perf_counter() - start, status, batch)
         sink.append(sample)
         window.record(sample)
@@ -473,16 +490,19 @@ async def _client(session: aiohttp.ClientSession, target: Target, photos: Sequen
 
 async def run_level(url: str, target: Target, photos: Sequence[bytes], concurrency: int,
                     opts: Options) -> dict[str, Any]:
-    """``concurrency`` clients for warm-up + duration; the measured window's summary."""
+    """``concurrency`` clients for warm-up + duration; the measured window's summary, with the
+    CPU the load generator itself used (it shares the machine with the server)."""
+    bodies = uploads(target, photos)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    now = time.perf_counter()
+    now, cpu = time.perf_counter(), time.process_time()
     window = Window(now + opts.warmup_s, now + opts.warmup_s + opts.duration_s, opts.requests)
     sink: list[Sample] = []
     async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(_client(session, target, photos, i * 3, window, sink) for i in range(concurrency)))
+        await asyncio.gather(*(_client(session, target, bodies, i * 3, window, sink) for i in range(concurrency)))
+    client_cores = (time.process_time() - cpu) / (time.perf_counter() - now)
     measured = [s for s in sink if window.contains(s)]
-    return summarise(measured, window.stop - window.start, concurrency)
+    return {**summarise(measured, window.stop - window.start, concurrency), "client_cores": round(client_cores, 3)}
 
 
 @contextmanager
@@ -529,7 +549,7 @@ def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_d
             levels = []
             for concurrency in opts.levels:
                 level = asyncio.run(run_level(url, target, photos, concurrency, opts))
-                print("  " + _row(target.title, level), flush=True)
+                print(f"  {_row(target.title, level)}  (client: {level['client_cores']:.2f} cores)", flush=True)
                 levels.append(level)
             load_to = time.perf_counter()
     except ServerFailed as exc:

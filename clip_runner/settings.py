@@ -66,6 +66,7 @@ class ClipSettings(BaseSettings):
         "is the older name).")
     decode_threads: int | None = Field(
         None, ge=1, le=256, description="Threads decoding uploads, per worker; default 2 × CPUs ÷ workers, at least 4.")
+    tracing: bool = Field(False, description="Trace requests as BentoML's `tracing` config says; off, none traced.")
     fast_decode: bool = Field(
         True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."
     )

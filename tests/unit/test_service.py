@@ -24,9 +24,22 @@ def test_the_supervisor_loads_neither_torch_nor_the_model_code() -> None:
 def test_service_config_follows_the_settings() -> None:
     import service
 
-    assert service.service_config(ClipSettings()) == {"workers": 1, "traffic": {"timeout": 600}}
-    assert service.service_config(ClipSettings(workers=3, gpus=1)) == {
+    untraced = {"tracing": {"excluded_urls": [".*"]}}
+    assert service.service_config(ClipSettings()) == {"workers": 1, "traffic": {"timeout": 600}, **untraced}
+    assert service.service_config(ClipSettings(workers=3, gpus=1, tracing=True)) == {
         "workers": 3, "traffic": {"timeout": 600}, "resources": {"gpu": 1}}
+
+
+def test_requests_are_traced_only_when_asked() -> None:
+    """BentoML itself reads the service's config: untraced by default, its own tracing config with
+    CLIP_TRACING=true."""
+    probe = ("import service; from bentoml._internal.configuration.containers import BentoMLContainer; "
+             "service.ClipService.inject_config(); "
+             "print(BentoMLContainer.tracing_excluded_urls.get().url_disabled('http://h/encode_image'))")
+    for env, untraced in (({}, "True"), ({"CLIP_TRACING": "true"}, "False")):
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=server_env(env),
+                              capture_output=True, text=True, timeout=120, check=True)
+        assert done.stdout.strip().splitlines()[-1] == untraced, done.stderr
 
 
 def test_a_bento_serves_its_baked_model_unless_told_otherwise(tmp_path, monkeypatch) -> None:
