@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bench import server
+from clip_runner.hardware import cpu_has_native_bf16
 from tests.conftest import server_env
 from tests.e2e.conftest import ROOT, free_port, stop_server
 
@@ -29,7 +30,9 @@ def test_the_seed_commands_serve(app: str, tiny_tag: str, tmp_path: Path) -> Non
         stop_server(srv)
     log = (tmp_path / "serve.log").read_text()
     # At the default level: our one start-up line says what serves, how and why; no third-party INFO chatter.
-    started = [line for line in log.splitlines() if f"serving {tiny_tag} with torch at fp32 on cpu" in line]
+    # `auto` precision on a CPU is bf16 where the CPU multiplies bf16 natively, else fp32.
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    started = [line for line in log.splitlines() if f"serving {tiny_tag} with torch at {precision} on cpu" in line]
     assert len(started) == 1 and "model: CLIP_MODEL_TAG" in started[0] and "runtime: CLIP_RUNTIME=torch" in started[0]
     assert "Parsing model identifier" not in log and "Loaded built-in" not in log, log
 
