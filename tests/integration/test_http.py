@@ -216,7 +216,7 @@ def test_the_app_runs_the_settings_its_fixture_names(client) -> None:
     health = client.get("/health").json()
     assert (health["device"], health["precision"]) == ("cpu", "fp32")
     assert (health["threshold"], health["threshold_source"]) == (0.25, "default")
-    assert health["batching"]["max_batch_size"] == 16
+    assert health["batching"]["max_batch_size"] == 32
     assert client.post("/encode_text", json={"text": ["a", "b"]}).status_code == 200  # no key, 2 texts
 
 
