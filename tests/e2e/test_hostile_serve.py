@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from clip_runner.settings import CPU_BATCH_SIZE
 from tests.conftest import make_jpeg
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.payloads import BAD_IMAGES, BOMB, MULTIPART, chunked_upload
@@ -47,7 +48,7 @@ def _still_serves(client: httpx.Client) -> None:
 
 def test_the_shells_clip_variables_never_reach_the_server(client: httpx.Client) -> None:
     health = client.get("/health").json()
-    assert health["batching"]["max_batch_size"] == 16
+    assert health["batching"]["max_batch_size"] == CPU_BATCH_SIZE  # the default, not the shell's 3
     assert (health["threshold"], health["threshold_source"]) == (0.25, "default")
     assert client.post("/encode_text", json={"text": ["a", "b"]}).status_code == 200
     _still_serves(client)  # 5 000 pixels: over the shell's CLIP_MAX_IMAGE_PIXELS

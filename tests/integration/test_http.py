@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from clip_runner.serving.scoring import DEFAULT_CATEGORIES
+from clip_runner.settings import CPU_BATCH_SIZE
 from tests.conftest import make_jpeg, make_png
 
 DIM = 32  # the tiny test model's embedding size
@@ -216,7 +217,7 @@ def test_the_app_runs_the_settings_its_fixture_names(client) -> None:
     health = client.get("/health").json()
     assert (health["device"], health["precision"]) == ("cpu", "fp32")
     assert (health["threshold"], health["threshold_source"]) == (0.25, "default")
-    assert health["batching"]["max_batch_size"] == 32
+    assert health["batching"]["max_batch_size"] == CPU_BATCH_SIZE
     assert client.post("/encode_text", json={"text": ["a", "b"]}).status_code == 200  # no key, 2 texts
 
 
