@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench build build-cuda soak loadtest bench docs-figures demo clean
+.PHONY: venv serve test test-fast lint register-bench build build-full build-cuda container container-full test-container bench-container soak loadtest bench docs-figures demo clean
 
 venv: $(STAMP)
 
@@ -36,12 +36,32 @@ lint: $(STAMP)
 register-bench: $(STAMP)
 	$(BIN)/python -m models register --random-init ViT-B-32
 
-# Bento with the served model pinned (CLIP_MODEL_TAG, else the demo model); prints its tag.
+# Bento with the served model pinned (CLIP_MODEL_TAG, else the demo model); prints its tag. The CPU
+# bento is the slim one (a compiled entry, no torch); build-full adds torch; build-cuda is for GPUs.
 build: $(STAMP)
 	$(BIN)/python -m deploy.build_bento
 
+build-full: $(STAMP)
+	$(BIN)/python -m deploy.build_bento --variant full
+
 build-cuda: $(STAMP)
-	$(BIN)/python -m deploy.build_bento --cuda
+	$(BIN)/python -m deploy.build_bento --variant cuda
+
+# The container image of that bento with Docker or Podman (no registry needed); prints the image.
+container: $(STAMP)
+	$(BIN)/python -m deploy.container
+
+container-full: $(STAMP)
+	$(BIN)/python -m deploy.container --variant full
+
+# The slim and full images of a ViT-B-32 measured beside the host (size, start, RSS, images/s at 16
+# clients) and a first start that compiles: bench_results/container.json.
+bench-container: $(STAMP)
+	$(BIN)/python -m bench.container $(BENCH_ARGS)
+
+# Builds the slim image, starts it and checks it against the host service (skips without an engine).
+test-container: $(STAMP)
+	CLIP_TEST_CONTAINER=1 $(BIN)/python -m pytest -q -ra -n0 tests/container
 
 # Steady mixed load for SOAK_MINUTES (default 10): errors by status, latency and RSS over time.
 soak: $(STAMP)

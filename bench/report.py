@@ -2,11 +2,13 @@
 
     python -m bench.report                                   # rewrite the docs' tables and plots
     python -m bench.report --adopt bench_results/bench.json  # first make a new run the quoted one
+    python -m bench.report --adopt bench_results/container.json  # the same for `make bench-container`
     python -m bench.report --check                           # exit 1 where the docs differ
     python -m bench.report --compare before.json after.json  # an A/B of two runs, side by side
 
 Every figure the README and docs/performance.md quote comes from ``docs/bench/bench.json``
-(written by ``python -m bench.run``, which records the commit and the machine). Each table sits
+(written by ``python -m bench.run``, which records the commit and the machine); docs/deployment.md's
+come from ``docs/bench/container.json`` (``python -m bench.container``). Each table sits
 between ``<!-- bench:table:NAME -->`` and ``<!-- /bench:table:NAME -->`` and ends by naming the
 file and its commit; this module rewrites what lies between the markers and nothing else.
 """
@@ -270,26 +272,89 @@ BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+# ---- the container figures (docs/deployment.md, from docs/bench/container.json) ----------------------
+
+CONTAINER_REPORT = ROOT / "docs" / "bench" / "container.json"
+CONTAINER_DOCS = (ROOT / "docs" / "deployment.md",)
+
+
+def _mean(rows: list[dict[str, Any]], *path: str) -> float | None:
+    values = [v for row in rows if (v := dig(row, *path)) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def container_images_block(report: dict[str, Any]) -> str:
+    """Each image's size."""
+    rows = [[f"`{image['image'].split(':')[0]}` ({variant})", f"{image['size_gb']:.2f} GB"]
+            for variant, image in report["images"].items()]
+    return _table(["image", "size (`image inspect`)"], rows)
+
+
+def container_serving_block(report: dict[str, Any]) -> str:
+    """The container beside the host: start, memory, images/s (means of the interleaved rounds)."""
+    rounds, clients = report["rounds"], report["environment"]["clients"]
+    rows = []
+    for where, title in (("container", "slim image (container)"), ("host", "same entry on the host")):
+        rows.append([title, _num(_mean(rounds, where, "ready_s")),
+                     _num(_mean(rounds, where, "rss", "idle_mb", "tree"), ".0f"),
+                     _num(_mean(rounds, where, "rss", "load_peak_mb", "tree"), ".0f"),
+                     _num(_mean(rounds, where, "level", "images_per_s"), ".2f"),
+                     _num(_mean(rounds, where, "level", "p50_ms"), ".0f")])
+    ratio = next(g for g in report["goals"] if g["goal"].startswith("container / host"))["value"]
+    header = ["", "run → ready (s)", "RSS idle (MB)", f"RSS peak, {clients} clients (MB)",
+              f"images/s, {clients} clients", "p50 (ms)"]
+    return _table(header, rows) + f"\n\nContainer / host images/s: **{ratio:.3f}** ({len(rounds)} interleaved rounds)."
+
+
+def container_first_start_block(report: dict[str, Any]) -> str:
+    """A host server's first start that compiles, and every goal of the run."""
+    first = report.get("first_start")
+    lines = []
+    if first:
+        lines.append(f"First start compiling `{first['model']}` (`CLIP_RUNTIME=auto`, empty store beside it): "
+                     f"ready in {first['ready_s']:.0f} s, serving {first['precision']}, peak RSS of the process "
+                     f"tree **{first['peak_tree_mb'] / 1000:.2f} GB**.\n")
+    rows = [[g["goal"], g["target"], _num(g["value"], "g") if g["value"] is not None else "—",
+             {True: "met", False: "**not met**", None: "not measured"}[g["met"]]] for g in report["goals"]]
+    return "\n".join(lines) + _table(["goal", "target", "value", "status"], rows)
+
+
+def container_source_line(report: dict[str, Any], link: str) -> str:
+    env = report["environment"]
+    dirty = " with uncommitted changes" if env.get("git_dirty") else ""
+    return (f"<sub>From [`docs/bench/container.json`]({link}): commit {env.get('git_commit')}{dirty}, "
+            f"{env.get('cpu_model')} ({env.get('cpus')} CPUs), {env.get('engine')}, {env.get('pinned')}.</sub>")
+
+
+CONTAINER_BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "container_images": container_images_block, "container_serving": container_serving_block,
+    "container_first_start": container_first_start_block,
+}
+
+
 # ---- the docs ----------------------------------------------------------------------------------------
 
-def render_doc(text: str, report: dict[str, Any], link: str) -> str:
+def render_doc(text: str, report: dict[str, Any], link: str, container: bool = False) -> str:
     """``text`` with every marked block regenerated from ``report`` (``link``: the report, relative
-    to the document)."""
+    to the document; ``container``: the report is ``make bench-container``'s)."""
+    blocks, source = (CONTAINER_BLOCKS, container_source_line) if container else (BLOCKS, source_line)
+
     def fill(match: re.Match[str]) -> str:
         name = match["name"]
-        if name not in BLOCKS:
-            raise ValueError(f"unknown bench block {name!r}; known: {', '.join(BLOCKS)}")
-        body = BLOCKS[name](report)
+        if name not in blocks:
+            raise ValueError(f"unknown bench block {name!r}; known: {', '.join(blocks)}")
+        body = blocks[name](report)
         if name != "environment":
-            body += "\n\n" + source_line(report, link)
+            body += "\n\n" + source(report, link)
         return f"{match[1]}{body}\n{match[4]}"
 
     return BLOCK.sub(fill, text)
 
 
 def rendered_docs(report: dict[str, Any], docs: tuple[Path, ...] = DOCS, source: Path = REPORT) -> dict[Path, str]:
-    """Each document as the report makes it."""
-    return {doc: render_doc(doc.read_text(), report, os.path.relpath(source, doc.parent)) for doc in docs}
+    """Each document as the report makes it (the container report when ``source`` is it)."""
+    container = source == CONTAINER_REPORT
+    return {doc: render_doc(doc.read_text(), report, os.path.relpath(source, doc.parent), container) for doc in docs}
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -328,14 +393,18 @@ def main(argv: list[str] | None = None) -> int:
         print(compare(*(json.loads(path.read_text()) for path in args.compare)))
         return 0
     if args.adopt:
-        shutil.copyfile(args.adopt, REPORT)
+        adopted = json.loads(args.adopt.read_text())  # `make bench-container`'s report names its engine
+        shutil.copyfile(args.adopt, CONTAINER_REPORT if "engine" in adopted["environment"] else REPORT)
     report = json.loads(REPORT.read_text())
-    stale = [doc for doc, text in rendered_docs(report).items() if doc.read_text() != text]
+    rendered = rendered_docs(report)
+    if CONTAINER_REPORT.is_file():
+        rendered |= rendered_docs(json.loads(CONTAINER_REPORT.read_text()), CONTAINER_DOCS, CONTAINER_REPORT)
+    stale = [doc for doc, text in rendered.items() if doc.read_text() != text]
     if args.check:
         for doc in stale:
-            print(f"{doc.relative_to(ROOT)} differs from what {REPORT.relative_to(ROOT)} gives: python -m bench.report")
+            print(f"{doc.relative_to(ROOT)} differs from what docs/bench/ gives: python -m bench.report")
         return 1 if stale else 0
-    for doc, text in rendered_docs(report).items():
+    for doc, text in rendered.items():
         doc.write_text(text)
     from bench.plots import write_plots
 

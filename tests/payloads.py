@@ -81,7 +81,8 @@ def part_end() -> bytes:
     return f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def held_upload(url: str, image: bytes, release: threading.Event, timeout_s: float = 120) -> httpx.Response:
+def held_upload(url: str, image: bytes, release: threading.Event, timeout_s: float = 120,
+                headers: dict[str, str] | None = None) -> httpx.Response:
     """POST ``image`` to ``url``/encode_image, holding the body back until ``release`` is set.
 
     The server has the request (headers and the first part) and waits for the rest: a request
@@ -93,4 +94,5 @@ def held_upload(url: str, image: bytes, release: threading.Event, timeout_s: flo
             raise TimeoutError("the held upload was never released")
         yield image + part_end()
 
-    return httpx.post(f"{url}/encode_image", content=body(), headers={"content-type": MULTIPART}, timeout=timeout_s)
+    return httpx.post(f"{url}/encode_image", content=body(), headers={"content-type": MULTIPART, **(headers or {})},
+                      timeout=timeout_s)

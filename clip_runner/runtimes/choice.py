@@ -19,9 +19,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import importlib.util
 import logging
+import resource
 import subprocess
 import sys
+import time
 import timeit
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,14 +85,24 @@ def choose_runtime(tag: str, settings: ClipSettings, threads: int) -> tuple[Enco
             raise
         return _torch_encoder(entry, settings, threads), RuntimeChoice(f"OpenVINO not installed ({INSTALL_HINT}): "
                                                                        "torch")
+    picked = choose_compiled(entry, settings, threads)
+    if picked is None:
+        if wanted == "openvino":
+            raise ModelNotAvailable(f"no compiled entry of {tag} meets the parity bar; see the log above")
+        return _torch_encoder(entry, settings, threads), RuntimeChoice("no compiled entry usable: torch")
+    compiled, choice = picked
+    return compiled_encoder(compiled, threads), choice
+
+
+def choose_compiled(entry: StoreEntry, settings: ClipSettings, threads: int) -> tuple[StoreEntry, RuntimeChoice] | None:
+    """The compiled entry ``auto`` serves for torch entry ``entry`` on this CPU, compiling the missing
+    candidates first; None when none meets the parity bar. ``make build`` pins it in the CPU bento."""
     with _store_lock():  # one worker compiles and times; the others then read its decision
         candidates = _compiled_candidates(entry, _candidate_precisions(settings.precision), threads)
         if not candidates:
-            if wanted == "openvino":
-                raise ModelNotAvailable(f"no compiled entry of {tag} meets the parity bar; see the log above")
-            return _torch_encoder(entry, settings, threads), RuntimeChoice("no compiled entry usable: torch")
+            return None
         precision, choice = _fastest(entry, candidates, threads, settings.max_batch)
-    return compiled_encoder(candidates[precision], threads), choice
+    return candidates[precision], choice
 
 
 def openvino_encoder() -> Callable[[StoreEntry, int], Encoder]:
@@ -122,6 +135,9 @@ def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads
     for precision in precisions:
         compiled = find_compiled(entry.tag, precision)
         if compiled is None:
+            if importlib.util.find_spec("torch") is None:  # the slim image: it serves, it does not compile
+                raise ModelNotAvailable(f"{entry.tag} has no {precision} compile in the store and torch is not "
+                                        "installed to make one: pin a compiled entry (`make build` does)")
             logger.warning("no %s compile of %s in the store: compiling it now (once)", precision, entry.tag)
             try:
                 compiled = open_entry(_compile_in_a_child(entry.tag, precision, threads))
@@ -145,10 +161,14 @@ def _compile_in_a_child(tag: str, precision: str, threads: int) -> str:
     """
     command = [sys.executable, "-m", "models", "compile", tag, "--precision", precision, "--threads", str(threads)]
     root = Path(__file__).resolve().parents[2]  # where the `models` command line lives, in a checkout or a bento
+    start = time.perf_counter()
     done = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, text=True, check=False)
     last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode != 0 or not last:
         raise CompileRefused(f"compiling {tag} at {precision} failed (exit {done.returncode}; its log is above)")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far (KiB)
+    logger.info("compiled %s at %s in %.0f s (compile child's peak RSS %.0f MB)", tag, precision,
+                time.perf_counter() - start, peak_mb)
     return last
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from bench import server
+from deploy.container import BASE_IMAGE
 from tests.conftest import make_jpeg, server_env
 from tests.e2e.conftest import ROOT, in_progress, start_server, stop_server, wait_for
 from tests.payloads import held_upload
@@ -22,19 +24,27 @@ from tests.payloads import held_upload
 pytestmark = pytest.mark.slow
 
 
-def _build(tag: str, cuda: bool = False) -> str:
-    args = [sys.executable, "-m", "deploy.build_bento"] + (["--cuda"] if cuda else [])
-    out = subprocess.run(args, cwd=ROOT, env=server_env({"CLIP_MODEL_TAG": tag}),
+def _build(tag: str, variant: str = "cpu", **settings: str) -> str:
+    args = [sys.executable, "-m", "deploy.build_bento", "--variant", variant]
+    out = subprocess.run(args, cwd=ROOT, env=server_env({"CLIP_MODEL_TAG": tag, **settings}),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (ROOT / "bento_model.json").exists()  # the checkout is not left pinned
     return out.stdout.strip().splitlines()[-1]
 
 
+def _pinned(bento_tag: str) -> str:
+    return json.loads((Path(bentoml.get(bento_tag).path) / "src" / "bento_model.json").read_text())["tag"]
+
+
 @pytest.fixture(scope="module")
-def bento_tag(compiled_tiny: dict[str, str]) -> str:
-    """The CPU bento as the docs advise: pinned to a compiled entry (int8) of the tiny model."""
-    return _build(compiled_tiny["int8"])
+def bento_tag(tiny_tag: str, compiled_tiny: dict[str, str]) -> str:
+    """The slim CPU bento of the tiny torch entry, int8 asked for: it pins that compiled entry."""
+    return _build(tiny_tag, CLIP_PRECISION="int8")
+
+
+def test_the_slim_bento_pins_the_compiled_entry(bento_tag: str, compiled_tiny: dict[str, str]) -> None:
+    assert _pinned(bento_tag) == compiled_tiny["int8"]
 
 
 def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
@@ -69,14 +79,18 @@ def test_cpu_dockerfile(bento_tag: str, compiled_tiny: dict[str, str]) -> None:
     assert "ENV CLIP_STRICT_MODEL" in text and "ENV CLIP_DEVICE" in text
     name, version = compiled_tiny["int8"].split(":")
     assert {f"models/{name}/{version}/{part}" for part in ("image.xml", "image.bin", "text.bin")} <= set(files)
+    assert f"FROM {BASE_IMAGE}" in text
     requirements = (Path(bentoml.get(bento_tag).path) / "env" / "python" / "requirements.txt").read_text()
     assert "openvino==" in requirements  # the runtime's wheel is installed in the image
+    locked = {line.split("==")[0] for line in requirements.splitlines() if "==" in line}
+    assert not locked & {"torch", "torchvision", "open-clip-torch", "triton", "nncf"}, locked
+    assert not [name for name in locked if name.startswith("nvidia-") and name != "nvidia-ml-py"], locked  # CUDA
     assert "src/bento_model.json" in files and "src/service.py" in files
     assert not any(f.startswith("src/tests/") for f in files)
 
 
 def test_cuda_variant(tiny_tag: str) -> None:
-    tag = _build(tiny_tag, cuda=True)
+    tag = _build(tiny_tag, "cuda")
     text, _ = _dockerfile(tag)
     assert "FROM nvidia/cuda:12.8.1-cudnn-runtime" in text and "USER bentoml" in text
     assert "ENV CLIP_GPUS" in text
