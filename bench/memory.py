@@ -8,6 +8,7 @@ phases the benchmark cares about: idle after start-up, and under load.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import threading
@@ -50,6 +51,25 @@ def read_tree(pid: int) -> TreeRss | None:
         except psutil.NoSuchProcess:
             continue  # exited between listing and reading
     return TreeRss(time.perf_counter(), supervisor / 1e6, workers / 1e6, count)
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Proportional memory of a process and all its children, in MB (NaN once it is gone).
+
+    Pages two processes share count half in each, so a child just forked from a large parent
+    adds what it really uses, not a second copy: the sum is what the kernel charges the tree's
+    cgroup (a container's memory limit). Slower to read than RSS (a walk of each process's maps).
+    """
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += process.memory_full_info().pss
+    return total / 1e6
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -312,8 +312,10 @@ def container_first_start_block(report: dict[str, Any]) -> str:
     lines = []
     if first:
         lines.append(f"First start compiling `{first['model']}` (`CLIP_RUNTIME=auto`, empty store beside it): "
-                     f"ready in {first['ready_s']:.0f} s, serving {first['precision']}, peak RSS of the process "
-                     f"tree **{first['peak_tree_mb'] / 1000:.2f} GB**.\n")
+                     f"ready in {first['ready_s']:.0f} s, serving {first['precision']}; peak memory of the process "
+                     f"tree **{first['peak_tree_mb'] / 1000:.2f} GB** (PSS; the sum of the processes' RSS, "
+                     f"{first['peak_tree_rss_sum_mb'] / 1000:.2f} GB, counts the pages a forked child shares "
+                     "with its parent twice).\n")
     rows = [[g["goal"], g["target"], _num(g["value"], "g") if g["value"] is not None else "—",
              {True: "met", False: "**not met**", None: "not measured"}[g["met"]]] for g in report["goals"]]
     return "\n".join(lines) + _table(["goal", "target", "value", "status"], rows)

@@ -439,6 +439,16 @@ def test_the_docs_figures_are_what_the_committed_report_gives() -> None:
     assert commit and all(commit in doc.read_text() for doc in DOCS)
 
 
+def test_the_deployment_figures_are_what_the_committed_container_report_gives() -> None:
+    from bench.report import CONTAINER_BLOCKS, CONTAINER_DOCS, CONTAINER_REPORT, rendered_docs
+
+    report = json.loads(CONTAINER_REPORT.read_text())
+    for doc, text in rendered_docs(report, CONTAINER_DOCS, CONTAINER_REPORT).items():
+        assert doc.read_text() == text, f"{doc.name} is out of date: run python -m bench.report"
+        assert set(re.findall(r"<!-- bench:table:([a-z_]+) -->", text)) == set(CONTAINER_BLOCKS)
+        assert report["environment"]["git_commit"] in text
+
+
 def test_a_stale_table_is_regenerated_between_its_markers_only(tmp_path: Path) -> None:
     from bench.report import REPORT, render_doc
 

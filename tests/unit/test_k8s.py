@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import kubernetes_validate
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+CONTAINER_REPORT = K8S.parents[1] / "docs" / "bench" / "container.json"  # make bench-container
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 VERSION = "1.30"
 
@@ -60,3 +62,27 @@ def test_validator_rejects_a_broken_manifest() -> None:
     dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "three thousand"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(dep, VERSION, strict=True)
+
+
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    return float(quantity)
+
+
+def test_the_cpu_pod_fits_the_measured_slim_image() -> None:
+    """Read-only root with a writable /tmp, as the image was measured; memory above every measured peak."""
+    report = json.loads(CONTAINER_REPORT.read_text())
+    pod = _deployments()["clip-service"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert any(v["name"] == tmp["name"] and "emptyDir" in v for v in pod["volumes"])
+    peaks_mb = [r["container"]["rss"]["peak_tree_mb"] for r in report["rounds"]]
+    idle_mb = [r["container"]["rss"]["idle_mb"]["tree"] for r in report["rounds"]]
+    resources = container["resources"]
+    assert _bytes(resources["limits"]["memory"]) > max(*peaks_mb, report["first_start"]["peak_tree_mb"]) * 1e6
+    assert _bytes(resources["requests"]["memory"]) >= max(idle_mb) * 1e6
+    assert container["image"].startswith("clip-service:")
