@@ -161,7 +161,8 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from clip_runner.compile.openvino_compiler import ImageTower, TextTower, parity_set, write_tokenizer
+    from clip_runner.compile.openvino_compiler import parity_set
+    from clip_runner.compile.torch_export import ImageTower, TextTower, write_tokenizer
     from clip_runner.preprocessing.images import PixelPipeline
     from clip_runner.runtimes.torch_encoder import TorchEncoder
     from clip_runner.store.entries import Parity

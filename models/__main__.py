@@ -65,9 +65,6 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _compile(args: argparse.Namespace) -> None:
-    from clip_runner.runtimes.torch_encoder import configure_threads
-    from clip_runner.settings import available_cpus
-
     try:
         from clip_runner.compile.openvino_compiler import compile_entry
     except ImportError as exc:  # the openvino extra is missing
@@ -75,7 +72,7 @@ def _compile(args: argparse.Namespace) -> None:
                              "pip install 'clip-service[openvino]'") from exc
 
     tag = compile_entry(args.tag, args.precision, Path(args.calibration) if args.calibration else None,
-                        force=args.force, threads=configure_threads(args.threads or available_cpus()))
+                        force=args.force, threads=args.threads)
     print(tag)
 
 

@@ -1,41 +1,41 @@
 """Making compiled entries: ``python -m models compile TAG --precision fp32|bf16|int8``.
 
 The parent entry's towers are traced from open_clip (torch) and converted to OpenVINO with a
-dynamic batch dimension; the image graph takes the batcher's uint8 pixels, with open_clip's
-scaling and normalisation compiled in. int8 is NNCF post-training quantization, calibrated on a
-folder of the user's images or on :func:`calibration_images`' default set. The new entry's
-parity to the parent's torch fp32 output is measured on :func:`parity_set` before anything is
-written, and a compile under :data:`~clip_runner.store.entries.PARITY_BAR` refuses to register
-unless forced. The entry also gets the text tokenizer as a ``tokenizer.json`` (run by
-:class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`), so serving it needs no torch.
+dynamic batch dimension, in a child process (:mod:`clip_runner.compile.torch_export`) that
+ends before the rest begins, so that quantizing never holds torch or the fp32 model beside
+it; the image graph takes the batcher's uint8 pixels, with open_clip's scaling and
+normalisation compiled in. int8 is NNCF post-training quantization, one tower at a time,
+calibrated on a folder of the user's images or on :func:`calibration_images`' default set.
+The new entry's parity to the parent's torch fp32 output is measured on :func:`parity_set`
+before anything is written, and a compile under :data:`~clip_runner.store.entries.PARITY_BAR`
+refuses to register unless forced. The entry also gets the text tokenizer as a
+``tokenizer.json`` (run by :class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`),
+so serving it needs no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
+import multiprocessing
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import bentoml
-import nncf
 import numpy as np
 import openvino as ov
-import torch
-from open_clip.tokenizer import SimpleTokenizer
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from .. import synthetic_images
 from ..errors import CompileRefused, InputError, ModelNotAvailable
-from ..preprocessing.clip_tokenizer import PATTERN, SPECIAL_TOKENS
 from ..preprocessing.images import PixelPipeline, decode_image
 from ..runtimes.openvino_encoder import OpenVINOEncoder
-from ..runtimes.torch_encoder import TorchEncoder
 from ..serving.scoring import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
+from ..settings import available_cpus
 from ..store.entries import (
     COMPILED_FILES,
     CONFIG_FILE,
@@ -48,38 +48,13 @@ from ..store.entries import (
     open_entry,
     sha256_file,
 )
-from ..store.weights import load_entry
 
 logger = logging.getLogger(__name__)
 
 MAX_CALIBRATION_IMAGES = 300  # NNCF's default subset size: more adds time, not accuracy
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _PARITY_SEED, _CALIBRATION_SEED = 7_000_001, 7_100_003  # apart from each other and the demo's seeds
-
-
-class ImageTower(torch.nn.Module):
-    """(N, H, W, 3) uint8 → image features: ToTensor + Normalize compiled into the graph."""
-
-    def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 1, 3))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, 1, 3))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        batch = (pixels.float() / 255.0 - self.mean) / self.std
-        return self.model.encode_image(batch.permute(0, 3, 1, 2))
-
-
-class TextTower(torch.nn.Module):
-    """(N, context_length) int64 tokens → text features."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)
+TOWERS = ("image", "text")
 
 
 def compiled_name(parent: StoreEntry, precision: str) -> str:
@@ -99,31 +74,36 @@ def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, 
     parent = open_entry(tag)
     if parent.runtime != "torch":
         raise ModelNotAvailable(f"{parent.tag} is already compiled; compile its parent {parent.labels.get('parent')}")
-    start = time.perf_counter()
-    loaded = load_entry(parent, torch.device("cpu"))
+    start, threads = time.perf_counter(), threads or available_cpus()
     pipeline = PixelPipeline(parent.preprocess_cfg)
-    reference = TorchEncoder(loaded, "fp32")
     probe_pixels, probe_texts = parity_set(pipeline)
-    expected = (reference.encode_pixels(probe_pixels), reference.encode_texts(probe_texts))
-    logger.info("converting %s to OpenVINO (%s)", parent.tag, precision)
-    tokenizer = loaded.tokenizer
-    towers = _convert(loaded.model, tokenizer, pipeline)
-    settings: dict[str, Any] = {"precision": precision, "dynamic_batch": True}
-    if precision == "int8":
-        towers, settings["calibration"] = _quantize(towers, tokenizer, pipeline, calibration)
-    del loaded, reference
+    images = calibration_images(pipeline, calibration) if precision == "int8" else []
     with tempfile.TemporaryDirectory(prefix="clip-compile-") as tmp:
-        folder = Path(tmp)
-        for name, tower in towers.items():
+        traced, folder = Path(tmp, "traced"), Path(tmp, precision)
+        traced.mkdir()
+        folder.mkdir()
+        exported = _export_in_a_child(parent.tag, traced, threads, probe_pixels, probe_texts,
+                                      calibration_texts() if images else [])
+        settings: dict[str, Any] = {"precision": precision, "dynamic_batch": True}
+        for name in TOWERS:  # one tower in memory at a time
+            tower = ov.Core().read_model(str(traced / f"{name}.xml"))
+            if images:
+                tower = _quantize(name, tower, images if name == "image" else list(exported["calibration_tokens"]))
             ov.save_model(tower, str(folder / f"{name}.xml"), compress_to_fp16=precision == "bf16")
-        shutil.copy(parent.path / CONFIG_FILE, folder / CONFIG_FILE)
-        if not write_tokenizer(tokenizer, folder):
+            del tower
+        if images:
+            settings["calibration"] = _calibration_facts(len(images), len(exported["calibration_tokens"]), calibration)
+        for name in (CONFIG_FILE, TOKENIZER_FILE):
+            if (traced / name).is_file():
+                shutil.copy(traced / name, folder / name)
+        if not exported["tokenizer_written"]:
             logger.warning("%s's tokenizer is not plain CLIP BPE: serving this entry will import torch "
                            "for open_clip's tokenizer", parent.tag)
         draft = dataclasses.replace(parent, tag=f"{parent.tag} ({precision}, compiling)", path=folder,
                                     labels={"runtime": OPENVINO, "precision": precision})
-        candidate = OpenVINOEncoder(draft, threads or torch.get_num_threads(), verify=False)
-        parity = Parity.between(expected, (candidate.encode_pixels(probe_pixels), candidate.encode_texts(probe_texts)))
+        candidate = OpenVINOEncoder(draft, threads, verify=False)
+        parity = Parity.between((exported["expected_images"], exported["expected_texts"]),
+                                (candidate.encode_pixels(probe_pixels), candidate.encode_texts(probe_texts)))
         del candidate
         logger.info("parity of %s %s to torch fp32: %s", parent.tag, precision, parity.to_json())
         if parity.worst_mean < PARITY_BAR and not force:
@@ -137,22 +117,17 @@ def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, 
             "compile_seconds": round(time.perf_counter() - start, 1)})
 
 
-def write_tokenizer(tokenizer: Any, folder: Path) -> bool:
-    """Write ``tokenizer.json`` for open_clip ``tokenizer`` into ``folder``; False (nothing written)
-    when it is not the plain CLIP tokenizer that :class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`
-    reproduces."""
-    if type(tokenizer) is not SimpleTokenizer or tokenizer.reduction_fn is not None or \
-            tokenizer.clean_fn.__name__ != "_clean_lower":
-        return False
-    merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.__getitem__)
-    bpe = Tokenizer(models.BPE(vocab=dict(tokenizer.encoder), merges=merges, end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    bpe.add_special_tokens(list(SPECIAL_TOKENS))
-    bpe.save(str(folder / TOKENIZER_FILE))
-    return True
+def _export_in_a_child(*args: Any) -> dict[str, Any]:
+    """:func:`~clip_runner.compile.torch_export.export` in a fresh process, which ends (freeing torch and
+    the fp32 model) before this one goes on."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_export, *args).result()
+
+
+def _export(*args: Any) -> dict[str, Any]:
+    from .torch_export import export  # torch boundary: runs in the export child only
+
+    return export(*args)
 
 
 def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str, Any]) -> str:
@@ -167,32 +142,18 @@ def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str,
     return str(ref.tag)
 
 
-def _convert(model: torch.nn.Module, tokenizer: Any, pipeline: PixelPipeline) -> dict[str, Any]:
-    """Both towers as OpenVINO models with a dynamic batch dimension."""
-    h, w = pipeline.size
-    tokens = tokenizer(["a photo of a cat"])
-    with torch.no_grad():
-        image = ov.convert_model(ImageTower(model, pipeline.mean, pipeline.std).eval(),
-                                 example_input=torch.zeros(1, h, w, 3, dtype=torch.uint8),
-                                 input=[([-1, h, w, 3], ov.Type.u8)])
-        text = ov.convert_model(TextTower(model).eval(), example_input=tokens,
-                                input=[([-1, tokens.shape[1]], ov.Type.i64)])
-    return {"image": image, "text": text}
+def _quantize(name: str, tower: Any, samples: list[np.ndarray]) -> Any:
+    """NNCF post-training int8 quantization of one tower on its calibration samples (one per call)."""
+    import nncf  # loads torch too (0.5 GB) when installed: not before the export child has ended
+
+    logger.info("calibrating the int8 %s tower on %d samples", name, len(samples))
+    return nncf.quantize(tower, nncf.Dataset([sample[None] for sample in samples]),
+                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
 
 
-def _quantize(towers: dict[str, Any], tokenizer: Any, pipeline: PixelPipeline,
-              folder: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """NNCF post-training int8 quantization of both towers, on calibration images and captions."""
-    images = calibration_images(pipeline, folder)
-    texts = calibration_texts()
-    logger.info("calibrating int8 on %d images (%s) and %d captions", len(images), folder or "default set", len(texts))
-    quantized = {}
-    for name, samples in (("image", [p[None] for p in images]), ("text", [tokenizer([t]).numpy() for t in texts])):
-        quantized[name] = nncf.quantize(towers[name], nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
-                                        subset_size=len(samples))
-    settings = {"tool": f"nncf {nncf.__version__}", "images": len(images), "captions": len(texts),
-                "image_source": str(folder) if folder else "default set (generated)", "model_type": "transformer"}
-    return quantized, settings
+def _calibration_facts(images: int, captions: int, folder: Path | None) -> dict[str, Any]:
+    return {"tool": f"nncf {importlib.metadata.version('nncf')}", "images": images, "captions": captions,
+            "image_source": str(folder) if folder else "default set (generated)", "model_type": "transformer"}
 
 
 def calibration_images(pipeline: PixelPipeline, folder: Path | None = None) -> list[np.ndarray]:

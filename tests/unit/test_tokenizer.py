@@ -9,7 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 
-from clip_runner.compile.openvino_compiler import write_tokenizer
+from clip_runner.compile.torch_export import write_tokenizer
 from clip_runner.preprocessing.clip_tokenizer import ClipTokenizer
 from clip_runner.store.entries import TOKENIZER_FILE
 
