@@ -88,8 +88,8 @@ loadtest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The docs' figure tables and plots from docs/bench/bench.json; BENCH_JSON=bench_results/bench.json
-# makes a new run the quoted one first.
+# The docs' figure tables and plots from docs/bench/ (bench.json, container.json); BENCH_JSON=bench_results/bench.json
+# (or bench_results/container.json) makes a new run the quoted one first.
 BENCH_JSON ?=
 docs-figures: $(STAMP)
 	$(BIN)/python -m bench.report $(if $(BENCH_JSON),--adopt $(BENCH_JSON))
