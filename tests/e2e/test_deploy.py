@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bench import server
+from clip_runner.store.entries import find_compiled, open_entry
 from deploy.container import BASE_IMAGE
 from tests.conftest import make_jpeg, server_env
 from tests.e2e.conftest import ROOT, in_progress, start_server, stop_server, wait_for
@@ -43,8 +44,10 @@ def bento_tag(tiny_tag: str, compiled_tiny: dict[str, str]) -> str:
     return _build(tiny_tag, CLIP_PRECISION="int8")
 
 
-def test_the_slim_bento_pins_the_compiled_entry(bento_tag: str, compiled_tiny: dict[str, str]) -> None:
-    assert _pinned(bento_tag) == compiled_tiny["int8"]
+def test_the_slim_bento_pins_the_compiled_entry(bento_tag: str, tiny_tag: str) -> None:
+    pinned = open_entry(_pinned(bento_tag))  # the store's int8 compile of the tiny model, as the runtime choice picks
+    assert pinned.tag == find_compiled(tiny_tag, "int8").tag
+    assert (pinned.labels["parent"], pinned.labels["precision"]) == (tiny_tag, "int8")
 
 
 def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
@@ -57,14 +60,14 @@ def _dockerfile(bento_tag: str) -> tuple[str, list[str]]:
     return text, files
 
 
-def test_built_bento_serves_the_pinned_model(bento_tag: str, compiled_tiny: dict[str, str], tmp_path) -> None:
+def test_built_bento_serves_the_pinned_model(bento_tag: str, tmp_path) -> None:
     # From an empty folder, so what serves is the built bento, not the repo's service.py.
     srv = server.start(bento_tag, env=server_env({}), log=tmp_path / "bento.log", cwd=tmp_path)
     try:
         server.wait_ready(srv, timeout_s=120)
         url = srv.url
         health = httpx.get(f"{url}/health", timeout=10).json()
-        assert health["model"] == compiled_tiny["int8"] and health["status"] == "healthy"
+        assert health["model"] == _pinned(bento_tag) and health["status"] == "healthy"
         assert (health["runtime"], health["precision"]) == ("openvino", "int8")
         resp = httpx.post(f"{url}/encode_image", files={"image": ("a.jpg", make_jpeg(1))}, timeout=60)
         assert resp.status_code == 200 and len(resp.json()) == 32
@@ -73,11 +76,11 @@ def test_built_bento_serves_the_pinned_model(bento_tag: str, compiled_tiny: dict
         server.stop(srv)
 
 
-def test_cpu_dockerfile(bento_tag: str, compiled_tiny: dict[str, str]) -> None:
+def test_cpu_dockerfile(bento_tag: str) -> None:
     text, files = _dockerfile(bento_tag)
     assert "USER bentoml" in text and "EXPOSE 3000" in text
     assert "ENV CLIP_STRICT_MODEL" in text and "ENV CLIP_DEVICE" in text
-    name, version = compiled_tiny["int8"].split(":")
+    name, version = _pinned(bento_tag).split(":")
     assert {f"models/{name}/{version}/{part}" for part in ("image.xml", "image.bin", "text.bin")} <= set(files)
     assert f"FROM {BASE_IMAGE}" in text
     requirements = (Path(bentoml.get(bento_tag).path) / "env" / "python" / "requirements.txt").read_text()
