@@ -189,6 +189,33 @@ def test_serving_a_compiled_entry_imports_no_torch(compiled_tiny: dict[str, str]
     assert done.stdout.split()[-4:] == ["200", "200", "openvino", "int8"]
 
 
+NO_TORCH_START = """
+import sys
+sys.modules["torch"] = None  # as in the slim image: torch is not there
+from clip_runner.errors import ModelNotAvailable
+from clip_runner.runtimes.choice import choose_runtime
+from clip_runner.settings import ClipSettings
+try:
+    choose_runtime(sys.argv[1], ClipSettings(model_tag=sys.argv[1], device="cpu", runtime="auto"), 1)
+except ModelNotAvailable as exc:
+    print(exc)
+"""
+
+
+def test_without_torch_a_torch_entry_is_refused_not_compiled() -> None:
+    from clip_runner.store.registration import register_random
+    from tests.conftest import TINY_CONFIG
+
+    tag = register_random(str(TINY_CONFIG), seed=1)  # nothing compiled of it yet
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_START, tag], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == (f"{tag} has no fp32 compile in the store and torch is not installed to make one: "
+                                   "pin a compiled entry (`make build` does)")
+    assert find_compiled(tag, "fp32") is None
+    bentoml.models.delete(tag)
+
+
 def test_native_bf16_is_read_as_torch_reads_it() -> None:
     import torch
 
