@@ -19,6 +19,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import multiprocessing
+import resource
 import shutil
 import tempfile
 import time
@@ -114,7 +115,13 @@ def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, 
         return _register(parent, precision, folder, {
             "runtime_version": ov.get_version(), "compile": settings, "parity": parity.to_json(),
             "parity_set": {"images": len(probe_pixels), "texts": len(probe_texts)},
-            "compile_seconds": round(time.perf_counter() - start, 1)})
+            "compile_seconds": round(time.perf_counter() - start, 1), "compile_peak_rss_mb": _peak_rss_mb()})
+
+
+def _peak_rss_mb() -> float:
+    """The larger peak RSS of this compile and its export child (what a first start must fit)."""
+    return round(max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF,
+                                                                    resource.RUSAGE_CHILDREN)) / 1024, 1)
 
 
 def _export_in_a_child(*args: Any) -> dict[str, Any]:
@@ -138,7 +145,8 @@ def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str,
     with bentoml.models.create(compiled_name(parent, precision), labels=labels, metadata=metadata) as ref:
         for name in (CONFIG_FILE, *files):
             shutil.copy(folder / name, Path(ref.path) / name)
-    logger.info("registered %s", ref.tag)
+    logger.info("registered %s (compiled in %.0f s, peak RSS %.0f MB)", ref.tag, facts["compile_seconds"],
+                facts["compile_peak_rss_mb"])
     return str(ref.tag)
 
 

@@ -21,10 +21,8 @@ import datetime as dt
 import fcntl
 import importlib.util
 import logging
-import resource
 import subprocess
 import sys
-import time
 import timeit
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,14 +159,10 @@ def _compile_in_a_child(tag: str, precision: str, threads: int) -> str:
     """
     command = [sys.executable, "-m", "models", "compile", tag, "--precision", precision, "--threads", str(threads)]
     root = Path(__file__).resolve().parents[2]  # where the `models` command line lives, in a checkout or a bento
-    start = time.perf_counter()
     done = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, text=True, check=False)
     last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode != 0 or not last:
         raise CompileRefused(f"compiling {tag} at {precision} failed (exit {done.returncode}; its log is above)")
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far (KiB)
-    logger.info("compiled %s at %s in %.0f s (compile child's peak RSS %.0f MB)", tag, precision,
-                time.perf_counter() - start, peak_mb)
     return last
 
 
