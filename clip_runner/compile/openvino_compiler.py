@@ -23,7 +23,6 @@ import resource
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +126,10 @@ def _peak_rss_mb() -> float:
 def _export_in_a_child(*args: Any) -> dict[str, Any]:
     """:func:`~clip_runner.compile.torch_export.export` in a fresh process, which ends (freeing torch and
     the fp32 model) before this one goes on."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(_export, *args).result()
+    # The pool is terminated, not shut down: once its answer is back the child has nothing left to
+    # do, and a clean interpreter exit with torch loaded takes seconds.
+    with multiprocessing.get_context("spawn").Pool(1) as child:
+        return child.apply(_export, args)
 
 
 def _export(*args: Any) -> dict[str, Any]:
