@@ -1,20 +1,9 @@
 """ASGI guards and error mapping around the routes; each refuses before any expensive work.
 
-* :class:`ApiKeyAuth`: when ``CLIP_API_KEY`` is set, every path but the open ones needs it (401).
-* :class:`AdmissionLimit` bounds the requests in flight per worker; the excess is refused at
-  once with 429 and ``Retry-After`` instead of joining an unbounded queue, so admitted
-  requests keep their latency under overload.
-* :class:`BodyLimit` refuses a body larger than the limit with 413: at once when
-  ``Content-Length`` says so, and while streaming when a client lies about it or sends
-  chunked data, so the limit holds whatever the headers claim.
-* with ``CLIP_CORS_ORIGINS`` set, Starlette's CORS middleware answers browsers' preflights
-  (outermost: a preflight carries no API key);
-* :func:`install` adds them with the error handlers: every refusal is JSON
-  ``{"error", "status", "field"?}`` with the right status, never a bare 500; on ``/v1/*``
-  it is OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (:func:`error_body`).
-
-Plain ASGI classes rather than ``@app.middleware("http")`` functions: those re-stream every
-request and response through an extra task, which costs CPU on every request.
+:func:`install` adds the error handlers (every refusal is JSON ``{"error", "status", "field"?}``,
+OpenAI's shape on ``/v1/*``) and the guards: CORS (outermost: a preflight carries no API key),
+:class:`ApiKeyAuth` (401), :class:`AdmissionLimit` (429) and :class:`BodyLimit` (413). Plain ASGI
+classes, not ``@app.middleware("http")``: those re-stream every request through an extra task.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """``CLIPEmbedder``: the embedding API existing backend code calls, over the clip service.
 
-Files (or image URLs the service fetches) in, unit float32 vectors out. Image embeddings go
-through the service's batch route (``/encode_images``), served over HTTP or in-process as
-:func:`clip_client.env.from_env` chooses unless a client is given; ``LOCAL_CLIP_JSON_IMAGES=true``
-sends them as base64 JSON instead of multipart uploads.
+Files (or image URLs) in, unit float32 vectors out; images go through ``/encode_images``.
 """
 
 from __future__ import annotations

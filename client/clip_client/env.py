@@ -1,14 +1,5 @@
-"""Pick the CLIP client from the environment: a running service over HTTP, or the model in-process.
-
-::
-
-    USE_LOCAL_CLIP=true   → HTTP client to LOCAL_CLIP_URL (default http://localhost:3000),
-                            i.e. "use the locally deployed CLIP *service*"
-    otherwise             → the service's app in this process, configured by the server's CLIP_*
-                            variables (full clip-service install only)
-
-Both are the same client class, so they have the same methods, checks and answers.
-"""
+"""Pick the CLIP client from the environment: ``USE_LOCAL_CLIP=true`` calls the service at
+``LOCAL_CLIP_URL`` over HTTP; otherwise the service's app runs in this process (full install only)."""
 
 from __future__ import annotations
 

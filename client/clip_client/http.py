@@ -1,11 +1,8 @@
 """Typed clients for the clip service: :class:`AsyncClipClient` and its blocking twin :class:`ClipClient`.
 
-Every route of the HTTP contract is a method, written once in :class:`AsyncClipClient`;
-:class:`ClipClient` runs the same coroutines on a private event loop. Embeddings come back as
-float32 numpy arrays and JSON results as typed dicts. Connection errors and 429/503 answers are
-retried with exponential backoff (``Retry-After`` is honoured); every failure is raised as
-:class:`ClipServiceError` carrying the server's own error text. ``in_process()`` gives the same
-client over the service's own app loaded in this process (full clip-service install only).
+Every route is a method, written once in :class:`AsyncClipClient`; :class:`ClipClient` runs the
+same coroutines on a private event loop. Failures are raised as :class:`ClipServiceError`
+(docs/client.md).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Making compiled entries: ``python -m models compile TAG --precision fp32|bf16|int8``.
 
-The parent entry's towers are traced from open_clip (torch) and converted to OpenVINO with a
-dynamic batch dimension, in a child process (:mod:`clip_runner.compile.torch_export`) that
-ends before the rest begins, so that quantizing never holds torch or the fp32 model beside
-it; the image graph takes the batcher's uint8 pixels, with open_clip's scaling and
-normalisation compiled in. int8 is NNCF post-training quantization, one tower at a time,
-calibrated on a folder of the user's images or on :func:`calibration_images`' default set.
-The new entry's parity to the parent's torch fp32 output is measured on :func:`parity_set`
-before anything is written, and a compile under :data:`~clip_runner.store.entries.PARITY_BAR`
-refuses to register unless forced. The entry also gets the text tokenizer as a
-``tokenizer.json`` (run by :class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`),
-so serving it needs no torch.
+The towers are exported from torch in a child process (:mod:`clip_runner.compile.torch_export`)
+that ends before quantizing begins, so torch and the fp32 model are never held beside it. int8 is
+NNCF post-training quantization. Parity to the parent's torch fp32 output is measured before
+anything is written; under :data:`~clip_runner.store.entries.PARITY_BAR` nothing is, unless forced.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Untrusted upload bytes → validated 8-bit RGB → the model's input pixels.
 
-:func:`decode_image` is the only way request bytes become pixels. It enforces the byte limit
-before touching the data, identifies the format from the bytes alone (an upload's bytes are never
-taken for a URL or a path), checks the pixel count from the header before any pixel is decoded,
-decodes eagerly so a lazy error cannot surface later, and normalises every mode Pillow can
-produce to plain RGB. Every failure is a typed :class:`~clip_runner.errors.InputError` whose
-message names the field and the rule; Pillow's own exceptions never escape.
-
-:class:`PixelPipeline` is the PIL half of open_clip's eval transform (resize, crop, mode),
-driven by the model's own preprocess config; it runs per request, in a thread, before
-batching, and gives a small ``uint8`` HWC array. The tensor half (scale, mean, std) runs once
-per batch in the runtime (:func:`clip_runner.runtimes.torch_encoder.normalize`, or inside a
-compiled graph). Together they compute exactly what open_clip's ``preprocess`` does. The common
-layouts (shortest side to a square, or squash) run on Pillow alone, so serving a compiled
-entry never imports torch; the others run open_clip's own transform. :class:`UploadPreparer` is the two in a
-row, with the service's limits: what every upload goes through.
+:func:`decode_image` is the only way request bytes become pixels; every failure is a typed
+:class:`~clip_runner.errors.InputError` naming the field, never a Pillow exception.
+:class:`PixelPipeline` is the PIL half of open_clip's eval transform (resize, crop), on Pillow
+alone for the common layouts so that serving a compiled entry never imports torch; the runtime
+does the tensor half once per batch. :class:`UploadPreparer` is the two in a row, with the limits.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """The torch runtime: a store entry served by open_clip on CPU or CUDA, and the device choices it needs.
 
-:class:`TorchEncoder` runs one loaded model (:func:`clip_runner.store.weights.load_entry`),
-one batch at a time: the uint8 pixels are scaled and normalised once per batch on the device,
-the towers run under ``torch.inference_mode()`` (with autocast on CUDA), and the tokens come
-from open_clip's own tokenizer. This module is the serving side's only home of torch: the
-runtime choice imports it only when torch serves.
+The serving side's only home of torch: the runtime choice imports it only when torch serves.
 """
 
 from __future__ import annotations

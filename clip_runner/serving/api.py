@@ -1,14 +1,10 @@
 """What every route does, in one place: fields → checks → pre → batch → core → post → scores.
 
-:class:`ClipAPI` serves one warm model (:mod:`clip_runner.startup` makes it). The HTTP routes
-(``clip_http``) hand it the raw request fields; it checks them against the limits, reads the
-uploads, and runs the encode's three phases: **pre** in a thread pool, per request, in parallel,
-outside the model's batch (images decoded and preprocessed, texts tokenized once); **core** on
-the micro-batcher's model thread (arrays in, feature rows out); **post** back here (unit rows,
-scores, the contract's JSON bodies). An image field is an uploaded file or text standing for an
-image (base64, a ``data:`` URI, an image URL), which
-:class:`~clip_runner.serving.references.ImageReferences` reads: the routes answer the same
-either way. It knows nothing of HTTP, and importing it loads neither torch nor open_clip.
+:class:`ClipAPI` serves one warm model. The routes (``clip_http``) hand it the raw request
+fields; it checks them, reads the uploads (or the image texts, through
+:class:`~clip_runner.serving.references.ImageReferences`), preprocesses in a thread pool, runs
+the model on the micro-batcher and builds the JSON bodies. It knows nothing of HTTP, and
+importing it loads neither torch nor open_clip.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Greedy in-process micro-batching: concurrent requests share model calls without a hop.
 
-:class:`MicroBatcher` owns one model-worker thread. Async callers submit a request's rows (a
-stack of preprocessed images, or of token ids) and await their own feature rows back. Whenever the
-model is free, the worker takes every waiting request of the kind that has waited longest, up
-to ``max_batch`` rows, and runs them as one batch. There is no wait window: an idle server
-answers a lone request at once (single-image latency), and under load batches fill by
-themselves while the previous batch runs, so their size follows the load.
-
-A batch that fails is retried request by request, so one request that breaks the model cannot
-fail the others batched with it. Each caller gets its rows in a :class:`Batch`, with the size
-and model time of the batch they ran in (the ``X-Batch-Size`` and ``Server-Timing`` headers).
+:class:`MicroBatcher` owns one model thread. Whenever the model is free it takes every waiting
+request of the kind that has waited longest, up to ``max_batch`` rows: no wait window, so a lone
+request runs at once and batches grow with the load. A failed batch is retried request by
+request, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Fetch pretrained OpenCLIP weight files from the Hugging Face Hub for the model store.
 
-Every pretrained entry of open_clip names a hub repo (``hf_hub``); files are fetched with
-``huggingface_hub.hf_hub_download``, so ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and its
-cache all behave as users expect, and interrupted downloads resume.
-
-Only failures that a retry can fix (:func:`should_retry`) are retried, with exponential backoff;
-the final failure is a :class:`DownloadError` that says what was requested and what went wrong.
-Only files are fetched here; nothing is deserialised.
+Files come through ``hf_hub_download`` (so ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
+its cache behave as usual); only failures a retry can fix are retried, and the last one is a
+:class:`DownloadError`. Nothing is deserialised here.
 """
 
 from __future__ import annotations

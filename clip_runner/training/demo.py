@@ -1,12 +1,7 @@
-"""Building and evaluating the bundled demo model: a small CLIP that knows coloured shapes.
+"""Building and evaluating the bundled demo model (``models/demo/``): a small CLIP that knows coloured shapes.
 
-``models/demo/`` holds its weights, open_clip config and ``demo.json`` (label set, prompt templates,
-calibrated threshold, evaluation and training figures). :func:`build_demo` (``python -m models
-build-demo``) trains it from random weights with the project's fine-tuning pipeline on images drawn
-by :mod:`clip_runner.synthetic_images`. :func:`evaluate` (``python -m models evaluate [TAG]``) is its
-report card on a held-out generated set: zero-shot top-1 over the full label set with the prompt
-templates averaged, as ``/classify`` does, and the F1 of the mismatch class (each image paired with
-its caption and with a shuffled one) at the threshold the service would use and at the best one.
+:func:`build_demo` trains it from random weights on :mod:`clip_runner.synthetic_images`;
+:func:`evaluate` is its report card on a held-out generated set (docs/demo-and-finetuning.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Contrastive fine-tuning of a CLIP model on image–caption pairs listed in a CSV.
 
-The model starts from a store entry, or from random weights of an open_clip architecture or a
-model-config JSON, and is trained with open_clip's ``ClipLoss``, AdamW and a cosine learning rate
-schedule with linear warmup. After every epoch the run measures image→text recall@1 and the loss on
-a held-out split and writes a checkpoint that a later run can resume from (the open_clip
-``local-dir`` layout plus ``train_state.json`` and ``optimizer.pt``). The result is registered as a
-new store version with its metrics in metadata.
+open_clip's ``ClipLoss``, AdamW, and a cosine schedule with warmup; every epoch is validated and
+checkpointed (resumable), and the result is registered as a new store version.
 """
 
 from __future__ import annotations
