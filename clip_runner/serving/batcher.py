@@ -49,12 +49,8 @@ class _Request:
 
 
 class MicroBatcher:
-    """Batches concurrent image and text requests onto one model, one batch at a time.
-
-    ``image_features`` and ``text_features`` are the model calls (the encoder's core phase,
-    blocking; they run on the worker thread).
-    ``max_queued`` bounds the rows waiting; beyond it a submit raises :class:`Overloaded`.
-    """
+    """Batches concurrent image and text requests onto the blocking model calls, one batch at a time on
+    the worker thread; beyond ``max_queued`` rows waiting, a submit raises :class:`Overloaded`."""
 
     def __init__(self, image_features: Callable[[np.ndarray], np.ndarray],
                  text_features: Callable[[np.ndarray], np.ndarray], max_batch: int,

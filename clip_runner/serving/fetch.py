@@ -68,12 +68,8 @@ def display(url: str) -> str:
 
 
 class ByteBudget:
-    """The bytes all the URL fetches of one request may bring in, together.
-
-    Spending it is the request's doing, not one URL's: the 413 names the list ``field`` (e.g.
-    ``images``), never whichever of the concurrent fetches happened to cross the line, so the
-    same request gets the same answer every time.
-    """
+    """The bytes all the URL fetches of one request may bring in, together. The 413 names the list
+    ``field``, not whichever concurrent fetch crossed the line, so a request always gets the same answer."""
 
     def __init__(self, limit: int, field: str) -> None:
         self.limit = self.left = limit
