@@ -81,8 +81,10 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> str:
-        return f"request body exceeds the limit of {self.max_bytes / 1e6:.1f} MB (CLIP_MAX_REQUEST_BYTES)"
+    async def _refuse(self, scope: Scope, send: Send, headers: Iterable[tuple[str, str]] = ()) -> None:
+        refused("body_too_large")
+        await send_error(scope, send, 413, f"request body exceeds the limit of {self.max_bytes / 1e6:.1f} MB "
+                         "(CLIP_MAX_REQUEST_BYTES)", headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,8 +94,7 @@ class BodyLimit:
         except ValueError:
             return await send_error(scope, send, 400, "invalid Content-Length header")
         if declared is not None and declared > self.max_bytes:
-            refused("body_too_large")
-            return await send_error(scope, send, 413, self._too_large())
+            return await self._refuse(scope, send)
         state = {"received": 0, "over": False, "responded": False}
 
         async def limited_receive() -> Message:
@@ -112,8 +113,7 @@ class BodyLimit:
             if state["over"]:
                 if not state["responded"]:
                     state["responded"] = True
-                    refused("body_too_large")
-                    await send_error(scope, send, 413, self._too_large(), [("connection", "close")])
+                    await self._refuse(scope, send, [("connection", "close")])
                 return
             if message["type"] == "http.response.start":
                 state["responded"] = True
@@ -125,8 +125,7 @@ class BodyLimit:
             if not state["over"]:
                 raise
         if state["over"] and not state["responded"]:
-            refused("body_too_large")
-            await send_error(scope, send, 413, self._too_large(), [("connection", "close")])
+            await self._refuse(scope, send, [("connection", "close")])
 
 
 class AdmissionLimit:
