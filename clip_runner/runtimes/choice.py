@@ -139,12 +139,8 @@ def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads
 
 
 def _compile_in_a_child(tag: str, precision: str, threads: int) -> str:
-    """``python -m models compile`` in a child process; returns the new tag.
-
-    A child, so that the worker never holds torch, the parent's fp32 weights or the compiler's
-    peak: it keeps only the compiled graphs it serves. Its log lines (and NNCF's progress bars)
-    go to the worker's stderr.
-    """
+    """``python -m models compile`` in a child process (so the worker never holds torch or the compiler's peak);
+    returns the new tag."""
     command = [sys.executable, "-m", "models", "compile", tag, "--precision", precision, "--threads", str(threads)]
     root = Path(__file__).resolve().parents[2]  # where the `models` command line lives, in a checkout or a bento
     done = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, text=True, check=False)

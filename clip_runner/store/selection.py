@@ -185,11 +185,8 @@ def _select_checkpoint(path: Path, ref: ModelRef, register_missing: bool) -> Sel
 
 
 def hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:
-    """Why the hub endpoint cannot be reached right now, or None when a TCP connection opens.
-
-    A quick probe used before an *implicit* default download: with no network the hub client
-    would otherwise spend tens of seconds retrying before the demo fallback could start.
-    """
+    """Why the hub cannot be reached now, or None: a quick probe before an implicit default download, whose
+    retries would otherwise hold the demo fallback back for tens of seconds."""
     if hf_constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     endpoint = urlparse(hf_constants.ENDPOINT)

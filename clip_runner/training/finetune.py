@@ -322,14 +322,8 @@ def finetune(csv_path: str | Path, config: TrainConfig, *, tag: str | None = Non
              model_config: str | Path | None = None, image_root: str | Path | None = None,
              resume: str | Path | None = None, name: str | None = None, register: bool = True,
              metadata: dict[str, Any] | None = None) -> FinetuneResult:
-    """Fine-tune on the CSV's pairs and register the result as a new store version.
-
-    Start from exactly one of ``tag``, ``arch`` or ``model_config``, or continue the run saved
-    in the checkpoint folder ``resume`` (its hyperparameters win; ``config.epochs`` says where
-    it stops). ``metadata`` (e.g. ``categories``, ``prompt_templates``) is stored with the
-    result, as metadata inherited from a base model is. Raises
-    :class:`~clip_runner.training.pairs.PairDataError` when the CSV has fewer than two usable pairs.
-    """
+    """Fine-tune on the CSV's pairs from one of ``tag``, ``arch`` or ``model_config``, or continue the checkpoint
+    ``resume`` (its hyperparameters win), and register the result with ``metadata`` as a new store version."""
     start = time.perf_counter()
     if resume is not None:
         run = _resumed_run(resume, config)
