@@ -1,14 +1,8 @@
 """The BentoML service: each worker loads the model and serves ``clip_http.app``'s routes.
 
-A request is a straight line: HTTP → the routes (``clip_http``, behind the guards of
-``clip_http.middleware``) → ``clip_runner.serving`` (checks, pre in a thread pool) → the
-in-process micro-batcher → the encoder's core (``clip_runner.runtimes``) → post, scores → JSON.
-
-``bentoml serve`` imports this module in its supervisor process too, which only needs the
-service's configuration: nothing here loads torch, open_clip or the model code. The worker
-starts the model (``clip_runner.startup``) in :class:`ClipService`'s constructor. A
-configuration that cannot serve (unknown model, missing entry, no GPU for ``CLIP_DEVICE=cuda``)
-stops the whole server with a non-zero exit and one error, instead of a worker restarting forever.
+``bentoml serve`` imports this module in its supervisor too, so nothing here loads torch or the
+model code. A configuration that cannot serve stops the whole server with one error and a
+non-zero exit, instead of a worker restarting forever.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """The service's ASGI app: the native and OpenAI routes behind the guards that the settings configure.
 
-``service.py`` mounts it in the BentoML service, whose worker puts the served
-:class:`~clip_runner.serving.ClipAPI` in ``app.state.api``; :mod:`clip_http.local` does the same
-in any process (the in-process client), so both run exactly these routes. Importing it loads
-neither torch nor the model code.
+``service.py`` and :mod:`clip_http.local` both mount it, so both run exactly these routes.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """What every route shares: the loaded API, reading a request's fields, and answering with timings.
 
-Every image route takes the same field names as a multipart form (files, repeated text fields)
-or as a JSON object (images as base64, a ``data:`` URI or, when enabled, a URL; lists as
-arrays): :func:`read_form` gives a :class:`Form` over either, so a route's logic never knows
-which it got and answers the same. :func:`respond` runs a route's logic and reports its
-timings as headers and metrics.
+:func:`read_form` gives one :class:`Form` over a multipart form or a JSON object, so a route's
+logic answers the same either way; :func:`respond` reports its timings as headers and metrics.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """ASGI guards and error mapping around the routes; each refuses before any expensive work.
 
-* :class:`ApiKeyAuth`: when ``CLIP_API_KEY`` is set, every path but the open ones needs it (401).
-* :class:`AdmissionLimit` bounds the requests in flight per worker; the excess is refused at
-  once with 429 and ``Retry-After`` instead of joining an unbounded queue, so admitted
-  requests keep their latency under overload.
-* :class:`BodyLimit` refuses a body larger than the limit with 413: at once when
-  ``Content-Length`` says so, and while streaming when a client lies about it or sends
-  chunked data, so the limit holds whatever the headers claim.
-* with ``CLIP_CORS_ORIGINS`` set, Starlette's CORS middleware answers browsers' preflights
-  (outermost: a preflight carries no API key);
-* :func:`install` adds them with the error handlers: every refusal is JSON
-  ``{"error", "status", "field"?}`` with the right status, never a bare 500; on ``/v1/*``
-  it is OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (:func:`error_body`).
-
-Plain ASGI classes rather than ``@app.middleware("http")`` functions: those re-stream every
-request and response through an extra task, which costs CPU on every request.
+:func:`install` adds the error handlers (every refusal is JSON ``{"error", "status", "field"?}``,
+OpenAI's shape on ``/v1/*``) and the guards: CORS (outermost: a preflight carries no API key),
+:class:`ApiKeyAuth` (401), :class:`AdmissionLimit` (429) and :class:`BodyLimit` (413). Plain ASGI
+classes, not ``@app.middleware("http")``: those re-stream every request through an extra task.
 """
 
 from __future__ import annotations
@@ -92,8 +81,10 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> str:
-        return f"request body exceeds the limit of {self.max_bytes / 1e6:.1f} MB (CLIP_MAX_REQUEST_BYTES)"
+    async def _refuse(self, scope: Scope, send: Send, headers: Iterable[tuple[str, str]] = ()) -> None:
+        refused("body_too_large")
+        await send_error(scope, send, 413, f"request body exceeds the limit of {self.max_bytes / 1e6:.1f} MB "
+                         "(CLIP_MAX_REQUEST_BYTES)", headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,8 +94,7 @@ class BodyLimit:
         except ValueError:
             return await send_error(scope, send, 400, "invalid Content-Length header")
         if declared is not None and declared > self.max_bytes:
-            refused("body_too_large")
-            return await send_error(scope, send, 413, self._too_large())
+            return await self._refuse(scope, send)
         state = {"received": 0, "over": False, "responded": False}
 
         async def limited_receive() -> Message:
@@ -123,8 +113,7 @@ class BodyLimit:
             if state["over"]:
                 if not state["responded"]:
                     state["responded"] = True
-                    refused("body_too_large")
-                    await send_error(scope, send, 413, self._too_large(), [("connection", "close")])
+                    await self._refuse(scope, send, [("connection", "close")])
                 return
             if message["type"] == "http.response.start":
                 state["responded"] = True
@@ -136,8 +125,7 @@ class BodyLimit:
             if not state["over"]:
                 raise
         if state["over"] and not state["responded"]:
-            refused("body_too_large")
-            await send_error(scope, send, 413, self._too_large(), [("connection", "close")])
+            await self._refuse(scope, send, [("connection", "close")])
 
 
 class AdmissionLimit:

@@ -1,12 +1,7 @@
 """OpenAI's embeddings dialect over the served model: ``POST /v1/embeddings``, ``GET /v1/models``.
 
-Requests and answers have OpenAI's shapes, so the official SDKs, LangChain's
-``OpenAIEmbeddings``, LlamaIndex and vector-database loaders work with ``base_url=<server>/v1``.
-CLIP adds images, in the two shapes the field uses: ``input`` items ``{"image": ...}`` /
-``{"text": ...}`` (one embedding each, in order), and vLLM's ``messages`` whose content is one
-``image_url`` or ``text`` part (one embedding per request). Images are base64, ``data:`` URIs or
-(when enabled) URLs, as on every route. ``usage`` counts the tokens the CLIP tokenizer produced;
-an image counts 0. Errors on ``/v1/*`` have OpenAI's shape (``clip_http.middleware.error_body``).
+OpenAI's shapes, plus images as ``input`` items ``{"image": ...}`` or vLLM's ``messages`` with one
+``image_url`` part (docs/protocols.md). ``usage`` counts CLIP tokens; an image counts 0.
 """
 
 from __future__ import annotations

@@ -1,10 +1,4 @@
-"""Typed input errors.
-
-Every problem with a caller's input is raised as a subclass of :class:`InputError`. Each
-carries the HTTP status it maps to and a message meant for the caller (it names the field
-and the rule that was broken), so the HTTP layer never has to guess and never answers 500
-for bad input.
-"""
+"""Typed errors: each :class:`InputError` carries its HTTP status and a message naming the field and the rule."""
 
 from __future__ import annotations
 
@@ -24,8 +18,6 @@ class InputError(ValueError):
 class InvalidInput(InputError):
     """Malformed request: a missing field, a wrong type, an empty or over-long text."""
 
-    status = 400
-
 
 class PayloadTooLarge(InputError):
     """An upload larger than the configured byte or pixel limit."""
@@ -42,8 +34,6 @@ class UnsupportedMediaType(InputError):
 class InvalidImage(InputError):
     """An image in a supported format that cannot be decoded (truncated, corrupt)."""
 
-    status = 400
-
 
 class UrlForbidden(InputError):
     """An image URL the server will not fetch: a host off the allow-list, or a non-public address."""
@@ -59,10 +49,7 @@ class ModelNotFound(InputError):
 
 
 class ModelNotAvailable(RuntimeError):
-    """The configured model cannot be found, downloaded or loaded.
-
-    Raised at startup or by the CLI; the message says what was tried and how to fix it.
-    """
+    """The configured model cannot be found, downloaded or loaded; the message says how to fix it."""
 
 
 class RuntimeMissing(ModelNotAvailable):

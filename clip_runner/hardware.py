@@ -1,8 +1,5 @@
 """Facts about this machine: does the model serve on the CPU, which CPU is it, how much VRAM is free.
-
-Everything here is read without torch (``/proc/cpuinfo``, the NVIDIA device node), except where
-a GPU is present and only CUDA can answer: that is the one place this module crosses into torch.
-"""
+Read without torch, except where a GPU is present and only CUDA can answer."""
 
 from __future__ import annotations
 
@@ -77,10 +74,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16).
-
-    Without it bf16 is emulated and slower than fp32, so no ``auto`` choice picks it.
-    """
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16); emulated bf16 is slower than fp32."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 

@@ -31,28 +31,20 @@ class ClipSettings(BaseSettings):
 
     # Which model to serve. MODEL_TAG wins; otherwise MODEL_PATH, then MODEL_NAME + PRETRAINED.
     model_tag: str | None = Field(None, description="BentoML model-store tag to serve.")
-    model_name: str = Field(
-        DEFAULT_MODEL_NAME,
-        description="open_clip name (ViT-B-32), OpenAI/HF id (openai/clip-vit-base-patch32) "
-        "or hf-hub:org/repo.",
-    )
+    model_name: str = Field(DEFAULT_MODEL_NAME, description="open_clip name (ViT-B-32), OpenAI/HF id "
+                            "(openai/clip-vit-base-patch32) or hf-hub:org/repo.")
     pretrained: str | None = Field(None, description="open_clip pretrained tag (default openai).")
     model_path: str | None = Field(None, description="Fine-tuned checkpoint file or directory.")
     allow_download: bool = Field(True, description="Download the model when not in the store.")
-    strict_model: bool = Field(
-        False, description="Never fall back to the bundled demo model (production deployments)."
-    )
+    strict_model: bool = Field(False, description="Never fall back to the bundled demo model (production deployments).")
 
     # Scoring.
-    similarity_threshold: float | None = Field(
-        None, ge=-1.0, le=1.0, description="Mismatch threshold; default 0.25 or the model's own."
-    )
+    similarity_threshold: float | None = Field(None, ge=-1.0, le=1.0,
+                                               description="Mismatch threshold; default 0.25 or the model's own.")
 
     # Batching and hardware.
-    batch_size: int | None = Field(
-        None, ge=1, le=1024,
-        description="Max batch size (1 turns batching off); default 32 on CPU, 64 on CUDA.",
-    )
+    batch_size: int | None = Field(None, ge=1, le=1024,
+                                   description="Max batch size (1 turns batching off); default 32 on CPU, 64 on CUDA.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     gpus: int = Field(0, ge=0, description="GPUs the service requests (deployment resources).")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
@@ -67,9 +59,8 @@ class ClipSettings(BaseSettings):
     decode_threads: int | None = Field(
         None, ge=1, le=256, description="Threads decoding uploads, per worker; default 2 × CPUs ÷ workers, at least 4.")
     tracing: bool = Field(False, description="Trace requests as BentoML's `tracing` config says; off, none traced.")
-    fast_decode: bool = Field(
-        True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above the model input."
-    )
+    fast_decode: bool = Field(True, description="Decode JPEGs at reduced size (libjpeg DCT scaling) when far above "
+                              "the model input.")
 
     # Request limits.
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
@@ -79,9 +70,8 @@ class ClipSettings(BaseSettings):
     max_images: int = Field(32, ge=1, description="Images per request.")
     max_categories: int = Field(1000, ge=1)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Whole request body limit (413).")
-    max_concurrency: int = Field(
-        64, ge=1, description="Requests in flight per public worker; the excess gets 429 + Retry-After."
-    )
+    max_concurrency: int = Field(64, ge=1,
+                                 description="Requests in flight per public worker; the excess gets 429 + Retry-After.")
 
     # Image URLs in JSON bodies and /v1/embeddings (clip_runner.serving.fetch): off unless enabled.
     allow_image_urls: bool = Field(False, description="Fetch images given as http(s) URLs (public addresses only).")
@@ -124,34 +114,20 @@ class ClipSettings(BaseSettings):
 
     @property
     def max_batch(self) -> int:
-        """``CLIP_BATCH_SIZE``, or the measured best for the device.
-
-        On CPU, ViT-B-32 gains little per image beyond batches of 16, and the in-process
-        batcher only fills a batch that large when that many requests are already waiting,
-        so a lone request never waits for one (docs/performance.md has the measurements); a
-        GPU needs large batches to fill it.
-        """
+        """``CLIP_BATCH_SIZE``, or the measured best for the device (docs/performance.md)."""
         if self.batch_size is not None:
             return self.batch_size
         return CPU_BATCH_SIZE if serves_on_cpu(self.device) else CUDA_BATCH_SIZE
 
     @property
     def inference_thread_count(self) -> int:
-        """``CLIP_NUM_THREADS``, else this worker's share of the CPUs (``CLIP_WORKERS`` split them).
-
-        Over-subscribing cores (torch's default of one thread per core in every worker) makes
-        batched CPU inference slower, so each worker gets its share.
-        """
+        """``CLIP_NUM_THREADS``, else this worker's share of the CPUs: over-subscribed cores run batches slower."""
         return self.num_threads or cpu_share(self.workers)
 
     @property
     def decode_thread_count(self) -> int:
-        """``CLIP_DECODE_THREADS``, else 2 × this worker's share of the CPUs (at least 4).
-
-        Decoding holds no lock (Pillow releases the GIL), so threads scale over cores; twice the
-        cores keeps them busy while some wait on the event loop. On a GPU machine the cores are
-        free for decoding, which is what bounds end-to-end images/s there.
-        """
+        """``CLIP_DECODE_THREADS``, else 2 × this worker's share of the CPUs (at least 4): Pillow releases the
+        GIL, and twice the cores keeps them busy while some wait on the event loop."""
         return self.decode_threads or max(4, 2 * cpu_share(self.workers))
 
 

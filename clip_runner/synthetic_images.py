@@ -1,14 +1,8 @@
 """Seeded generator of captioned shape images, the training and evaluation data of the demo model.
 
-Each image shows one shape of one colour and size at one of nine positions on a plain
-background, e.g. "a large red circle at the top left on a gray background". The zero-shot
-label of an image is its "colour shape" pair ("red circle"); :data:`CATEGORIES` lists all of
-them. Captions vary in wording (prefix, and which of size, position and background they
-mention) so that both short prompts and full descriptions are in the text tower's training
-distribution.
-
-Everything is a pure function of the seed and the image index (each image has its own random
-stream), so a set regenerates identically and a larger set starts with the smaller one.
+Each image shows one shape of one colour and size at one of nine positions, e.g. "a large red
+circle at the top left on a gray background"; its zero-shot label is "red circle". Everything is
+a pure function of the seed and the image index, so a set regenerates identically.
 """
 
 from __future__ import annotations

@@ -59,12 +59,8 @@ def find_engine() -> str:
 
 
 def engine_options(engine: str, command: str) -> list[str]:
-    """Flags every ``build`` / ``run`` needs on this host.
-
-    Podman runs with the host's network, and its containers ask for modest limits on open files and
-    processes (its defaults are higher than a confined host lets a container raise them to; 4096 open
-    files are more connections than one server takes).
-    """
+    """Flags every ``build`` / ``run`` needs on this host: Podman gets the host's network and modest limits on
+    open files and processes (its defaults are higher than a confined host lets a container raise them to)."""
     if engine != "podman":
         return []
     nofile, nproc = (min(CONTAINER_LIMIT, resource.getrlimit(r)[0]) for r in (resource.RLIMIT_NOFILE,

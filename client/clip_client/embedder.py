@@ -1,9 +1,6 @@
 """``CLIPEmbedder``: the embedding API existing backend code calls, over the clip service.
 
-Files (or image URLs the service fetches) in, unit float32 vectors out. Image embeddings go
-through the service's batch route (``/encode_images``), served over HTTP or in-process as
-:func:`clip_client.env.from_env` chooses unless a client is given; ``LOCAL_CLIP_JSON_IMAGES=true``
-sends them as base64 JSON instead of multipart uploads.
+Files (or image URLs) in, unit float32 vectors out; images go through ``/encode_images``.
 """
 
 from __future__ import annotations
@@ -37,13 +34,8 @@ _TEXT_CHUNK = 32
 
 
 class CLIPEmbedder:
-    """Image and text embeddings from a CLIP model served over HTTP or loaded in-process.
-
-    With ``backend=None`` the client comes from :func:`~clip_client.env.from_env`;
-    ``model_name`` and ``device`` (and ``settings``, the full ``CLIP_*`` configuration) then
-    configure the in-process model. A service serves its own model, so over HTTP they are
-    ignored (logged at debug level).
-    """
+    """Image and text embeddings over HTTP or in-process (``backend=None``: :func:`~clip_client.env.from_env`).
+    ``model_name``, ``device`` and ``settings`` configure an in-process model; a service serves its own."""
 
     def __init__(self, model_name: str | None = None, device: str = "auto", backend: ClipClient | None = None,
                  *, settings: ClipSettings | None = None) -> None:
@@ -72,20 +64,12 @@ class CLIPEmbedder:
         self.backend.close()
 
     async def generate_embedding(self, image_path: PathLike) -> np.ndarray | None:
-        """The (D,) unit embedding of one image file (or ``http(s)`` URL, fetched by the service).
-
-        Raises ``FileNotFoundError`` when the file does not exist; returns ``None`` (and logs a
-        warning) when it exists but is unreadable or not a usable image.
-        """
+        """The (D,) unit embedding of one image file or URL; ``None`` (logged) when it is not a usable image."""
         return await asyncio.to_thread(self._embed_file, _source(image_path))
 
     async def generate_embeddings_batch(self, image_paths: Sequence[PathLike], batch_size: int = 32,
                                         show_progress: bool = True) -> list[np.ndarray | None]:
-        """One (D,) embedding per path (or URL), in order; ``None`` where a file is missing or unusable.
-
-        Files are read and sent ``batch_size`` at a time (the service accepts at most
-        ``CLIP_MAX_IMAGES``, 32 by default, per request).
-        """
+        """One (D,) embedding per path or URL, in order, ``batch_size`` per request; ``None`` where unusable."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         paths = [_source(p) for p in image_paths]

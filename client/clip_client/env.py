@@ -1,14 +1,5 @@
-"""Pick the CLIP client from the environment: a running service over HTTP, or the model in-process.
-
-::
-
-    USE_LOCAL_CLIP=true   → HTTP client to LOCAL_CLIP_URL (default http://localhost:3000),
-                            i.e. "use the locally deployed CLIP *service*"
-    otherwise             → the service's app in this process, configured by the server's CLIP_*
-                            variables (full clip-service install only)
-
-Both are the same client class, so they have the same methods, checks and answers.
-"""
+"""Pick the CLIP client from the environment: ``USE_LOCAL_CLIP=true`` calls the service at
+``LOCAL_CLIP_URL`` over HTTP; otherwise the service's app runs in this process (full install only)."""
 
 from __future__ import annotations
 
@@ -35,10 +26,7 @@ _FALSE = {"0", "false", "f", "no", "n", "off"}
 
 @dataclasses.dataclass(frozen=True)
 class ClientSettings:
-    """Caller-side settings: which client :func:`from_env` builds, and how the HTTP one connects.
-
-    Each field is the variable of its name in capitals; docs/client.md has their meanings.
-    """
+    """Caller-side settings, each the variable of its name in capitals (docs/client.md)."""
 
     use_local_clip: bool = False
     local_clip_url: str = DEFAULT_URL
@@ -55,10 +43,7 @@ class ClientSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
-        """Read ``USE_LOCAL_CLIP`` and ``LOCAL_CLIP_*`` once; an empty variable means unset.
-
-        A value that cannot be read (``USE_LOCAL_CLIP=maybe``) raises ``ValueError`` naming it.
-        """
+        """Read ``USE_LOCAL_CLIP`` and ``LOCAL_CLIP_*`` (empty means unset); a bad value raises ``ValueError``."""
         env = os.environ if environ is None else environ
         raw = {f: env.get(f.name.upper(), "").strip() for f in dataclasses.fields(cls)}
         values = {f.name: _parse(f.name.upper(), value, f.type) for f, value in raw.items() if value}
@@ -86,11 +71,7 @@ def _parse(name: str, raw: str, kind: object) -> object:
 
 
 def from_env(settings: ClipSettings | None = None, *, client: ClientSettings | None = None) -> ClipClient:
-    """A blocking client chosen by ``USE_LOCAL_CLIP`` (see the module docstring).
-
-    ``settings`` configures the in-process model (default: ``CLIP_*`` variables); ``client``
-    replaces the caller-side variables.
-    """
+    """A blocking client chosen by ``USE_LOCAL_CLIP``; ``settings`` configures an in-process model."""
     return _chosen(ClipClient, settings, client)
 
 

@@ -1,11 +1,8 @@
 """Typed clients for the clip service: :class:`AsyncClipClient` and its blocking twin :class:`ClipClient`.
 
-Every route of the HTTP contract is a method, written once in :class:`AsyncClipClient`;
-:class:`ClipClient` runs the same coroutines on a private event loop. Embeddings come back as
-float32 numpy arrays and JSON results as typed dicts. Connection errors and 429/503 answers are
-retried with exponential backoff (``Retry-After`` is honoured); every failure is raised as
-:class:`ClipServiceError` carrying the server's own error text. ``in_process()`` gives the same
-client over the service's own app loaded in this process (full clip-service install only).
+Every route is a method, written once in :class:`AsyncClipClient`; :class:`ClipClient` runs the
+same coroutines on a private event loop. Failures are raised as :class:`ClipServiceError`
+(docs/client.md).
 """
 
 from __future__ import annotations
@@ -133,12 +130,8 @@ class EncodedImages:
 
 
 class ClipServiceError(Exception):
-    """The service refused or could not serve a call.
-
-    ``status`` is the HTTP status (``None`` when no answer came back), ``message`` the server's
-    error text, ``field`` the input field it names (when it names one), ``attempts`` how many
-    times the call was tried.
-    """
+    """The service refused or could not serve a call: ``status`` (None without an answer), the server's
+    ``message``, the ``field`` it names, and how many ``attempts`` were made."""
 
     def __init__(self, message: str, *, status: int | None = None, field: str | None = None,
                  attempts: int = 1) -> None:
@@ -158,11 +151,7 @@ _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
 
 
 def image_bytes(image: ImageInput) -> bytes:
-    """The bytes to upload for an image given as bytes, a path or a PIL image.
-
-    A missing path raises ``FileNotFoundError``. A PIL image is encoded losslessly as PNG, so the
-    server sees exactly its pixels (an EXIF orientation it may carry is not applied).
-    """
+    """The bytes to upload for an image given as bytes, a path or a PIL image (losslessly, as PNG)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, (str, os.PathLike)):
@@ -224,12 +213,8 @@ def _as_is(body: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry connection errors and 429/503 answers.
-
-    ``attempts`` counts the first try (1 = never retry). Waits double from ``backoff_s`` up to
-    ``max_backoff_s``, with jitter so that many callers do not retry in lockstep; a server's
-    ``Retry-After`` replaces the computed wait (capped at ``max_retry_after_s``).
-    """
+    """How often (``attempts`` counts the first try) and how patiently to retry connection errors and 429/503:
+    jittered waits doubling from ``backoff_s``, or the server's ``Retry-After`` (capped)."""
 
     attempts: int = 4
     backoff_s: float = 0.5
@@ -299,13 +284,8 @@ def import_full(module: str) -> ModuleType:
 
 
 class AsyncClipClient:
-    """Asyncio client for the clip service; use as an async context manager or ``await close()``.
-
-    Use it from one event loop (httpx connection pools belong to the loop that opened them).
-    ``transport`` is passed to httpx (e.g. to route through a custom transport). ``json_images``
-    sends images as base64 in JSON bodies instead of multipart uploads (a third larger; for
-    proxies and gateways that only pass JSON).
-    """
+    """Asyncio client for the clip service, for one event loop (httpx pools belong to it); an async context
+    manager. ``json_images`` sends images as base64 JSON instead of multipart (for JSON-only gateways)."""
 
     def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, retry: RetryPolicy | None = None,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None,
@@ -320,11 +300,7 @@ class AsyncClipClient:
 
     @classmethod
     def in_process(cls, settings: ClipSettings | None = None, *, retry: RetryPolicy | None = None) -> AsyncClipClient:
-        """The service's own app, loaded in this process and called without a network.
-
-        ``settings`` configures the model as the server's ``CLIP_*`` variables do (the default
-        reads them). Needs the full clip-service install.
-        """
+        """The service's own app in this process, configured by ``settings`` (default: ``CLIP_*``); full install."""
         local = import_full("clip_http.local").local_app(settings)
         transport = httpx.ASGITransport(app=local.app, raise_app_exceptions=False)  # a crash is a 500
         client = cls(IN_PROCESS_URL, retry=retry, transport=transport)
@@ -434,12 +410,8 @@ def _blocking(method: Callable[Concatenate[AsyncClipClient, P], Coroutine[Any, A
 
 
 class ClipClient:
-    """Blocking client for the clip service: the methods of :class:`AsyncClipClient`, run to completion.
-
-    The calls run on a private event loop thread, so they also work from inside a running event
-    loop, and one client may be shared by many threads. Use as a context manager or ``close()``.
-    The arguments are those of :class:`AsyncClipClient` (``transport`` is an httpx async transport).
-    """
+    """Blocking client: :class:`AsyncClipClient`'s methods, run on a private event loop thread (so they work
+    inside a running loop, and threads may share one client). Its arguments are :class:`AsyncClipClient`'s."""
 
     def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, retry: RetryPolicy | None = None,
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None,

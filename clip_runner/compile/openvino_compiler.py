@@ -1,16 +1,9 @@
 """Making compiled entries: ``python -m models compile TAG --precision fp32|bf16|int8``.
 
-The parent entry's towers are traced from open_clip (torch) and converted to OpenVINO with a
-dynamic batch dimension, in a child process (:mod:`clip_runner.compile.torch_export`) that
-ends before the rest begins, so that quantizing never holds torch or the fp32 model beside
-it; the image graph takes the batcher's uint8 pixels, with open_clip's scaling and
-normalisation compiled in. int8 is NNCF post-training quantization, one tower at a time,
-calibrated on a folder of the user's images or on :func:`calibration_images`' default set.
-The new entry's parity to the parent's torch fp32 output is measured on :func:`parity_set`
-before anything is written, and a compile under :data:`~clip_runner.store.entries.PARITY_BAR`
-refuses to register unless forced. The entry also gets the text tokenizer as a
-``tokenizer.json`` (run by :class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`),
-so serving it needs no torch.
+The towers are exported from torch in a child process (:mod:`clip_runner.compile.torch_export`)
+that ends before quantizing begins, so torch and the fp32 model are never held beside it. int8 is
+NNCF post-training quantization. Parity to the parent's torch fp32 output is measured before
+anything is written; under :data:`~clip_runner.store.entries.PARITY_BAR` nothing is, unless forced.
 """
 
 from __future__ import annotations
@@ -166,15 +159,10 @@ def _calibration_facts(images: int, captions: int, folder: Path | None) -> dict[
 
 
 def calibration_images(pipeline: PixelPipeline, folder: Path | None = None) -> list[np.ndarray]:
-    """Model-input pixels of up to :data:`MAX_CALIBRATION_IMAGES` images from ``folder``.
-
-    Without a folder, the default set: 64 photo-like images and 64 shape scenes, generated
-    (:mod:`clip_runner.synthetic_images`). Your own images calibrate int8 better than these.
-    """
+    """Model-input pixels of up to :data:`MAX_CALIBRATION_IMAGES` images from ``folder``; without one, 64
+    photo-like images and 64 shape scenes, generated (your own images calibrate int8 better)."""
     if folder is None:
-        photos = [synthetic_images.photo_like(_CALIBRATION_SEED + i, (320, 240)) for i in range(64)]
-        shapes = [image for _, image in synthetic_images.generate(64, _CALIBRATION_SEED)]
-        return [pipeline(image) for image in photos + shapes]
+        return list(_generated_pixels(pipeline, 64, _CALIBRATION_SEED))
     if not folder.is_dir():
         raise CompileRefused(f"--calibration {folder} is not a folder of images")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_CALIBRATION_IMAGES]
@@ -200,8 +188,13 @@ def calibration_texts() -> list[str]:
 
 def parity_set(pipeline: PixelPipeline) -> tuple[np.ndarray, list[str]]:
     """The fixed images (16 photo-like, 16 shapes) and 32 captions parity is measured on."""
-    photos = [synthetic_images.photo_like(_PARITY_SEED + i, (320, 240)) for i in range(16)]
-    shapes = [image for _, image in synthetic_images.generate(16, _PARITY_SEED)]
     scenes = [scene.caption for scene, _ in synthetic_images.generate(16, _PARITY_SEED)]
     prompts = [f"a photo of {label}." for label in DEFAULT_CATEGORIES[::3][:16]]
-    return np.stack([pipeline(image) for image in photos + shapes]), scenes + prompts
+    return _generated_pixels(pipeline, 16, _PARITY_SEED), scenes + prompts
+
+
+def _generated_pixels(pipeline: PixelPipeline, count: int, seed: int) -> np.ndarray:
+    """Model-input pixels of ``count`` photo-like images, then ``count`` shape scenes, of ``seed``."""
+    photos = [synthetic_images.photo_like(seed + i, (320, 240)) for i in range(count)]
+    shapes = [image for _, image in synthetic_images.generate(count, seed)]
+    return np.stack([pipeline(image) for image in photos + shapes])

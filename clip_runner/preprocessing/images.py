@@ -1,20 +1,10 @@
 """Untrusted upload bytes → validated 8-bit RGB → the model's input pixels.
 
-:func:`decode_image` is the only way request bytes become pixels. It enforces the byte limit
-before touching the data, identifies the format from the bytes alone (an upload's bytes are never
-taken for a URL or a path), checks the pixel count from the header before any pixel is decoded,
-decodes eagerly so a lazy error cannot surface later, and normalises every mode Pillow can
-produce to plain RGB. Every failure is a typed :class:`~clip_runner.errors.InputError` whose
-message names the field and the rule; Pillow's own exceptions never escape.
-
-:class:`PixelPipeline` is the PIL half of open_clip's eval transform (resize, crop, mode),
-driven by the model's own preprocess config; it runs per request, in a thread, before
-batching, and gives a small ``uint8`` HWC array. The tensor half (scale, mean, std) runs once
-per batch in the runtime (:func:`clip_runner.runtimes.torch_encoder.normalize`, or inside a
-compiled graph). Together they compute exactly what open_clip's ``preprocess`` does. The common
-layouts (shortest side to a square, or squash) run on Pillow alone, so serving a compiled
-entry never imports torch; the others run open_clip's own transform. :class:`UploadPreparer` is the two in a
-row, with the service's limits: what every upload goes through.
+:func:`decode_image` is the only way request bytes become pixels; every failure is a typed
+:class:`~clip_runner.errors.InputError` naming the field, never a Pillow exception.
+:class:`PixelPipeline` is the PIL half of open_clip's eval transform (resize, crop), on Pillow
+alone for the common layouts so that serving a compiled entry never imports torch; the runtime
+does the tensor half once per batch. :class:`UploadPreparer` is the two in a row, with the limits.
 """
 
 from __future__ import annotations
@@ -56,22 +46,9 @@ _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 def decode_image(
     data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image", draft_side: int | None = None
 ) -> Image.Image:
-    """Validate and decode one uploaded image.
-
-    Returns a new, fully loaded, mode ``"RGB"`` image that holds no reference to ``data``,
-    with EXIF orientation applied, transparency composited over white, animations reduced to
-    their first frame and high bit depths scaled down to 8 bits.
-
-    Raises :class:`InvalidInput` (empty), :class:`PayloadTooLarge` (bytes or pixels over the
-    limits), :class:`UnsupportedMediaType` (not an image, or a format not in
-    :data:`SUPPORTED_FORMATS`) or :class:`InvalidImage` (a supported image that is truncated,
-    corrupt or degenerate). Every error carries ``field``.
-
-    ``draft_side`` (fast decode): the shortest side the caller needs. A JPEG is then decoded
-    by libjpeg at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps both sides at least
-    this long, which skips most of the decode work for photos far larger than the model input.
-    Other formats decode at full size.
-    """
+    """One upload → a new, loaded RGB image: EXIF orientation applied, transparency over white, first frame only,
+    high bit depths scaled to 8 bits. ``draft_side``: a JPEG decodes at the smallest DCT scale that keeps both
+    sides at least this long. Every failure is an :class:`~clip_runner.errors.InputError` naming ``field``."""
     _check_bytes(data, max_bytes, field)
     source = _open(bytes(data), max_pixels, field)
     try:
@@ -111,11 +88,7 @@ def _check_dimensions(size: tuple[int, int], max_pixels: int, field: str) -> Non
 
 
 def _bomb_error(exc: Exception, max_pixels: int, field: str) -> PayloadTooLarge:
-    """Pillow's own decompression-bomb guard fired before our check could run.
-
-    It runs inside ``Image.open`` (and again in some loaders) for sizes above its global
-    limit; its exception carries the pixel count but not the dimensions.
-    """
+    """Pillow's own decompression-bomb guard fired first (its message has the pixel count, not the size)."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f" of {int(found.group(1)):,} pixels" if found else ""
     return PayloadTooLarge(f"field '{field}': decoded size{size} exceeds the pixel limit of {max_pixels:,}",
@@ -233,13 +206,8 @@ def _flatten(image: Image.Image) -> Image.Image:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float grayscale → 8-bit L, scaled rather than clipped.
-
-    Pillow's own ``convert("L")`` clips (1000 → 255), so a 16-bit image would come out
-    almost white. I;16 uses its full 0..65535 range; I and F have no fixed range, so values
-    that fit a conventional one (0..65535 for I, 0..1 for F) use it and others are stretched
-    from their own minimum to maximum.
-    """
+    """16/32-bit integer or float grayscale → 8-bit L, scaled rather than clipped (Pillow's ``convert("L")``
+    clips, so a 16-bit image would come out almost white); :func:`_value_range` picks the range."""
     values = np.asarray(image, dtype=np.float32)
     finite = np.isfinite(values)
     low, high = _value_range(image.mode, values[finite] if not finite.all() else values)
@@ -297,13 +265,8 @@ class PixelPipeline:
             self._pil_steps = _open_clip_steps(preprocess_cfg)
 
     def draft_side(self, factor: float = 1.0) -> int:
-        """Shortest side a reduced-size JPEG decode must keep: ``factor`` × the model input side.
-
-        libjpeg's DCT scaling averages each 8×8 block (a box filter) and the resize to the
-        model input that follows is bicubic with antialiasing, so even the smallest scale
-        that keeps the input side (factor 1) stays within cosine 0.99 of the full-size
-        reference (``python -m bench.decode`` measures it).
-        """
+        """Shortest side a reduced-size JPEG decode must keep: ``factor`` × the model input side. Factor 1
+        stays within cosine 0.99 of the full-size decode (``python -m bench.decode`` measures it)."""
         return int(round(max(self.size) * factor))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
@@ -318,9 +281,8 @@ class PixelPipeline:
 
 def _resize_and_crop(image: Image.Image, size: tuple[int, int], crop: bool,
                      resample: Image.Resampling) -> Image.Image:
-    """torchvision's ``Resize`` (+ ``CenterCrop``) on a PIL image, as open_clip's eval transform
-    composes them: the shorter side to the square's side then the centre crop, or (``crop``
-    False) a squash to ``size``. Same sizes, same rounding, same Pillow resampling."""
+    """torchvision's ``Resize`` + ``CenterCrop`` as open_clip's eval transform composes them (or, without
+    ``crop``, a squash to ``size``): same sizes, same rounding, same Pillow resampling."""
     height, width = size
     if crop:
         w, h = image.size
@@ -348,11 +310,7 @@ def _open_clip_steps(preprocess_cfg: dict[str, Any]) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class UploadPreparer:
-    """Image bytes → model-input pixels, as the service prepares an upload: its size limits
-    and, unless ``CLIP_FAST_DECODE`` is off, a reduced-size JPEG decode.
-
-    The limits and the fast-decode size come from the settings once, not once per image.
-    """
+    """Image bytes → model-input pixels under the service's limits and ``CLIP_FAST_DECODE`` (read once)."""
 
     pipeline: PixelPipeline
     max_bytes: int

@@ -1,16 +1,8 @@
 """Which runtime and precision serve a model on this machine: :func:`choose_runtime`.
 
-``CLIP_RUNTIME=torch`` serves the store entry with torch, as on a GPU. ``auto`` (the default)
-on a CPU with OpenVINO installed serves a compiled entry of the model instead: each candidate
-precision (fp32; bf16 where the CPU multiplies bf16 natively; int8) is taken from the store or
-compiled now (as a model is downloaded at first start), those whose parity meets the bar are
-timed at the serving batch size, and the fastest serves. The decision and its measurements are
-logged, shown by ``/health`` and kept beside the model store (``clip_runtime.json``) so later
-starts on the same CPU skip the timing. ``CLIP_RUNTIME=openvino`` insists on a compiled entry;
-``CLIP_PRECISION`` narrows the candidates to one.
-
-Each runtime's library is imported only once it is chosen: a worker serving a compiled entry
-never imports torch (compiling one happens in a child process).
+``CLIP_RUNTIME=auto`` on a CPU with OpenVINO serves the fastest compiled precision that meets the
+parity bar, compiling missing ones first and keeping the timing in ``clip_runtime.json`` (README,
+"Compiled CPU runtimes"). Each runtime's library is imported only once chosen.
 """
 
 from __future__ import annotations
@@ -26,7 +18,6 @@ import sys
 import timeit
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -58,9 +49,6 @@ class RuntimeChoice:
 
     reason: str
     measured: dict[str, dict[str, float]] | None = None  # precision → images/s, texts/s
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "measured": self.measured}
 
 
 def choose_runtime(tag: str, settings: ClipSettings, threads: int) -> tuple[Encoder, RuntimeChoice]:
@@ -151,12 +139,8 @@ def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads
 
 
 def _compile_in_a_child(tag: str, precision: str, threads: int) -> str:
-    """``python -m models compile`` in a child process; returns the new tag.
-
-    A child, so that the worker never holds torch, the parent's fp32 weights or the compiler's
-    peak: it keeps only the compiled graphs it serves. Its log lines (and NNCF's progress bars)
-    go to the worker's stderr.
-    """
+    """``python -m models compile`` in a child process (so the worker never holds torch or the compiler's peak);
+    returns the new tag."""
     command = [sys.executable, "-m", "models", "compile", tag, "--precision", precision, "--threads", str(threads)]
     root = Path(__file__).resolve().parents[2]  # where the `models` command line lives, in a checkout or a bento
     done = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, text=True, check=False)

@@ -1,14 +1,8 @@
 """The encoder interface every runtime implements, in the three phases of an encode.
 
-* **pre** — :meth:`Encoder.tokenize`: texts → token ids (images arrive preprocessed, as uint8
-  pixels, from :mod:`clip_runner.preprocessing`). Runs per request, in the decode threads.
-* **core** — :meth:`Encoder.image_features` / :meth:`Encoder.text_features`: the model, one
-  whole batch of arrays per call, on the model thread.
-* **post** — :func:`unit_rows`: float32 rows of unit length, per request, by the caller.
-
-:meth:`Encoder.encode_pixels` and :meth:`Encoder.encode_texts` run all three in one call, for
-offline tools (compiling, calibration, evaluation, benchmarks). Importing this module loads no
-runtime library.
+**pre** (:meth:`Encoder.tokenize`, in the decode threads), **core** (:meth:`Encoder.image_features`,
+:meth:`Encoder.text_features`: one batch per call, on the model thread) and **post**
+(:func:`unit_rows`). Importing this module loads no runtime library.
 """
 
 from __future__ import annotations

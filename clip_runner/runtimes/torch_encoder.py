@@ -1,10 +1,6 @@
 """The torch runtime: a store entry served by open_clip on CPU or CUDA, and the device choices it needs.
 
-:class:`TorchEncoder` runs one loaded model (:func:`clip_runner.store.weights.load_entry`),
-one batch at a time: the uint8 pixels are scaled and normalised once per batch on the device,
-the towers run under ``torch.inference_mode()`` (with autocast on CUDA), and the tokens come
-from open_clip's own tokenizer. This module is the serving side's only home of torch: the
-runtime choice imports it only when torch serves.
+The serving side's only home of torch: the runtime choice imports it only when torch serves.
 """
 
 from __future__ import annotations
@@ -88,11 +84,8 @@ def inference(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]
 
 def normalize(pixels: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
               device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(N, H, W, 3) uint8 → (N, 3, H, W) normalised ``dtype`` (arithmetic in fp32), on ``device``.
-
-    Same arithmetic as torchvision's ToTensor + Normalize, but once per batch and on the
-    target device (the uint8 copy to a GPU is 4× smaller than a float one). ``dtype``: fp32 when None.
-    """
+    """(N, H, W, 3) uint8 → (N, 3, H, W) ``dtype`` (default fp32) on ``device``: torchvision's ToTensor +
+    Normalize in fp32, once per batch, on the device (a uint8 copy to a GPU is 4× smaller)."""
     batch = torch.as_tensor(pixels).to(device, non_blocking=True)
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -115,10 +108,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
-    """How the encoder computes: the dtype its weights are cast to, and autocast on top.
-
-    ``name`` is what logs, ``/health`` and the benchmark report ("fp32", "bf16", "fp16").
-    """
+    """How the encoder computes: the dtype its weights are cast to, and autocast on top."""
 
     name: str
     weights: torch.dtype = torch.float32
@@ -126,15 +116,8 @@ class Precision:
 
 
 def resolve_precision(device: torch.device, requested: str = "auto") -> Precision:
-    """The precision ``CLIP_PRECISION`` asks for on ``device``.
-
-    * CUDA: fp32 weights under fp16 autocast (``auto``/``fp16``), bf16 autocast, or plain fp32.
-    * CPU: ``auto`` casts the weights to bf16 when the CPU has native bf16 (ViT-B-32 encodes
-      3.5x faster than fp32 at cosine 0.9999 to the fp32 embedding, docs/performance.md), else
-      fp32; ``bf16`` casts them whatever the CPU; ``fp16`` has no fast CPU kernels and falls
-      back to fp32 with a warning. CPU autocast is never used: it re-casts every weight on
-      every call, which is slower than fp32.
-    """
+    """The precision ``CLIP_PRECISION`` asks for on ``device``: autocast on CUDA; on CPU, weights cast to bf16
+    where it is native (``auto``) or asked for (docs/performance.md). CPU autocast re-casts every weight per call."""
     if requested not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not {requested!r}")
     if requested == "fp32":
@@ -164,14 +147,8 @@ MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now (clean file pages are s
 
 
 def page_out_gpu_libraries() -> int:
-    """On a CPU, drop the resident pages of the CUDA libraries that torch's CUDA build maps.
-
-    PyPI's torch for Linux is the CUDA build, on CPU machines too: importing it maps cuBLAS,
-    NVRTC, nvJitLink and its own CUDA half, and leaves about 0.25 GB of their pages resident
-    though a CPU worker never calls them. They are read-only file pages, so the kernel only
-    drops them from this process (they would come back from the file if ever touched). Returns
-    how many bytes were asked to go; 0 where there is nothing to drop (a CPU build of torch).
-    """
+    """On a CPU, drop the ~0.25 GB of resident read-only pages of the CUDA libraries PyPI's torch maps (they
+    come back from the file if ever touched); returns the bytes asked to go, 0 for a CPU build of torch."""
     try:
         madvise = ctypes.CDLL("libc.so.6", use_errno=True).madvise
         maps = open("/proc/self/maps").read().splitlines()

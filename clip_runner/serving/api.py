@@ -1,14 +1,10 @@
 """What every route does, in one place: fields → checks → pre → batch → core → post → scores.
 
-:class:`ClipAPI` serves one warm model (:mod:`clip_runner.startup` makes it). The HTTP routes
-(``clip_http``) hand it the raw request fields; it checks them against the limits, reads the
-uploads, and runs the encode's three phases: **pre** in a thread pool, per request, in parallel,
-outside the model's batch (images decoded and preprocessed, texts tokenized once); **core** on
-the micro-batcher's model thread (arrays in, feature rows out); **post** back here (unit rows,
-scores, the contract's JSON bodies). An image field is an uploaded file or text standing for an
-image (base64, a ``data:`` URI, an image URL), which
-:class:`~clip_runner.serving.references.ImageReferences` reads: the routes answer the same
-either way. It knows nothing of HTTP, and importing it loads neither torch nor open_clip.
+:class:`ClipAPI` serves one warm model. The routes (``clip_http``) hand it the raw request
+fields; it checks them, reads the uploads (or the image texts, through
+:class:`~clip_runner.serving.references.ImageReferences`), preprocesses in a thread pool, runs
+the model on the micro-batcher and builds the JSON bodies. It knows nothing of HTTP, and
+importing it loads neither torch nor open_clip.
 """
 
 from __future__ import annotations
@@ -105,13 +101,16 @@ class ClipAPI:
     # ---- fields -----------------------------------------------------------------------------
 
     async def read_upload(self, upload: ImageField | None, field: str, budget: ByteBudget | None = None) -> bytes:
-        """An image field's bytes: a missing field is refused, nothing is read past the limit (nor,
-        for image URLs, past the request's ``budget``)."""
+        """An image field's bytes; nothing is read past the limit (nor, for URLs, past the request's ``budget``)."""
         if upload is None:
             raise InvalidInput(f"field '{field}' is required: send the image as a file, or as {FORMS}", field=field)
         if not hasattr(upload, "read"):  # text (JSON or a form's text field): base64, data: URI or URL
             return await self.references.read(upload, field, budget)
-        return self._within_limit(await upload.read(self.settings.max_image_bytes + 1), field)
+        limit = self.settings.max_image_bytes
+        if len(data := await upload.read(limit + 1)) > limit:
+            raise PayloadTooLarge(f"field '{field}': upload is larger than the limit of "
+                                  f"{limit / 1e6:.1f} MB (CLIP_MAX_IMAGE_BYTES)", field=field)
+        return data
 
     async def read_uploads(self, uploads: Sequence[ImageField] | None, field: str) -> list[bytes]:
         """1..CLIP_MAX_IMAGES image fields; one that cannot be read fails the request (the caller's contract)."""
@@ -123,9 +122,8 @@ class ClipAPI:
         return await self._read_all([(u, f"{field}[{i}]") for i, u in enumerate(uploads)], field)
 
     async def _read_all(self, fields: Sequence[tuple[ImageField, str]], field: str) -> list[bytes]:
-        """Read image fields concurrently (URL fetches overlap, within one byte budget for the
-        request, which names the list ``field`` when spent); the first failure stops the others and
-        is raised (the first in order, of several)."""
+        """Read image fields concurrently, within one byte budget named ``field``; the first failure in
+        order is raised and stops the others."""
         budget = ByteBudget(self.settings.max_request_bytes, field)
         try:
             async with asyncio.TaskGroup() as group:
@@ -135,13 +133,6 @@ class ClipAPI:
             first = min(failed.exceptions, key=lambda e: order.get(getattr(e, "field", None), -1))
             raise first from None
         return [task.result() for task in tasks]
-
-    def _within_limit(self, data: bytes, field: str) -> bytes:
-        limit = self.settings.max_image_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(f"field '{field}': upload is larger than the limit of "
-                                  f"{limit / 1e6:.1f} MB (CLIP_MAX_IMAGE_BYTES)", field=field)
-        return data
 
     def check_text(self, text: Any, field: str) -> str:
         """A non-empty string within the length limit, without control characters."""
@@ -211,15 +202,12 @@ class ClipAPI:
 
     # ---- core (the batcher's model thread) and post ----------------------------------------
 
-    async def embed_pixels(self, pixels: Sequence[np.ndarray], timings: Timings) -> np.ndarray:
-        """Unit image embeddings (N, D), sent in chunks no larger than the max batch size."""
-        return await self._embed("image", np.stack(pixels) if len(pixels) else np.zeros((0,)), timings)
-
     async def embed_texts(self, texts: Sequence[str], timings: Timings | None = None) -> np.ndarray:
         """Unit text embeddings (N, D) of checked texts."""
         return await self._embed("text", await self.tokenize(texts), timings)
 
     async def _embed(self, kind: str, items: np.ndarray, timings: Timings | None) -> np.ndarray:
+        """Unit embeddings (N, D), sent in chunks no larger than the max batch size."""
         submit = self.batcher.image_features if kind == "image" else self.batcher.text_features
         chunks = [np.zeros((0, self.embedding_size), np.float32)]
         for i in range(0, len(items), self.max_batch):
@@ -238,7 +226,7 @@ class ClipAPI:
             timings.queue_ms += waited_ms
             prepared = await self.prepare(blobs, fields, timings)
             good = [p for p in prepared if not isinstance(p, InputError)]
-            rows = iter(await self.embed_pixels(good, timings)) if good else iter(())
+            rows = iter(await self._embed("image", np.stack(good), timings)) if good else iter(())
         return [p if isinstance(p, InputError) else next(rows) for p in prepared]
 
     async def _image_row(self, upload: ImageField | None, field: str, timings: Timings) -> np.ndarray:
@@ -365,11 +353,10 @@ class ClipAPI:
         """``/health``: (status, body): what is served, where and how; 503 once the model thread stopped."""
         if not self.batcher.alive:
             return 503, {"status": "unavailable", "error": "the model thread has stopped; restart the server"}
-        body = {"status": "healthy", **self.model.info(), "threshold": self.threshold.value,
-                "threshold_source": self.threshold.source, "image_urls": self.references.url_policy,
-                "batching": {"max_batch_size": self.max_batch, "workers": self.settings.workers,
-                             "decode_threads": self.decode_threads}}
-        return 200, body
+        return 200, {"status": "healthy", **self.model.info(), "threshold": self.threshold.value,
+                     "threshold_source": self.threshold.source, "image_urls": self.references.url_policy,
+                     "batching": {"max_batch_size": self.max_batch, "workers": self.settings.workers,
+                                  "decode_threads": self.decode_threads}}
 
 
 def parse_list_field(value: Any) -> list[Any]:

@@ -1,15 +1,9 @@
 """Greedy in-process micro-batching: concurrent requests share model calls without a hop.
 
-:class:`MicroBatcher` owns one model-worker thread. Async callers submit a request's rows (a
-stack of preprocessed images, or of token ids) and await their own feature rows back. Whenever the
-model is free, the worker takes every waiting request of the kind that has waited longest, up
-to ``max_batch`` rows, and runs them as one batch. There is no wait window: an idle server
-answers a lone request at once (single-image latency), and under load batches fill by
-themselves while the previous batch runs, so their size follows the load.
-
-A batch that fails is retried request by request, so one request that breaks the model cannot
-fail the others batched with it. Each caller gets its rows in a :class:`Batch`, with the size
-and model time of the batch they ran in (the ``X-Batch-Size`` and ``Server-Timing`` headers).
+:class:`MicroBatcher` owns one model thread. Whenever the model is free it takes every waiting
+request of the kind that has waited longest, up to ``max_batch`` rows: no wait window, so a lone
+request runs at once and batches grow with the load. A failed batch is retried request by
+request, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations
@@ -55,12 +49,8 @@ class _Request:
 
 
 class MicroBatcher:
-    """Batches concurrent image and text requests onto one model, one batch at a time.
-
-    ``image_features`` and ``text_features`` are the model calls (the encoder's core phase,
-    blocking; they run on the worker thread).
-    ``max_queued`` bounds the rows waiting; beyond it a submit raises :class:`Overloaded`.
-    """
+    """Batches concurrent image and text requests onto the blocking model calls, one batch at a time on
+    the worker thread; beyond ``max_queued`` rows waiting, a submit raises :class:`Overloaded`."""
 
     def __init__(self, image_features: Callable[[np.ndarray], np.ndarray],
                  text_features: Callable[[np.ndarray], np.ndarray], max_batch: int,

@@ -1,29 +1,10 @@
 """Image URLs → bytes, fetched so that a caller cannot reach what the server can but they cannot.
 
-Off unless ``CLIP_ALLOW_IMAGE_URLS=true``. What makes a fetch safe, each in one place here:
-
-* only ``http`` and ``https``, no credentials in the URL, and with ``CLIP_IMAGE_URL_HOSTS`` set,
-  only the hosts (and ports) it names;
-* URLs are normalised first (IDNA host, percent-encoded path; httpx's parser), so what is
-  checked is what is requested;
-* the address check runs where the socket is opened (:class:`_CheckedBackend`): every name is
-  resolved here (in a small pool of its own threads: a resolver that hangs cannot starve
-  anything else), every address it resolves to must be public (not loopback, private,
-  link-local, site-local, metadata, shared, reserved or multicast), and the connection goes to the very
-  address that was checked, so DNS rebinding and redirects cannot slip past it. Redirects are
-  followed by hand, at most :data:`MAX_REDIRECTS`, each hop checked again. A host named in the
-  allow-list may be private (an intranet object store): the operator named it;
-* connect and total timeouts (``CLIP_IMAGE_URL_TIMEOUT``), the byte limit enforced while the
-  body streams (and up front from ``Content-Length``), a :class:`ByteBudget` for all the fetches
-  of one request (``CLIP_MAX_REQUEST_BYTES``, as for an upload), and a content type that must
-  be an image (or unlabelled bytes);
-* fetches are asyncio tasks on httpcore (httpx's transport layer): they wait on sockets without
-  holding the event loop, name resolution runs in a thread, and one request's fetches run
-  concurrently. Environment proxies are never used (a proxy would connect on our behalf).
-
-Every refusal is an :class:`~clip_runner.errors.InputError` naming the field and the reason:
-403 for a forbidden host or address, 413 for a body over the limit, 415 for a non-image
-content type, 400 for the rest (timeouts, unreachable hosts, upstream errors).
+Off unless ``CLIP_ALLOW_IMAGE_URLS=true``. Every name is resolved and checked where the socket
+is opened (:class:`_CheckedBackend`), and the connection goes to the very address checked;
+redirects are followed by hand, each hop checked again. docs/protocols.md lists every rule. A
+refusal is an :class:`~clip_runner.errors.InputError` naming the field: 403 for a forbidden host
+or address, 413 over a byte limit, 415 for a non-image content type, 400 for the rest.
 """
 
 from __future__ import annotations
@@ -87,12 +68,8 @@ def display(url: str) -> str:
 
 
 class ByteBudget:
-    """The bytes all the URL fetches of one request may bring in, together.
-
-    Spending it is the request's doing, not one URL's: the 413 names the list ``field`` (e.g.
-    ``images``), never whichever of the concurrent fetches happened to cross the line, so the
-    same request gets the same answer every time.
-    """
+    """The bytes all the URL fetches of one request may bring in, together. The 413 names the list
+    ``field``, not whichever concurrent fetch crossed the line, so a request always gets the same answer."""
 
     def __init__(self, limit: int, field: str) -> None:
         self.limit = self.left = limit

@@ -1,11 +1,6 @@
-"""An image field given as text → the image's bytes: base64, a ``data:`` URI, or an image URL.
-
-JSON bodies (and ``/v1/embeddings``) carry images as text; so may a multipart text field. Three
-forms are read, each checked before any work: bare base64 (standard or URL-safe alphabet,
-padding optional, whitespace ignored), a ``data:image/...;base64,`` URI, and an ``http(s)``
-URL, which is fetched by :class:`~clip_runner.serving.fetch.UrlFetcher` only when
-``CLIP_ALLOW_IMAGE_URLS`` is on. Anything else (a path, another scheme) is refused: the server
-never opens paths. The size limit is checked on the encoded length, before decoding.
+"""An image field given as text → the image's bytes: base64 (either alphabet, padding optional), a
+``data:image/...;base64,`` URI, or an ``http(s)`` URL when ``CLIP_ALLOW_IMAGE_URLS`` is on. Anything
+else is refused (paths are never opened); the size limit is checked before decoding.
 """
 
 from __future__ import annotations
@@ -56,9 +51,7 @@ class ImageReferences:
         return ", ".join(hosts) or "public addresses only"
 
     async def read(self, value: Any, field: str, budget: ByteBudget | None = None) -> bytes:
-        """The image bytes ``value`` stands for; an InputError naming ``field`` when it cannot be read.
-
-        ``budget``: the bytes left for the URL fetches of the whole request."""
+        """The image bytes ``value`` stands for (URLs within ``budget``); an InputError naming ``field``."""
         if not isinstance(value, str):
             raise InvalidInput(f"field '{field}' must be a string: {FORMS}", field=field)
         text = value.strip()

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runtimes.encoder import unit_rows
 from ..settings import DEFAULT_THRESHOLD, ClipSettings
 
 DEFAULT_CATEGORIES: tuple[str, ...] = (
@@ -86,10 +87,7 @@ def rank_labels(image: np.ndarray, labels: Sequence[str], label_rows: np.ndarray
     sims = cosine(image, label_rows)
     probs = softmax(sims, logit_scale)
     order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
-    return [
-        {"category": labels[i], "probability": float(probs[i]), "similarity": float(sims[i])}
-        for i in order
-    ]
+    return [{"category": labels[i], "probability": float(probs[i]), "similarity": float(sims[i])} for i in order]
 
 
 def prompts_for(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -99,20 +97,14 @@ def prompts_for(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
 
 def average_prompts(rows: np.ndarray, n_labels: int) -> np.ndarray:
     """(n_labels·T, D) prompt embeddings → (n_labels, D) unit label embeddings."""
-    grouped = np.asarray(rows, dtype=np.float32).reshape(n_labels, -1, rows.shape[-1]).mean(axis=1)
-    norms = np.linalg.norm(grouped, axis=1, keepdims=True)
-    return grouped / np.maximum(norms, 1e-12)
+    return unit_rows(np.asarray(rows, dtype=np.float32).reshape(n_labels, -1, rows.shape[-1]).mean(axis=1))
 
 
 EncodeTexts = Callable[[list[str]], Awaitable[np.ndarray]]
 
 
 class LabelCache:
-    """Label-set embeddings cached across requests (LRU over label sets).
-
-    The default categories are encoded once per model; custom label sets are cached too, so
-    repeated ``/classify`` calls with the same categories cost only the image encode.
-    """
+    """Label-set embeddings cached across requests (LRU over label sets, the default one included)."""
 
     def __init__(self, templates: Sequence[str], max_sets: int = 64) -> None:
         self.templates = tuple(templates)

@@ -45,7 +45,7 @@ class ServedModel:
             "reason": selection.reason,
             "fallback": selection.fallback,
             "hardware": selection.hardware,
-            "runtime_choice": self.choice.to_dict(),
+            "runtime_choice": dataclasses.asdict(self.choice),
             "threads": self.threads,
             "image_size": entry.metadata.get("image_size"),
         }

@@ -1,12 +1,8 @@
 """Fetch pretrained OpenCLIP weight files from the Hugging Face Hub for the model store.
 
-Every pretrained entry of open_clip names a hub repo (``hf_hub``); files are fetched with
-``huggingface_hub.hf_hub_download``, so ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and its
-cache all behave as users expect, and interrupted downloads resume.
-
-Only failures that a retry can fix (:func:`should_retry`) are retried, with exponential backoff;
-the final failure is a :class:`DownloadError` that says what was requested and what went wrong.
-Only files are fetched here; nothing is deserialised.
+Files come through ``hf_hub_download`` (so ``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
+its cache behave as usual); only failures a retry can fix are retried, and the last one is a
+:class:`DownloadError`. Nothing is deserialised here.
 """
 
 from __future__ import annotations
@@ -54,11 +50,7 @@ class HubFiles:
 
 def download_pretrained(arch: str, pretrained: str, *, cache_dir: str | None = None, retries: int = 3,
                         backoff_s: float = 2.0) -> Path:
-    """Fetch the weights file open_clip knows as ``arch``/``pretrained`` (e.g. "ViT-B-32", "openai").
-
-    From the entry's hub repo, preferring a ``.safetensors`` alternative of the named file (as
-    open_clip itself does). ``cache_dir`` overrides the hub cache (``$HF_HOME/hub``).
-    """
+    """The weights file open_clip knows as ``arch``/``pretrained``, a ``.safetensors`` alternative first."""
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -75,12 +67,7 @@ def download_pretrained(arch: str, pretrained: str, *, cache_dir: str | None = N
 
 def download_hub_repo(repo_id: str, *, cache_dir: str | None = None, retries: int = 3,
                       backoff_s: float = 2.0) -> HubFiles:
-    """Fetch an open_clip-format hub repo (``hf-hub:org/repo``): its config and its weights,
-    ``open_clip_model.safetensors`` when present, else ``open_clip_pytorch_model.bin``.
-
-    A repo without ``open_clip_config.json`` yields ``config_path=None``; the caller decides
-    whether that is acceptable.
-    """
+    """An open_clip-format hub repo's config (None when it has none) and weights (safetensors first)."""
     hub = _HubRepo(repo_id, label=f"hf-hub:{repo_id}", cache_dir=cache_dir, retries=retries, backoff_s=backoff_s)
     return HubFiles(config_path=hub.fetch_first([CONFIG_FILE], required=False),
                     weights_path=hub.fetch_first([WEIGHTS_FILE, HF_WEIGHTS_NAME]))
@@ -121,12 +108,8 @@ class _HubRepo:
     def fetch_first(self, filenames: list[str], *, required: bool) -> Path | None: ...
 
     def fetch_first(self, filenames: list[str], *, required: bool = True) -> Path | None:
-        """The first of ``filenames`` that the repo has (downloaded, or found in the cache), retrying
-        transient failures; ``None`` when it has none of them and they are not ``required``.
-
-        Only a missing file moves on to the next name: after a network failure the next name
-        would most likely fail too, and silently settling for a pickle would hide the problem.
-        """
+        """The first of ``filenames`` the repo has; ``None`` when it has none and they are not ``required``.
+        Only a missing file moves on to the next name: settling for a pickle after a network failure would hide it."""
         offline = False
         for filename in filenames:
             try:
@@ -144,9 +127,7 @@ class _HubRepo:
                             f"(endpoint {hf_constants.ENDPOINT})")
 
     def fetch(self, filename: str) -> Path:
-        """Download one file (or find it in the cache) in up to ``retries`` tries, waiting ``backoff_s``,
-        2x, 4x ... (capped at 60 s) between them; only :func:`should_retry` errors are retried, the
-        last error is re-raised."""
+        """Download one file (or find it in the cache), retrying :func:`should_retry` errors with backoff."""
         attempts = max(1, self.retries)
 
         def log(state: tenacity.RetryCallState) -> None:
@@ -162,21 +143,13 @@ class _HubRepo:
 
 
 def is_missing_file(exc: BaseException) -> bool:
-    """Whether ``exc`` means "this repo has no such file" (so another file name may be tried).
-
-    In offline mode a file that is not in the cache counts as missing too, so that a cached
-    ``.bin`` is still found when its ``.safetensors`` alternative was never downloaded.
-    """
+    """Whether ``exc`` means "this repo has no such file" (offline: not in the cache), so another name may be tried."""
     return isinstance(exc, RemoteEntryNotFoundError) or (
         isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, OfflineModeIsEnabled))
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying may help: network and timeout errors, HTTP 5xx, 408 and 429.
-
-    huggingface_hub talks HTTP through ``httpx2`` (a package of its own, not httpx). Missing or
-    gated repos, missing files and 401/403 are not transient, and neither is offline mode.
-    """
+    """Whether retrying may help: network and timeout errors, HTTP 5xx, 408 and 429 (never offline mode)."""
     if isinstance(exc, LocalEntryNotFoundError):
         # hf_hub_download reports a failed metadata request this way; the cause says why.
         return exc.__cause__ is not None and is_transient(exc.__cause__)

@@ -1,20 +1,10 @@
 """The model store's read side: what an entry holds, read without torch.
 
-An entry is a directory with the open_clip hub layout, so ``open_clip`` can load it directly
-with its ``local-dir:`` schema:
-
-* ``open_clip_config.json`` — ``{"model_cfg": ..., "preprocess_cfg": ...}``
-* ``open_clip_model.safetensors`` — the weights (never a pickle)
-
-A compiled entry (``python -m models compile``, :mod:`clip_runner.compile`) holds the same
-config file and, instead of the weights, each tower as an OpenVINO model (``image.xml/.bin``,
-``text.xml/.bin``) and the tokenizer as ``tokenizer.json``; its labels add ``runtime``,
-``precision`` and ``parent``, its metadata the :class:`Parity` to the parent. Entries are
-written by :mod:`clip_runner.store.weights` (torch) and the compiler.
-
-Labels carry ``arch``, ``pretrained`` and ``source``; metadata carries everything a server
-needs without loading the weights (embedding size, image size, mean/std, context length,
-logit scale, open_clip version, weights sha256, and a calibrated threshold when one exists).
+An entry is a directory in open_clip's hub layout (``open_clip_config.json`` and
+``open_clip_model.safetensors``), loadable with open_clip's ``local-dir:`` schema. A compiled
+entry holds the config, each tower as OpenVINO ``image``/``text`` ``.xml``/``.bin`` and
+``tokenizer.json``. Labels say where it came from; metadata holds what a server needs
+without loading the weights.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Settings → the model-store tag to serve, registering the model on first use.
 
-``CLIP_MODEL_TAG`` wins; else ``CLIP_MODEL_PATH`` (a checkpoint of ``CLIP_MODEL_NAME``'s
-architecture); else ``CLIP_MODEL_NAME`` (+ ``CLIP_PRETRAINED``; ``demo`` is the bundled demo
-model); else the hardware-aware default, the largest CLIP the accelerator comfortably holds. A
-missing entry is registered (downloaded) when allowed. When nothing was configured and the
-default cannot be had, the bundled demo model serves instead, loudly, unless
-``CLIP_STRICT_MODEL`` forbids it. The default's decision is kept beside the store
-(``clip_hardware.json``) and shown by ``/health``.
+``CLIP_MODEL_TAG`` wins, then ``CLIP_MODEL_PATH``, then ``CLIP_MODEL_NAME``, else the
+hardware-aware default, falling back to the demo model unless ``CLIP_STRICT_MODEL``
+(docs/demo-and-finetuning.md). The default's decision is kept in ``clip_hardware.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ import logging
 import socket
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 from urllib.parse import urlparse
 
 from huggingface_hub import constants as hf_constants
@@ -77,10 +72,6 @@ class DefaultChoice:
     pretrained: str
     rule: str
     facts: HardwareFacts
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch, "pretrained": self.pretrained, "rule": self.rule,
-                "facts": dataclasses.asdict(self.facts)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +160,9 @@ def _select_default(settings: ClipSettings, register_missing: bool) -> Selection
                        choice.arch, choice.pretrained, _first_line(exc))
         selection = Selection(_store().register_demo(), f"fallback to the demo model: {choice.arch}/"
                               f"{choice.pretrained} unavailable ({_first_line(exc)})", fallback=True)
-    selection = dataclasses.replace(selection, hardware=choice.to_dict())
-    entries.write_beside_store(DECISION_FILE, {**choice.to_dict(), "served_tag": selection.tag,
-                                       "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    selection = dataclasses.replace(selection, hardware=dataclasses.asdict(choice))
+    entries.write_beside_store(DECISION_FILE, {**selection.hardware, "served_tag": selection.tag,
+                                               "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     return selection
 
 
@@ -194,11 +185,8 @@ def _select_checkpoint(path: Path, ref: ModelRef, register_missing: bool) -> Sel
 
 
 def hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:
-    """Why the hub endpoint cannot be reached right now, or None when a TCP connection opens.
-
-    A quick probe used before an *implicit* default download: with no network the hub client
-    would otherwise spend tens of seconds retrying before the demo fallback could start.
-    """
+    """Why the hub cannot be reached now, or None: a quick probe before an implicit default download, whose
+    retries would otherwise hold the demo fallback back for tens of seconds."""
     if hf_constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     endpoint = urlparse(hf_constants.ENDPOINT)

@@ -56,11 +56,7 @@ def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
 def build_from_config(
     model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: Path | None = None
 ) -> tuple[torch.nn.Module, Tokenizer]:
-    """(model, tokenizer) from configs (+ weights), through open_clip's local-dir loader.
-
-    The same loader reads store entries, so a model built here is built exactly as it will be
-    served. Without ``weights`` the model has open_clip's random initialisation.
-    """
+    """(model, tokenizer) from configs (+ weights, else random init) through the loader that reads store entries."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
@@ -73,12 +69,8 @@ def build_from_config(
 
 def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype = torch.float32, *,
                verify: bool = True) -> LoadedModel:
-    """Load a store entry onto ``device`` in eval mode, its weights straight in ``dtype``.
-
-    The model is built in ``dtype`` and the stored weights are copied in one tensor at a time,
-    so serving bf16 never holds an fp32 copy of the model (ViT-B-32: 0.3 GB instead of 1.2 GB
-    at peak).
-    """
+    """Load a store entry onto ``device`` in eval mode, built in ``dtype`` and filled one tensor at a time (so
+    serving bf16 never holds an fp32 copy: ViT-B-32 peaks at 0.3 GB instead of 1.2 GB)."""
     if isinstance(entry, str):
         entry = open_entry(entry)
     start = time.perf_counter()
@@ -123,12 +115,8 @@ def _quiet_about_random_init() -> Iterator[None]:
 
 
 def _copy_weights(model: torch.nn.Module, weights: Path) -> None:
-    """Copy a safetensors file into ``model``'s tensors one at a time (cast on the way).
-
-    Read with plain file reads rather than safetensors' memory map: the mapped file's pages
-    count in the worker's RSS until it closes (0.6 GB for ViT-B-32's fp32 file), on top of the
-    model itself; read this way, the peak is the model plus its largest tensor.
-    """
+    """Copy a safetensors file into ``model``'s tensors one at a time, cast on the way. Plain reads, not a
+    memory map, whose pages would count in the worker's RSS on top of the model (0.6 GB for ViT-B-32)."""
     targets = model.state_dict()
     with weights.open("rb") as stored:
         header_size = int.from_bytes(stored.read(8), "little")

@@ -1,12 +1,7 @@
-"""Building and evaluating the bundled demo model: a small CLIP that knows coloured shapes.
+"""Building and evaluating the bundled demo model (``models/demo/``): a small CLIP that knows coloured shapes.
 
-``models/demo/`` holds its weights, open_clip config and ``demo.json`` (label set, prompt templates,
-calibrated threshold, evaluation and training figures). :func:`build_demo` (``python -m models
-build-demo``) trains it from random weights with the project's fine-tuning pipeline on images drawn
-by :mod:`clip_runner.synthetic_images`. :func:`evaluate` (``python -m models evaluate [TAG]``) is its
-report card on a held-out generated set: zero-shot top-1 over the full label set with the prompt
-templates averaged, as ``/classify`` does, and the F1 of the mismatch class (each image paired with
-its caption and with a shuffled one) at the threshold the service would use and at the best one.
+:func:`build_demo` trains it from random weights on :mod:`clip_runner.synthetic_images`;
+:func:`evaluate` is its report card on a held-out generated set (docs/demo-and-finetuning.md).
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import synthetic_images
-from ..preprocessing.images import PixelPipeline
+from ..preprocessing.images import PREPROCESS_DEFAULTS, PixelPipeline
 from ..runtimes.encoder import Encoder, encode_in_chunks
 from ..runtimes.torch_encoder import TorchEncoder
 from ..serving.scoring import average_prompts, prompts_for
@@ -49,10 +44,7 @@ DEMO_MODEL_CFG: dict[str, Any] = {
                    "timm_pool": "avg", "timm_proj": "", "image_size": 224},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2},
 }
-DEMO_PREPROCESS_CFG: dict[str, Any] = {
-    "size": 224, "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
-    "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic", "resize_mode": "shortest",
-}
+DEMO_PREPROCESS_CFG: dict[str, Any] = dict(PREPROCESS_DEFAULTS)  # open_clip's defaults: ViT-B-32's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +83,7 @@ class Evaluation(MetadataRecord):
 
 
 def evaluate(model: LoadedModel | Encoder, count: int = 1000, seed: int = EVAL_SEED) -> Evaluation:
-    """Zero-shot accuracy and mismatch F1 on ``count`` generated images of a loaded torch model
-    (computed in fp32) or of any encoder (a compiled entry's, say)."""
+    """Zero-shot accuracy and mismatch F1 on ``count`` generated images of a torch model (in fp32) or any encoder."""
     if count < 2:
         raise ValueError("evaluation needs at least 2 images")
     encoder = model if isinstance(model, Encoder) else TorchEncoder(model, precision="fp32")
@@ -151,11 +142,7 @@ class DemoBuild:
 
 
 def build_demo(out_dir: Path = DEMO_DIR, recipe: DemoRecipe | None = None, *, progress: bool = True) -> DemoBuild:
-    """Generate data, train from scratch, calibrate, evaluate and write the bundle to ``out_dir``.
-
-    Training, calibration and evaluation sets come from different seeds of
-    :mod:`clip_runner.synthetic_images`, so the reported figures are on images the model never saw.
-    """
+    """Generate data, train from scratch, calibrate, evaluate (on images of other seeds) and write the bundle."""
     recipe = recipe or DemoRecipe()
     start = time.perf_counter()
     threads = torch.get_num_threads()

@@ -1,11 +1,7 @@
 """Contrastive fine-tuning of a CLIP model on image–caption pairs listed in a CSV.
 
-The model starts from a store entry, or from random weights of an open_clip architecture or a
-model-config JSON, and is trained with open_clip's ``ClipLoss``, AdamW and a cosine learning rate
-schedule with linear warmup. After every epoch the run measures image→text recall@1 and the loss on
-a held-out split and writes a checkpoint that a later run can resume from (the open_clip
-``local-dir`` layout plus ``train_state.json`` and ``optimizer.pt``). The result is registered as a
-new store version with its metrics in metadata.
+open_clip's ``ClipLoss``, AdamW, and a cosine schedule with warmup; every epoch is validated and
+checkpointed (resumable), and the result is registered as a new store version.
 """
 
 from __future__ import annotations
@@ -326,14 +322,8 @@ def finetune(csv_path: str | Path, config: TrainConfig, *, tag: str | None = Non
              model_config: str | Path | None = None, image_root: str | Path | None = None,
              resume: str | Path | None = None, name: str | None = None, register: bool = True,
              metadata: dict[str, Any] | None = None) -> FinetuneResult:
-    """Fine-tune on the CSV's pairs and register the result as a new store version.
-
-    Start from exactly one of ``tag``, ``arch`` or ``model_config``, or continue the run saved
-    in the checkpoint folder ``resume`` (its hyperparameters win; ``config.epochs`` says where
-    it stops). ``metadata`` (e.g. ``categories``, ``prompt_templates``) is stored with the
-    result, as metadata inherited from a base model is. Raises
-    :class:`~clip_runner.training.pairs.PairDataError` when the CSV has fewer than two usable pairs.
-    """
+    """Fine-tune on the CSV's pairs from one of ``tag``, ``arch`` or ``model_config``, or continue the checkpoint
+    ``resume`` (its hyperparameters win), and register the result with ``metadata`` as a new store version."""
     start = time.perf_counter()
     if resume is not None:
         run = _resumed_run(resume, config)
