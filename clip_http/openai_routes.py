@@ -125,7 +125,7 @@ def _model_card(api: ClipAPI) -> dict[str, Any]:
     return {"id": names[0], "object": "model", "created": int(entry.path.stat().st_mtime),
             "owned_by": "clip-service", "aliases": list(names[1:]), "embedding_size": api.embedding_size,
             "image_size": entry.metadata.get("image_size"), "context_length": entry.metadata.get("context_length"),
-            "modalities": ["text", "image"]}
+            "scores": api.scorer.to_json(), "modalities": ["text", "image"]}
 
 
 async def models(request: Request) -> dict[str, Any]:

@@ -33,9 +33,9 @@ def _register(args: argparse.Namespace) -> None:
     if args.random_init:
         print(f"WARNING: registering {args.random_init} with RANDOM weights: for benchmarks and tests only, "
               "its embeddings carry no meaning.", file=sys.stderr)
-        tag = registry.register_random(args.random_init, seed=args.seed, name=args.name)
+        tag = registry.register_random(args.random_init, seed=args.seed, name=args.name, tokenizer=args.tokenizer)
     elif args.checkpoint:
-        tag = registry.register_checkpoint(args.checkpoint, args.arch, name=args.name)
+        tag = registry.register_checkpoint(args.checkpoint, args.arch, name=args.name, tokenizer=args.tokenizer)
     elif (ref := parse_model_name(args.model or DEFAULT_MODEL_NAME, args.pretrained)).hub_repo:
         tag = registry.register_hub_repo(ref.hub_repo, retries=args.retries)
     else:
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--random-init", metavar="ARCH",
                      help="random weights for benchmarks (arch name or model-config JSON)")
     reg.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    reg.add_argument("--tokenizer", type=Path, metavar="DIR",
+                     help="a local Hugging Face tokenizer folder, for --random-init or --checkpoint of a model "
+                          "that needs one (SigLIP)")
     reg.add_argument("--name", help="store name (default derived from the model)")
     reg.add_argument("--retries", type=int, default=3, help="download attempts per file")
     sub.add_parser("list", help="list CLIP models in the store").set_defaults(run=_list)

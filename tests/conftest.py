@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any, NamedTuple
 
 # The model store location must be fixed before bentoml is imported anywhere.
 _HOME = tempfile.mkdtemp(prefix="clip-test-bentoml-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # each run's store is hundreds of MB
 os.environ["BENTOML_HOME"] = _HOME
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
@@ -22,6 +26,7 @@ from PIL import Image  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CONFIG = FIXTURES / "tiny_clip.json"
+TINY_SIGLIP_CONFIG = FIXTURES / "tiny_siglip.json"  # a sigmoid model with a Hugging Face tokenizer
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"  # the bundled demo model's files
 
 
@@ -150,6 +155,52 @@ def reference(tiny_tag: str) -> Reference:
     import bentoml
 
     return open_clip_reference(Path(bentoml.models.get(tiny_tag).path))
+
+
+# Sentences in several scripts: what the tiny SigLIP tokenizer learns its vocabulary from.
+SIGLIP_CORPUS = ("a photo of a cat", "a photo of a dog on a table", "un chat sur une table", "ein Hund im Park",
+                 "猫の写真", "桌子上的狗", "собака на столе", "صورة قطة", "a red square and a blue circle")
+
+
+def write_siglip_tokenizer(folder: Path) -> Path:
+    """A small SentencePiece-style (Unigram) Hugging Face tokenizer, saved as a tokenizer folder is: it pads
+    with its end token ``</s>``, as SigLIP's does."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tokenizer.train_from_iterator(list(SIGLIP_CORPUS) * 20, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "</s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "model_max_length": 16}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def siglip_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Hugging Face tokenizer folder (what ``--tokenizer DIR`` takes)."""
+    return write_siglip_tokenizer(tmp_path_factory.mktemp("siglip-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_tag(siglip_tokenizer: Path) -> str:
+    """A tiny random sigmoid (SigLIP-style) model with its tokenizer, registered in the test store."""
+    from clip_runner.store.registration import register_random
+
+    return register_random(str(TINY_SIGLIP_CONFIG), seed=0, tokenizer=siglip_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def siglip_reference(tiny_siglip_tag: str) -> Reference:
+    """The tiny SigLIP as plain open_clip loads it from its store entry (its tokenizer through transformers)."""
+    import bentoml
+
+    return open_clip_reference(Path(bentoml.models.get(tiny_siglip_tag).path))
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,7 @@ class AnalyzeResult(TypedDict):
     text: str
     similarity: float
     is_mismatch: bool
+    probability: NotRequired[float]  # sigmoid (SigLIP) models: what the threshold is compared with
     threshold: float
     threshold_source: str
     margin: float
@@ -119,6 +120,7 @@ class Health(TypedDict):
     arch: NotRequired[str | None]
     source: NotRequired[str | None]
     reason: NotRequired[str]
+    scores: NotRequired[dict[str, Any]]  # {"family": "softmax" | "sigmoid", "logit_scale", "logit_bias"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +363,7 @@ class AsyncClipClient:
         return await self._send("POST", "/encode_text", _vector, json={"text": payload})
 
     async def similarity(self, image: ImageInput, texts: Sequence[str]) -> SimilarityResult:
-        """Cosine similarity of one image with each text, plus softmax probabilities."""
+        """Cosine similarity of one image with each text, plus the model's probabilities (softmax or sigmoid)."""
         return await self._send("POST", "/similarity", _as_is,
                                 **self._images({"image": image}, texts=text_list(texts, "texts")))
 

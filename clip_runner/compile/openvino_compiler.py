@@ -89,7 +89,9 @@ def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, 
         for name in (CONFIG_FILE, TOKENIZER_FILE):
             if (traced / name).is_file():
                 shutil.copy(traced / name, folder / name)
-        if not exported["tokenizer_written"]:
+        for name in parent.metadata.get("tokenizer_sha256", {}):  # a Hugging Face tokenizer, kept as it is
+            shutil.copy(parent.path / name, folder / name)
+        if not exported["tokenizer_written"] and not parent.hf_tokenizer:
             logger.warning("%s's tokenizer is not plain CLIP BPE: serving this entry will import torch "
                            "for open_clip's tokenizer", parent.tag)
         draft = dataclasses.replace(parent, tag=f"{parent.tag} ({precision}, compiling)", path=folder,
@@ -134,7 +136,8 @@ def _export(*args: Any) -> dict[str, Any]:
 def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str, Any]) -> str:
     labels = {**parent.labels, "source": "compiled", "runtime": OPENVINO, "precision": precision, "parent": parent.tag}
     metadata = {k: v for k, v in parent.metadata.items() if not k.startswith("weights_")}
-    files = [name for name in (*COMPILED_FILES, TOKENIZER_FILE) if (folder / name).is_file()]
+    tokenizer = dict.fromkeys((TOKENIZER_FILE, *parent.metadata.get("tokenizer_sha256", {})))
+    files = [name for name in (*COMPILED_FILES, *tokenizer) if (folder / name).is_file()]
     metadata.update(facts, files_sha256={name: sha256_file(folder / name) for name in files})
     with bentoml.models.create(compiled_name(parent, precision), labels=labels, metadata=metadata) as ref:
         for name in (CONFIG_FILE, *files):

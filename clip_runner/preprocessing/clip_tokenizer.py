@@ -10,13 +10,13 @@ memory). Tests hold the two token for token on plain, Unicode, HTML-escaped and 
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 
-import ftfy
 import numpy as np
 from tokenizers import Tokenizer
+
+from .hf_tokenizer import CLEANERS
 
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 # open_clip's split pattern, less its special tokens (``tokenizers`` matches those first).
@@ -32,15 +32,10 @@ class ClipTokenizer:
         self.sot, self.eot = (self._bpe.token_to_id(token) for token in SPECIAL_TOKENS)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        encoded = self._bpe.encode_batch([_clean(text) for text in texts], add_special_tokens=False)
+        encoded = self._bpe.encode_batch([CLEANERS["lower"](text) for text in texts], add_special_tokens=False)
         rows = np.zeros((len(texts), self.context_length), dtype=np.int64)
         for row, tokens in zip(rows, encoded, strict=True):
             ids = [self.sot, *tokens.ids[: self.context_length - 2], self.eot]  # too long: cut, still ends in eot
             row[: len(ids)] = ids
         return rows
 
-
-def _clean(text: str) -> str:
-    """open_clip's default cleaning: fix mojibake, unescape HTML twice, collapse whitespace, lower."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).lower()

@@ -23,6 +23,7 @@ class Encoder:
     entry served; ``describe()`` feeds ``/health`` and the start-up log."""
 
     entry: StoreEntry
+    padding: tuple[int, bool] = (0, False)  # CLIP BPE pads with 0; a Hugging Face tokenizer says its own
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """pre: N texts → (N, context_length) int64 token ids, zero-padded, cut at the context length."""
@@ -35,6 +36,10 @@ class Encoder:
     def text_features(self, tokens: np.ndarray) -> np.ndarray:
         """core: (N, context_length) token ids → (N, D) float32 features (not normalised)."""
         raise NotImplementedError
+
+    def token_counts(self, tokens: np.ndarray) -> list[int]:
+        """Tokens the model reads per row of :meth:`tokenize`'s ids."""
+        return token_counts(tokens, *self.padding)
 
     def describe(self) -> dict[str, Any]:
         """Runtime, device, precision and load time, for ``/health`` and logs."""
@@ -72,9 +77,14 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
 
 
-def token_counts(tokens: np.ndarray) -> list[int]:
-    """Tokens the model reads per row of ids: start and end tokens included (ids are zero-padded)."""
-    return [int(np.flatnonzero(row)[-1]) + 1 if row.any() else 0 for row in np.asarray(tokens)]
+def token_counts(tokens: np.ndarray, pad_id: int = 0, pad_ends: bool = False) -> list[int]:
+    """Tokens the model reads per row of ids, start and end tokens included: up to the last one that is not
+    padding (and one more when the pad token is the end token too, as SigLIP's is)."""
+    counts = []
+    for row in np.asarray(tokens):
+        content = np.flatnonzero(row != pad_id)
+        counts.append(min((int(content[-1]) + 1 if len(content) else 0) + pad_ends, len(row)))
+    return counts
 
 
 def encode_in_chunks(encode: Callable[[Any], np.ndarray], items: Sequence[Any], size: int = 64) -> np.ndarray:

@@ -3,7 +3,8 @@
 :mod:`clip_runner.compile` makes compiled entries (``python -m models compile``). The image
 graph takes the batcher's uint8 pixels as they are (scaling and normalisation are compiled
 into it); the text graph takes the ids of the entry's ``tokenizer.json``, run by
-:class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer`. This module is the only home
+:class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer` (CLIP BPE) or
+:class:`~clip_runner.preprocessing.hf_tokenizer.HFTextTokenizer` (SigLIP's). This module is the only home
 of OpenVINO on the serving side: the runtime choice imports it only when OpenVINO is installed
 (``pip install 'clip-service[openvino]'``).
 
@@ -24,6 +25,7 @@ import openvino as ov
 
 from ..errors import ModelNotAvailable
 from ..preprocessing.clip_tokenizer import ClipTokenizer
+from ..preprocessing.hf_tokenizer import HFTextTokenizer
 from ..store.entries import OPENVINO, TOKENIZER_FILE, StoreEntry, verify_files
 from .encoder import Encoder, check_pixels
 
@@ -49,6 +51,8 @@ class OpenVINOEncoder(Encoder):
         except RuntimeError as exc:
             raise ModelNotAvailable(f"store entry {entry.tag}: OpenVINO could not compile it: {exc}") from exc
         self._tokenizer = _tokenizer(entry)
+        if isinstance(self._tokenizer, HFTextTokenizer):
+            self.padding = self._tokenizer.padding
         self.load_seconds = time.perf_counter() - start
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
@@ -69,6 +73,8 @@ class OpenVINOEncoder(Encoder):
 
 def _tokenizer(entry: StoreEntry) -> Callable[[list[str]], Any]:
     """The entry's torch-free tokenizer; open_clip's for an entry compiled without one."""
+    if entry.hf_tokenizer:
+        return HFTextTokenizer.for_model(entry.path, entry.model_cfg)
     if (entry.path / TOKENIZER_FILE).is_file():
         return ClipTokenizer(entry.path / TOKENIZER_FILE, int(entry.metadata.get("context_length", 77)))
     import open_clip  # torch boundary: only for a tokenizer that is not CLIP BPE (the compile log warned)

@@ -19,7 +19,7 @@ import torch
 from ..hardware import cpu_has_native_bf16
 from ..settings import ClipSettings
 from ..store.entries import StoreEntry
-from ..store.weights import LoadedModel, load_entry
+from ..store.weights import LoadedModel, TorchIds, load_entry
 from .encoder import Encoder, check_pixels, warn_fp16_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ class TorchEncoder(Encoder):
         """Wrap ``loaded``, casting its weights to ``precision`` (a no-op when loaded so)."""
         self.loaded = loaded
         self.entry = loaded.entry
+        if isinstance(loaded.tokenizer, TorchIds):
+            self.padding = loaded.tokenizer.tokenizer.padding
         self.device = loaded.device
         if isinstance(precision, str):
             precision = resolve_precision(self.device, precision)

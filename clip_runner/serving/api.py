@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError, InvalidInput, PayloadTooLarge
 from ..preprocessing.images import UploadPreparer
-from ..runtimes.encoder import token_counts, unit_rows
+from ..runtimes.encoder import unit_rows
 from ..settings import ClipSettings
 from . import scoring
 from .batcher import Batch, DecodeWindow, MicroBatcher
@@ -83,7 +83,7 @@ class ClipAPI:
         self.references = ImageReferences.from_settings(settings)
         self.max_batch = settings.max_batch  # resolved once: it may probe the device
         self.embedding_size = entry.embedding_size
-        self.logit_scale = float(metadata.get("logit_scale", 100.0))
+        self.scorer = scoring.Scorer.of(metadata)
         self.threshold = scoring.resolve_threshold(settings, metadata)
         self.categories: tuple[str, ...] = tuple(metadata.get("categories") or DEFAULT_CATEGORIES)
         self.labels = scoring.LabelCache(metadata.get("prompt_templates") or DEFAULT_TEMPLATES)
@@ -165,8 +165,9 @@ class ClipAPI:
             value = float(override)
         except (TypeError, ValueError):
             raise InvalidInput("field 'threshold' must be a number", field="threshold") from None
-        if not -1.0 <= value <= 1.0:
-            raise InvalidInput("field 'threshold' must be between -1 and 1", field="threshold")
+        low = 0.0 if self.scorer.sigmoid else -1.0  # a probability, or a cosine
+        if not low <= value <= 1.0:
+            raise InvalidInput(f"field 'threshold' must be between {low:g} and 1", field="threshold")
         return scoring.Threshold(value, "request")
 
     @staticmethod
@@ -263,16 +264,16 @@ class ClipAPI:
         return (await self.embed_texts([self.check_text(text, "text")], timings))[0].tolist()
 
     async def similarity(self, upload: ImageField | None, texts: Any, timings: Timings) -> dict[str, Any]:
-        """``/similarity``: cosine of one image with 1..N texts, plus softmax probabilities."""
+        """``/similarity``: cosine of one image with 1..N texts, plus the model's probabilities."""
         checked = self.check_texts(texts, "texts")
         image, text_rows = await asyncio.gather(
             self._image_row(upload, "image", timings), self.embed_texts(checked, timings))
-        results = scoring.similarity_scores(image, checked, text_rows, self.logit_scale)
+        results = scoring.similarity_scores(image, checked, text_rows, self.scorer)
         return {
             "results": results,
             "similarities": [r["similarity"] for r in results],
             "probabilities": [r["probability"] for r in results],
-            "best_match": max(results, key=lambda r: r["similarity"])["text"],
+            "best_match": max(results, key=lambda r: r["probability"])["text"],
         }
 
     async def analyze(self, upload: ImageField | None, field: str, text: Any, threshold: Any,
@@ -283,7 +284,7 @@ class ClipAPI:
         checked, limit = self.check_text(text, "text"), self.threshold_for(threshold)
         image, text_rows = await asyncio.gather(
             self._image_row(upload, field, timings), self.embed_texts([checked], timings))
-        return {"text": checked, **scoring.analyze_pair(float(text_rows[0] @ image), limit)}
+        return {"text": checked, **scoring.analyze_pair(float(text_rows[0] @ image), limit, self.scorer)}
 
     async def analyze_batch(self, uploads: Sequence[ImageField] | None, field: str, texts: Any,
                             threshold: Any, timings: Timings) -> dict[str, Any]:
@@ -298,7 +299,7 @@ class ClipAPI:
             self._image_rows(blobs, [f"{field}[{i}]" for i in range(len(blobs))], timings),
             self.embed_texts(checked, timings))
         results = [{"text": text, "error": row.message, "status": row.status} if isinstance(row, InputError)
-                   else {"text": text, **scoring.analyze_pair(float(row @ text_row), limit)}
+                   else {"text": text, **scoring.analyze_pair(float(row @ text_row), limit, self.scorer)}
                    for text, row, text_row in zip(checked, rows, text_rows, strict=True)]
         return {"results": results}
 
@@ -312,7 +313,7 @@ class ClipAPI:
         k = self.check_top_k(top_k)
         image, label_rows = await asyncio.gather(
             self._image_row(upload, field, timings), self.labels.get(labels, self.embed_texts))
-        ranked = scoring.rank_labels(image, labels, label_rows, self.logit_scale, min(k, len(labels)))
+        ranked = scoring.rank_labels(image, labels, label_rows, self.scorer, min(k, len(labels)))
         return {
             "predictions": ranked,
             "top_category": ranked[0]["category"],
@@ -341,7 +342,7 @@ class ClipAPI:
             rows[i] = row
         rows[[i for i, _ in texts]] = text_rows
         tokens = [0] * len(items)
-        for (i, _), count in zip(texts, token_counts(ids), strict=True):
+        for (i, _), count in zip(texts, self.model.encoder.token_counts(ids), strict=True):
             tokens[i] = count
         return rows, tokens
 
@@ -353,7 +354,8 @@ class ClipAPI:
         """``/health``: (status, body): what is served, where and how; 503 once the model thread stopped."""
         if not self.batcher.alive:
             return 503, {"status": "unavailable", "error": "the model thread has stopped; restart the server"}
-        return 200, {"status": "healthy", **self.model.info(), "threshold": self.threshold.value,
+        return 200, {"status": "healthy", **self.model.info(), "scores": self.scorer.to_json(),
+                     "threshold": self.threshold.value,
                      "threshold_source": self.threshold.source, "image_urls": self.references.url_policy,
                      "batching": {"max_batch_size": self.max_batch, "workers": self.settings.workers,
                                   "decode_threads": self.decode_threads}}

@@ -1,5 +1,5 @@
-"""Scores built on unit embeddings: cosine similarity, softmax, mismatch, zero-shot ranking, and
-the default zero-shot label set (product categories) with its prompt templates."""
+"""Scores built on unit embeddings: cosine similarity, probabilities (softmax or sigmoid), mismatch,
+zero-shot ranking, and the default zero-shot label set (product categories) with its prompt templates."""
 
 from __future__ import annotations
 
@@ -35,22 +35,57 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+SIGMOID_THRESHOLD = 0.5  # a sigmoid model's probability is calibrated per pair: below even odds is a mismatch
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """How a model's cosines become probabilities, by the loss it was trained with: CLIP's softmax over the
+    candidates given (they sum to one), or SigLIP's sigmoid of each pair alone (they need not)."""
+
+    family: str  # "softmax" or "sigmoid"
+    logit_scale: float
+    logit_bias: float = 0.0
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> Scorer:
+        """The scorer a store entry's metadata describes (entries that predate families are softmax CLIPs)."""
+        return cls(metadata.get("family", "softmax"), float(metadata.get("logit_scale", 100.0)),
+                   float(metadata.get("logit_bias", 0.0)))
+
+    @property
+    def sigmoid(self) -> bool:
+        return self.family == "sigmoid"
+
+    def probabilities(self, similarities: np.ndarray) -> np.ndarray:
+        """Each candidate's probability of matching: softmax(scale · cos), or sigmoid(scale · cos + bias)."""
+        logits = np.asarray(similarities, dtype=np.float64) * self.logit_scale
+        if self.sigmoid:
+            return (1.0 / (1.0 + np.exp(-(logits + self.logit_bias)))).astype(np.float32)
+        exp = np.exp(logits - logits.max())
+        return (exp / exp.sum()).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class Threshold:
-    """The mismatch threshold in force and where it came from (env, model or default)."""
+    """The mismatch threshold in force and where it came from (env, model or default): a cosine for a
+    softmax model, a probability for a sigmoid one."""
 
     value: float
     source: str
 
 
 def resolve_threshold(settings: ClipSettings, metadata: Mapping[str, Any]) -> Threshold:
-    """``CLIP_SIMILARITY_THRESHOLD`` wins, then a threshold calibrated into the model, then 0.25."""
+    """``CLIP_SIMILARITY_THRESHOLD`` wins, then a threshold calibrated into the model, then the family's default."""
     if settings.similarity_threshold is not None:
         return Threshold(float(settings.similarity_threshold), "env")
     calibrated = metadata.get("calibrated_threshold")
     if calibrated is not None:
         return Threshold(float(calibrated), "model")
-    return Threshold(DEFAULT_THRESHOLD, "default")
+    return Threshold(SIGMOID_THRESHOLD if Scorer.of(metadata).sigmoid else DEFAULT_THRESHOLD, "default")
 
 
 def cosine(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -58,34 +93,30 @@ def cosine(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32) @ np.asarray(query, dtype=np.float32)
 
 
-def softmax(similarities: np.ndarray, logit_scale: float) -> np.ndarray:
-    """CLIP's probabilities over candidates: softmax(logit_scale · cosine)."""
-    logits = np.asarray(similarities, dtype=np.float64) * float(logit_scale)
-    logits -= logits.max()
-    exp = np.exp(logits)
-    return (exp / exp.sum()).astype(np.float32)
-
-
 def similarity_scores(image: np.ndarray, texts: Sequence[str], text_rows: np.ndarray,
-                      logit_scale: float) -> list[dict[str, Any]]:
+                      scorer: Scorer) -> list[dict[str, Any]]:
     """One ``{"text", "similarity", "probability"}`` per text, in the order given."""
     sims = cosine(image, text_rows)
     return [{"text": text, "similarity": float(s), "probability": float(p)}
-            for text, s, p in zip(texts, sims, softmax(sims, logit_scale), strict=True)]
+            for text, s, p in zip(texts, sims, scorer.probabilities(sims), strict=True)]
 
 
-def analyze_pair(similarity: float, threshold: Threshold) -> dict[str, Any]:
-    """Mismatch decision for one image–text pair: a mismatch when similarity < threshold."""
-    return {"similarity": float(similarity), "is_mismatch": bool(similarity < threshold.value),
-            "threshold": threshold.value, "threshold_source": threshold.source,
-            "margin": float(similarity - threshold.value)}
+def analyze_pair(similarity: float, threshold: Threshold, scorer: Scorer) -> dict[str, Any]:
+    """Mismatch decision for one image–text pair: a mismatch when its score is under the threshold (the
+    cosine for a softmax model; the sigmoid probability, also answered, for a sigmoid one)."""
+    score = {"similarity": float(similarity)}
+    if scorer.sigmoid:
+        score["probability"] = float(scorer.probabilities(np.array([similarity]))[0])
+    value = score["probability" if scorer.sigmoid else "similarity"]
+    return {**score, "is_mismatch": bool(value < threshold.value), "threshold": threshold.value,
+            "threshold_source": threshold.source, "margin": float(value - threshold.value)}
 
 
-def rank_labels(image: np.ndarray, labels: Sequence[str], label_rows: np.ndarray, logit_scale: float,
+def rank_labels(image: np.ndarray, labels: Sequence[str], label_rows: np.ndarray, scorer: Scorer,
                 top_k: int) -> list[dict[str, Any]]:
     """Labels ranked by probability: ``[{"category", "probability", "similarity"}]``, top_k long."""
     sims = cosine(image, label_rows)
-    probs = softmax(sims, logit_scale)
+    probs = scorer.probabilities(sims)
     order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
     return [{"category": labels[i], "probability": float(probs[i]), "similarity": float(sims[i])} for i in order]
 

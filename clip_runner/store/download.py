@@ -20,6 +20,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError
 
 from ..errors import ModelNotAvailable
+from ..preprocessing.hf_tokenizer import HF_TOKENIZER_FILES, TOKENIZER_JSON
 from .entries import CONFIG_FILE, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,17 @@ def download_hub_repo(repo_id: str, *, cache_dir: str | None = None, retries: in
     hub = _HubRepo(repo_id, label=f"hf-hub:{repo_id}", cache_dir=cache_dir, retries=retries, backoff_s=backoff_s)
     return HubFiles(config_path=hub.fetch_first([CONFIG_FILE], required=False),
                     weights_path=hub.fetch_first([WEIGHTS_FILE, HF_WEIGHTS_NAME]))
+
+
+def download_tokenizer(repo_id: str, *, cache_dir: str | None = None, retries: int = 3,
+                       backoff_s: float = 2.0) -> Path:
+    """The folder of a Hugging Face tokenizer's files (``tokenizer.json`` and those naming its special tokens)."""
+    hub = _HubRepo(repo_id, label=f"the tokenizer {repo_id}", cache_dir=cache_dir, retries=retries,
+                   backoff_s=backoff_s)
+    folder = hub.fetch_first([TOKENIZER_JSON]).parent
+    for filename in HF_TOKENIZER_FILES[1:]:
+        hub.fetch_first([filename], required=False)  # beside tokenizer.json: the same revision's folder
+    return folder
 
 
 def split_hf_hub(hf_hub: str) -> tuple[str, str]:

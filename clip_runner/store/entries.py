@@ -3,7 +3,8 @@
 An entry is a directory in open_clip's hub layout (``open_clip_config.json`` and
 ``open_clip_model.safetensors``), loadable with open_clip's ``local-dir:`` schema. A compiled
 entry holds the config, each tower as OpenVINO ``image``/``text`` ``.xml``/``.bin`` and
-``tokenizer.json``. Labels say where it came from; metadata holds what a server needs
+``tokenizer.json``; a model with a Hugging Face tokenizer (SigLIP) keeps its files in both kinds.
+Labels say where it came from; metadata holds what a server needs
 without loading the weights.
 """
 
@@ -64,14 +65,20 @@ class StoreEntry:
         return input_size(self.preprocess_cfg)
 
     @property
+    def hf_tokenizer(self) -> bool:
+        """Whether the model tokenizes with a Hugging Face tokenizer kept in the entry (SigLIP), not CLIP BPE."""
+        return bool(self.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"))
+
+    @property
     def runtime(self) -> str:
         """``torch`` (open_clip weights) or the runtime a compiled entry was compiled for."""
         return self.labels.get("runtime", "torch")
 
     @property
     def model_files(self) -> tuple[str, ...]:
-        """The files that hold the model: the weights, or a compiled entry's towers."""
-        return (WEIGHTS_FILE,) if self.runtime == "torch" else COMPILED_FILES
+        """The files that hold the model: the weights, or a compiled entry's towers (and a Hugging Face tokenizer)."""
+        files = (WEIGHTS_FILE,) if self.runtime == "torch" else COMPILED_FILES
+        return (*files, TOKENIZER_FILE) if self.hf_tokenizer else files
 
 
 class MetadataRecord:
@@ -138,7 +145,7 @@ def verify_files(entry: StoreEntry) -> None:
     """Refuse an entry whose model files do not match the sha256 recorded when it was written."""
     if entry.runtime == "torch":
         weights = entry.metadata.get("weights_sha256")
-        expected = {WEIGHTS_FILE: weights} if weights else {}
+        expected = {WEIGHTS_FILE: weights, **entry.metadata.get("tokenizer_sha256", {})} if weights else {}
     else:
         expected = dict(entry.metadata.get("files_sha256") or {})
     if not expected:

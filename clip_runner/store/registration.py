@@ -14,7 +14,7 @@ import torch
 from open_clip.model import get_model_preprocess_cfg
 
 from ..errors import ModelNotAvailable
-from .download import download_hub_repo, download_pretrained
+from .download import download_hub_repo, download_pretrained, download_tokenizer
 from .entries import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -48,23 +48,37 @@ def model_config(arch: str) -> dict[str, Any]:
 
 
 def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
-    """Download open_clip weights ``arch``/``pretrained`` and store them; returns the tag."""
+    """Download open_clip weights ``arch``/``pretrained`` (and a Hugging Face tokenizer the model needs) and
+    store them; returns the tag."""
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     model_cfg = model_config(arch)
     weights = download_pretrained(arch, pretrained, retries=retries)
+    tokenizer = _download_tokenizer(model_cfg, retries)
     quick_gelu = bool(cfg.get("quick_gelu", False))
     if quick_gelu:
         model_cfg["quick_gelu"] = True  # the weights were trained with QuickGELU
     model = create_model(arch, pretrained=str(weights), force_quick_gelu=quick_gelu)
+    return save_entry(
+        model, model_cfg, _preprocess_cfg(model, cfg),
+        name=store_name(arch, pretrained), arch=arch, pretrained=pretrained, source="hub",
+        extra_metadata={"origin": cfg.get("hf_hub", "")}, tokenizer_dir=tokenizer,
+    )
+
+
+def _preprocess_cfg(model: torch.nn.Module, pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model's preprocessing, with what its pretrained weights were trained on (SigLIP: mean and std
+    0.5, squashed) taking precedence."""
     preprocess_cfg = dict(get_model_preprocess_cfg(model))
     for key in ("mean", "std", "interpolation", "resize_mode"):
-        if cfg.get(key) is not None:
-            preprocess_cfg[key] = cfg[key]
-    return save_entry(
-        model, model_cfg, plain_config(preprocess_cfg),
-        name=store_name(arch, pretrained), arch=arch, pretrained=pretrained, source="hub",
-        extra_metadata={"origin": cfg.get("hf_hub", "")},
-    )
+        if pretrained_cfg.get(key) is not None:
+            preprocess_cfg[key] = pretrained_cfg[key]
+    return plain_config(preprocess_cfg)
+
+
+def _download_tokenizer(model_cfg: dict[str, Any], retries: int) -> Path | None:
+    """The folder of the Hugging Face tokenizer ``model_cfg`` names, downloaded; None for CLIP BPE."""
+    name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+    return download_tokenizer(name, retries=retries) if name else None
 
 
 def register_hub_repo(repo_id: str, *, retries: int = 3) -> str:
@@ -74,18 +88,21 @@ def register_hub_repo(repo_id: str, *, retries: int = 3) -> str:
         raise ModelNotAvailable(f"hub repo {repo_id} has no {CONFIG_FILE}; it is not an open_clip model")
     config = json.loads(Path(files.config_path).read_text())
     model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg", {})
-    model = build_from_config(model_cfg, preprocess_cfg, Path(files.weights_path))[0]
+    tokenizer = _download_tokenizer(model_cfg, retries)
+    model = build_from_config(model_cfg, preprocess_cfg, Path(files.weights_path), tokenizer)[0]
     preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
     return save_entry(
         model, model_cfg, preprocess_cfg, name=hub_store_name(repo_id), arch=repo_id, pretrained="hf-hub",
-        source="hub", extra_metadata={"origin": f"hf-hub:{repo_id}"},
+        source="hub", extra_metadata={"origin": f"hf-hub:{repo_id}"}, tokenizer_dir=tokenizer,
     )
 
 
-def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None) -> str:
-    """Store a local checkpoint of architecture ``arch`` (state dict, safetensors or open_clip dir)."""
+def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None, tokenizer: Path | None = None) -> str:
+    """Store a local checkpoint of architecture ``arch`` (state dict, safetensors or open_clip dir; a model with a
+    Hugging Face tokenizer takes its files from ``tokenizer``, else from the open_clip dir)."""
     path = Path(path).expanduser()
     if path.is_dir():
+        tokenizer = tokenizer or path
         config_path = path / CONFIG_FILE
         if not config_path.is_file():
             raise ModelNotAvailable(f"checkpoint directory {path} has no {CONFIG_FILE}")
@@ -105,31 +122,37 @@ def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None)
         model, model_cfg, preprocess_cfg,
         name=name or checkpoint_store_name(arch, digest), arch=arch, pretrained="checkpoint",
         source="checkpoint", extra_metadata={"origin": str(path.resolve()), "checkpoint_sha256": digest},
+        tokenizer_dir=tokenizer,
     )
 
 
-def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = None) -> str:
+def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = None,
+                    tokenizer: Path | None = None) -> str:
     """Store a randomly initialised model (benchmarks and tests only; labelled as such).
 
-    ``arch_or_config`` is an open_clip architecture name or a JSON file with a model config.
+    ``arch_or_config`` is an open_clip architecture name or a JSON file with a model config. A model
+    with a Hugging Face tokenizer (SigLIP) takes it from the local folder ``tokenizer``. A named
+    architecture gets the preprocessing its first pretrained weights were trained with.
     """
     torch.manual_seed(seed)
     config_file = Path(arch_or_config)
     if config_file.suffix == ".json" and config_file.is_file():
         model_cfg = json.loads(config_file.read_text())
         arch = config_file.stem
-        preprocess_cfg = {"size": model_cfg["vision_cfg"]["image_size"]}
-        model = build_from_config(model_cfg, preprocess_cfg)[0]
+        model = build_from_config(model_cfg, {"size": model_cfg["vision_cfg"]["image_size"]}, None, tokenizer)[0]
+        preprocess_cfg = _preprocess_cfg(model, {})
     else:
         arch = arch_or_config
         model_cfg = model_config(arch)
         model = create_model(arch)
-    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        preprocess_cfg = _preprocess_cfg(model, open_clip.get_pretrained_cfg(arch, tags[0]) if tags else {})
     return save_entry(
         model, model_cfg, preprocess_cfg,
         name=name or store_name(arch, RANDOM_INIT), arch=arch, pretrained=RANDOM_INIT,
         source="random-init",
         extra_metadata={"seed": seed, "warning": "random weights: embeddings carry no meaning"},
+        tokenizer_dir=tokenizer,
     )
 
 

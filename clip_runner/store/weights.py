@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import ModelNotAvailable
+from ..preprocessing.hf_tokenizer import HF_TOKENIZER_FILES, HFTextTokenizer
 from .entries import CONFIG_FILE, SOURCES, WEIGHTS_FILE, StoreEntry, open_entry, sha256_file, verify_files
 
 logger = logging.getLogger(__name__)
@@ -53,18 +55,36 @@ def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
         raise ModelNotAvailable(f"could not build {name}: {exc}") from exc
 
 
-def build_from_config(
-    model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: Path | None = None
-) -> tuple[torch.nn.Module, Tokenizer]:
-    """(model, tokenizer) from configs (+ weights, else random init) through the loader that reads store entries."""
+def build_from_config(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: Path | None = None,
+                      tokenizer_dir: Path | None = None) -> tuple[torch.nn.Module, Tokenizer]:
+    """(model, tokenizer) from configs (+ weights, else random init; + a Hugging Face tokenizer folder for a
+    model that needs one) through the loader that reads store entries."""
+    tokenizer_files(model_cfg, tokenizer_dir)  # a model that needs a tokenizer folder is refused without one
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
         (folder / CONFIG_FILE).write_text(json.dumps(config))
         if weights is not None:
             (folder / weights.name).symlink_to(weights.resolve())
-        name = f"local-dir:{folder}"
-        return create_model(name), open_clip.get_tokenizer(name)
+        return create_model(f"local-dir:{folder}"), text_tokenizer(tokenizer_dir or folder, model_cfg)
+
+
+def text_tokenizer(folder: Path, model_cfg: dict[str, Any]) -> Tokenizer:
+    """The model's tokenizer as torch code calls it: open_clip's CLIP BPE, or the Hugging Face tokenizer
+    whose files are in ``folder``, run by :class:`HFTextTokenizer` (as every runtime runs it)."""
+    if not model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"):
+        return open_clip.get_tokenizer(f"local-dir:{folder}")
+    return TorchIds(HFTextTokenizer.for_model(folder, model_cfg))
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchIds:
+    """A torch-free tokenizer whose ids come as a tensor, as open_clip's tokenizers give them."""
+
+    tokenizer: HFTextTokenizer
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.tokenizer(texts))
 
 
 def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype = torch.float32, *,
@@ -81,7 +101,7 @@ def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype
         with _default_dtype(dtype), _quiet_about_random_init():
             model = open_clip.create_model(entry.local_dir_name, load_weights=False, device="cpu")
         _copy_weights(model, entry.path / WEIGHTS_FILE)
-        tokenizer = open_clip.get_tokenizer(entry.local_dir_name)
+        tokenizer = text_tokenizer(entry.path, entry.model_cfg)
     except Exception as exc:  # open_clip raises many types; the message is what matters here
         raise ModelNotAvailable(f"store entry {entry.tag} could not be loaded: {exc}") from exc
     model.to(device).eval()
@@ -157,6 +177,9 @@ def describe(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: 
         "resize_mode": preprocess_cfg.get("resize_mode", "shortest"),
         "context_length": int(model_cfg["text_cfg"].get("context_length", 77)),
         "logit_scale": float(model.logit_scale.detach().exp().item()),
+        # A logit bias means the sigmoid loss (SigLIP): each pair's probability stands alone.
+        **({"family": "sigmoid", "logit_bias": float(bias.detach().item())}
+           if (bias := getattr(model, "logit_bias", None)) is not None else {"family": "softmax"}),
         "open_clip_version": open_clip.__version__,
     }
 
@@ -171,20 +194,41 @@ def save_entry(
     pretrained: str,
     source: str,
     extra_metadata: dict[str, Any] | None = None,
+    tokenizer_dir: Path | None = None,
 ) -> str:
-    """Write a model into the store as a new version; returns the tag string."""
+    """Write a model into the store as a new version; returns the tag string. A model with a Hugging Face
+    tokenizer needs ``tokenizer_dir``: its files are kept in the entry, so that it serves offline."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    kept = tokenizer_files(model_cfg, tokenizer_dir)
     metadata = describe(model, model_cfg, preprocess_cfg)
     metadata.update(extra_metadata or {})
     labels = {"arch": arch, "pretrained": pretrained, "source": source}
+    if kept:
+        labels["tokenizer"] = model_cfg["text_cfg"]["hf_tokenizer_name"]
     with bentoml.models.create(name, labels=labels, metadata=metadata) as ref:
         out = Path(ref.path)
         weights = out / WEIGHTS_FILE
         save_file(cpu_state_dict(model), str(weights))
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        # The hash lets a server refuse a tampered or half-copied entry at startup.
+        for file in kept:
+            shutil.copy(file, out / file.name)
+        # The hashes let a server refuse a tampered or half-copied entry at startup.
         ref.info.metadata["weights_sha256"] = sha256_file(weights)
         ref.info.metadata["weights_bytes"] = weights.stat().st_size
+        if kept:
+            ref.info.metadata["tokenizer_sha256"] = {file.name: sha256_file(out / file.name) for file in kept}
     return str(ref.tag)
+
+
+def tokenizer_files(model_cfg: dict[str, Any], folder: Path | None) -> list[Path]:
+    """The Hugging Face tokenizer files an entry of ``model_cfg`` keeps (none for CLIP BPE)."""
+    name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+    if not name:
+        return []
+    if folder is None:
+        raise ModelNotAvailable(f"this model tokenizes with the Hugging Face tokenizer {name!r}: give its folder "
+                                "(`--tokenizer DIR` on the command line)")
+    HFTextTokenizer.for_model(folder, model_cfg)  # refuses a folder it cannot serve, before anything is written
+    return [folder / file for file in HF_TOKENIZER_FILES if (folder / file).is_file()]

@@ -1,6 +1,7 @@
 """Calibration of the mismatch threshold from labelled or shuffled image–caption pairs.
 
-A pair is a *mismatch* when its cosine similarity is below the threshold. Calibration treats
+A pair is a *mismatch* when its score is below the threshold: its cosine similarity, or for a sigmoid
+(SigLIP) model its sigmoid probability. Calibration treats
 **mismatch as the positive class** (precision, recall and F1 are those of the mismatch class) and
 picks the threshold that maximises that F1; AUC is the ROC AUC of ``-similarity`` as a mismatch
 score. With a ``label`` column (1 = match, 0 = mismatch) the CSV's pairs are taken as labelled;
@@ -22,12 +23,13 @@ import torch
 
 from ..runtimes.encoder import Encoder, encode_in_chunks
 from ..runtimes.torch_encoder import TorchEncoder
+from ..serving.scoring import Scorer
 from ..store.entries import MetadataRecord, open_entry
 from ..store.weights import LoadedModel, load_entry, save_entry
 from .pairs import PairDataError, load_pairs
 
 # Store metadata that save_entry recomputes for the new version.
-_RECOMPUTED = ("weights_sha256", "weights_bytes")
+_RECOMPUTED = ("weights_sha256", "weights_bytes", "tokenizer_sha256")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,14 +129,17 @@ def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) -
 
 def calibrate(loaded: LoadedModel, csv_path: str | Path, image_root: str | Path | None = None,
               *, seed: int = 0) -> Calibration:
-    """Fit the mismatch threshold of a loaded model on the CSV's pairs."""
+    """Fit the mismatch threshold of a loaded model on the CSV's pairs: on the cosine for a softmax model,
+    on the sigmoid probability (what ``/analyze`` then compares) for a sigmoid one."""
     pairs = load_pairs(csv_path, loaded.entry.preprocess_cfg, image_root, with_label=True, min_rows=2)
     image_rows, texts, is_mismatch = build_pairs([r.text for r in pairs.rows], [r.label for r in pairs.rows], seed)
     if is_mismatch.all() or not is_mismatch.any():
         raise PairDataError(f"{csv_path}: calibration needs both matching and mismatching pairs")
     encoder = TorchEncoder(loaded, precision="fp32")
     images = encode_in_chunks(lambda rows: encoder.encode_pixels(pairs.batch_pixels(rows)), range(len(pairs.rows)))
-    return fit_threshold(np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts)), is_mismatch)
+    cosines = np.einsum("nd,nd->n", images[image_rows], encode_texts(encoder, texts))
+    scorer = Scorer.of(loaded.entry.metadata)
+    return fit_threshold(scorer.probabilities(cosines) if scorer.sigmoid else cosines, is_mismatch)
 
 
 def register_calibrated(tag: str, calibration: Calibration, details: dict[str, Any] | None = None) -> str:
@@ -146,4 +151,5 @@ def register_calibrated(tag: str, calibration: Calibration, details: dict[str, A
     metadata["calibration"] = {**calibration.to_json(), "calibrated_from": entry.tag, **(details or {})}
     return save_entry(loaded.model, entry.model_cfg, entry.preprocess_cfg, name=entry.tag.split(":")[0],
                       arch=entry.labels.get("arch", ""), pretrained=entry.labels.get("pretrained", ""),
-                      source=entry.labels.get("source", "checkpoint"), extra_metadata=metadata)
+                      source=entry.labels.get("source", "checkpoint"), extra_metadata=metadata,
+                      tokenizer_dir=entry.path if entry.hf_tokenizer else None)

@@ -19,16 +19,26 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from open_clip.loss import SigLipLoss
 from open_clip.model import get_model_preprocess_cfg
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import FinetuneError
+from ..preprocessing.hf_tokenizer import HF_TOKENIZER_FILES
 from ..runtimes.torch_encoder import normalize, pick_device
 from ..settings import ClipSettings
 from ..store.entries import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, store_name
 from ..store.registration import model_config as builtin_model_config
-from ..store.weights import build_from_config, cpu_state_dict, create_model, load_entry, plain_config, save_entry
+from ..store.weights import (
+    build_from_config,
+    cpu_state_dict,
+    create_model,
+    load_entry,
+    plain_config,
+    save_entry,
+    text_tokenizer,
+)
 from .pairs import PairSet, load_pairs
 
 logger = logging.getLogger(__name__)
@@ -103,6 +113,7 @@ class TrainableModel:
     arch: str
     origin: dict[str, Any]
     inherited: dict[str, Any]
+    tokenizer_dir: Path | None = None  # where a Hugging Face tokenizer's files are (SigLIP), kept with the model
 
 
 def init_model(*, tag: str | None = None, arch: str | None = None, model_config: str | Path | None = None,
@@ -116,7 +127,8 @@ def init_model(*, tag: str | None = None, arch: str | None = None, model_config:
         entry = loaded.entry
         inherited = {k: entry.metadata[k] for k in INHERITED_METADATA if k in entry.metadata}
         return TrainableModel(loaded.model, loaded.tokenizer, entry.model_cfg, entry.preprocess_cfg,
-                              entry.labels.get("arch", entry.tag.split(":")[0]), {"base_tag": entry.tag}, inherited)
+                              entry.labels.get("arch", entry.tag.split(":")[0]), {"base_tag": entry.tag}, inherited,
+                              entry.path if entry.hf_tokenizer else None)
     if arch is not None:
         model_cfg = builtin_model_config(arch)
         model, tokenizer = build_from_config(model_cfg, {})
@@ -154,6 +166,9 @@ def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.op
     config = {"model_cfg": trainable.model_cfg, "preprocess_cfg": trainable.preprocess_cfg}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file(cpu_state_dict(trainable.model), str(tmp / WEIGHTS_FILE))
+    for name in HF_TOKENIZER_FILES if trainable.tokenizer_dir else ():
+        if (trainable.tokenizer_dir / name).is_file():
+            shutil.copy(trainable.tokenizer_dir / name, tmp / name)
     # Tensors and plain containers only, so torch.load(..., weights_only=True) reads it back.
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -170,10 +185,12 @@ def read_checkpoint(folder: str | Path) -> tuple[TrainableModel, dict[str, Any],
         raise FinetuneError(f"{folder} is not a complete checkpoint; missing {', '.join(missing)}")
     state = json.loads((folder / STATE_FILE).read_text())
     config = json.loads((folder / CONFIG_FILE).read_text())
-    model, tokenizer = create_model(f"local-dir:{folder}"), open_clip.get_tokenizer(f"local-dir:{folder}")
+    model, tokenizer = create_model(f"local-dir:{folder}"), text_tokenizer(folder, config["model_cfg"])
     optimizer_state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    hf_tokenizer = bool(config["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name"))
     trainable = TrainableModel(model, tokenizer, config["model_cfg"], config["preprocess_cfg"],
-                               state["arch"], state["origin"], state.get("inherited", {}))
+                               state["arch"], state["origin"], state.get("inherited", {}),
+                               folder if hf_tokenizer else None)
     return trainable, state, optimizer_state
 
 
@@ -217,7 +234,9 @@ class _Trainer:
         self.run, self.pairs, self.train_idx, self.val_idx = run, pairs, train_idx, val_idx
         self.device = pick_device(run.config.device)
         self.model = run.trainable.model.to(self.device)
-        self.loss = open_clip.ClipLoss()
+        # The loss the model was trained with: SigLIP's sigmoid per pair (with its bias), else CLIP's softmax.
+        self.sigmoid = getattr(self.model, "logit_bias", None) is not None
+        self.loss = SigLipLoss() if self.sigmoid else open_clip.ClipLoss()
         self.steps_per_epoch = len(self.batches(1))
         self.total_steps = self.steps_per_epoch * run.config.epochs
         self.warmup_steps = int(round(run.config.warmup_fraction * self.total_steps))
@@ -241,7 +260,7 @@ class _Trainer:
         for group in self.run.optimizer.param_groups:
             group["lr"] = lr
         image_features, text_features = self._features(indices)
-        loss = self.loss(image_features, text_features, self.model.logit_scale.exp())
+        loss = self._loss(image_features, text_features)
         self.run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.config.max_grad_norm)
@@ -250,6 +269,12 @@ class _Trainer:
             self.model.logit_scale.clamp_(0, math.log(100))
         self.run.global_step += 1
         return float(loss.item()), lr
+
+    def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        scale = self.model.logit_scale.exp()
+        if self.sigmoid:
+            return self.loss(image_features, text_features, scale, self.model.logit_bias)
+        return self.loss(image_features, text_features, scale)
 
     def train_epoch(self, epoch: int) -> EpochMetrics:
         """One pass over the training split, then validation."""
@@ -273,8 +298,7 @@ class _Trainer:
         self.model.eval()
         size = self.run.config.batch_size
         chunks = [self._features(self.val_idx[i : i + size]) for i in range(0, len(self.val_idx), size)]
-        scale = self.model.logit_scale.exp()
-        losses = [float(self.loss(img, txt, scale)) for img, txt in chunks if len(img) >= 2]
+        losses = [float(self._loss(img, txt)) for img, txt in chunks if len(img) >= 2]
         images, texts = (torch.cat(towers) for towers in zip(*chunks, strict=True))
         self.model.train()
         return float(np.mean(losses)), recall_at_1(images, texts, [self.pairs.rows[i].text for i in self.val_idx])
@@ -369,7 +393,8 @@ def register_run(run: _Run, data: dict[str, Any], seconds: float) -> str:
     extra.update({k: run.history[-1][k] for k in ("val_recall_at_1", "val_loss") if k in run.history[-1]})
     trainable.model.to("cpu").eval()
     tag = save_entry(trainable.model, trainable.model_cfg, trainable.preprocess_cfg, name=run.name,
-                     arch=trainable.arch, pretrained="finetune", source="finetune", extra_metadata=extra)
+                     arch=trainable.arch, pretrained="finetune", source="finetune", extra_metadata=extra,
+                     tokenizer_dir=trainable.tokenizer_dir)
     logger.info("registered %s", tag)
     return tag
 

@@ -24,11 +24,13 @@ import pytest
 
 from clip_runner.store import download
 from clip_runner.store.download import is_transient, safetensors_alternatives, should_retry, split_hf_hub
+from tests.conftest import write_siglip_tokenizer
 from tests.fakehub import FakeHub, running_fake_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "org/clip-model"
 OPENAI_REPO = "timm/vit_base_patch32_clip_224.openai"  # open_clip's hf_hub for ViT-B-32/openai
+SIGLIP_REPO = "timm/ViT-B-16-SigLIP"  # ViT-B-16-SigLIP's hf_tokenizer_name
 SAFE, BIN = "open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 CONFIG = "open_clip_config.json"
 FAST = {"backoff_s": 0.01}
@@ -250,6 +252,23 @@ def test_connection_cut_mid_body_still_yields_the_right_bytes(
     # huggingface_hub recovers by itself. It buffers up to 10 MiB before writing, so for a
     # small file the second request asks for everything again rather than for a range.
     assert len(cdn_gets(hub)) == 2
+
+
+def test_a_tokenizer_comes_with_its_special_token_files_into_one_folder(
+    hub: FakeHub, worker: HubWorker, tmp_path: Path
+) -> None:
+    source = write_siglip_tokenizer(tmp_path / "made")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        hub.add(SIGLIP_REPO, name, (source / name).read_bytes())
+
+    folder = Path(weights_ok(worker.call("download_tokenizer", SIGLIP_REPO, cache_dir=str(tmp_path / "c"), **FAST)))
+
+    assert {p.name for p in folder.iterdir()} == {"tokenizer.json", "tokenizer_config.json"}
+    assert all((folder / p.name).read_bytes() == p.read_bytes() for p in source.iterdir())
+    assert resolve_requests(hub, "special_tokens_map.json") == [404]  # looked for, absent, not an error
+    hub.remove(SIGLIP_REPO, "tokenizer.json")
+    reply = worker.call("download_tokenizer", SIGLIP_REPO, cache_dir=str(tmp_path / "d"), **FAST)
+    assert reply["error"]["type"] == "DownloadError" and "tokenizer.json" in reply["error"]["message"]
 
 
 def test_unknown_pretrained_tag_lists_the_known_ones(hub: FakeHub, worker: HubWorker) -> None:

@@ -1,0 +1,143 @@
+"""Sigmoid (SigLIP-style) models: the Hugging Face tokenizer kept in the entry and run without torch,
+the encoders against open_clip's own encode, and the compiled entry serving without torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_runner.compile.openvino_compiler import compile_entry
+from clip_runner.errors import ModelNotAvailable
+from clip_runner.preprocessing.hf_tokenizer import HFTextTokenizer
+from clip_runner.preprocessing.images import PixelPipeline
+from clip_runner.runtimes.encoder import token_counts
+from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
+from clip_runner.runtimes.torch_encoder import TorchEncoder
+from clip_runner.store.entries import open_entry, sha256_file, verify_files
+from clip_runner.store.registration import register_random
+from clip_runner.store.weights import load_entry
+from tests.conftest import TINY_SIGLIP_CONFIG, make_jpeg
+from tests.unit.test_compiled import NO_TORCH_PROBE
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXED_TEXTS = ["a photo of a cat", "A Photo of a CAT!!", "un chat sur une table", "Ein Hund im Park.",
+               "猫の写真", "桌子上的狗", "собака на столе", "صورة قطة", "a_red_square &amp; a circle", "",
+               "   spaced   out   ", "naïve café crème brûlée", "🙂 emoji 🚀", "x" * 200,
+               " ".join(["a photo of a dog on a table"] * 6)]
+# Code points from several scripts: Latin, Latin-1, Greek, Cyrillic, Arabic, Devanagari, CJK, Hangul, emoji.
+SCRIPTS = [(0x20, 0x7E), (0xC0, 0xFF), (0x391, 0x3C9), (0x410, 0x44F), (0x621, 0x64A), (0x905, 0x939),
+           (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0x1F600, 0x1F64F)]
+
+
+def random_texts(count: int, seed: int = 0) -> list[str]:
+    """Random strings mixing scripts, spaces and punctuation."""
+    rng = random.Random(seed)
+    return ["".join(chr(rng.randint(*rng.choice(SCRIPTS))) if rng.random() > 0.15 else rng.choice(" .,!_")
+                    for _ in range(rng.randint(0, 40))) for _ in range(count)]
+
+
+def test_the_entry_keeps_its_tokenizer_labelled_and_hashed(tiny_siglip_tag: str, siglip_tokenizer: Path) -> None:
+    entry = open_entry(tiny_siglip_tag)
+    assert entry.hf_tokenizer and entry.labels["tokenizer"] == "clip-service/tiny-siglip-tokenizer"
+    kept = entry.metadata["tokenizer_sha256"]
+    assert set(kept) == {"tokenizer.json", "tokenizer_config.json"}
+    for name, digest in kept.items():
+        assert (entry.path / name).read_bytes() == (siglip_tokenizer / name).read_bytes()
+        assert sha256_file(entry.path / name) == digest
+    assert entry.metadata["family"] == "sigmoid" and entry.metadata["logit_bias"] == pytest.approx(-10.0)
+
+
+def test_an_altered_tokenizer_is_refused(siglip_tokenizer: Path) -> None:
+    entry = open_entry(register_random(str(TINY_SIGLIP_CONFIG), name="clip-siglip-altered", tokenizer=siglip_tokenizer))
+    (entry.path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ModelNotAvailable, match="tokenizer_config.json does not match its recorded sha256"):
+        verify_files(entry)
+
+
+def test_a_model_that_needs_a_tokenizer_folder_is_refused_without_one(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailable, match="--tokenizer DIR"):
+        register_random(str(TINY_SIGLIP_CONFIG), name="clip-siglip-no-tokenizer")
+    with pytest.raises(ModelNotAvailable, match="has no tokenizer.json"):
+        register_random(str(TINY_SIGLIP_CONFIG), name="clip-siglip-no-tokenizer", tokenizer=tmp_path)
+
+
+def test_token_ids_and_counts_equal_open_clips_in_every_script(tiny_siglip_tag: str, siglip_reference) -> None:
+    entry = open_entry(tiny_siglip_tag)
+    ours = HFTextTokenizer.for_model(entry.path, entry.model_cfg)
+    theirs = siglip_reference.tokenizer  # open_clip's HFTokenizer: transformers' AutoTokenizer on the entry
+    texts = FIXED_TEXTS + random_texts(300)
+    ids = ours(texts)
+    np.testing.assert_array_equal(ids, theirs(texts).numpy())
+    assert ids.shape == (len(texts), 16) and ids.dtype == np.int64
+    masks = theirs.tokenizer([theirs.clean_fn(t) for t in texts], max_length=16, padding="max_length",
+                             truncation=True).attention_mask
+    assert token_counts(ids, *ours.padding) == [sum(mask) for mask in masks]
+
+
+def _parity(encoder, reference, preprocess_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of the encoder's image and text rows to open_clip's own encode of the same inputs."""
+    pipeline = PixelPipeline(preprocess_cfg)
+    blobs = [make_jpeg(seed, size=(120 + seed * 17, 90)) for seed in range(4)]
+    pixels = np.stack([pipeline(Image.open(io.BytesIO(blob)).convert("RGB")) for blob in blobs])
+    texts = FIXED_TEXTS[:9]
+    return (np.sum(encoder.encode_pixels(pixels) * reference.images(blobs), axis=1),
+            np.sum(encoder.encode_texts(texts) * reference.texts(texts), axis=1))
+
+
+def test_torch_fp32_matches_open_clip(tiny_siglip_tag: str, siglip_reference) -> None:
+    encoder = TorchEncoder(load_entry(tiny_siglip_tag, torch.device("cpu")), "fp32")
+    assert encoder.describe()["precision"] == "fp32"
+    image_cos, text_cos = _parity(encoder, siglip_reference, encoder.entry.preprocess_cfg)
+    assert image_cos.min() >= 0.9999 and text_cos.min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def compiled_siglip(tiny_siglip_tag: str) -> dict[str, str]:
+    return {precision: compile_entry(tiny_siglip_tag, precision) for precision in ("fp32", "int8")}
+
+
+def test_compiled_fp32_matches_open_clip_and_keeps_the_tokenizer(compiled_siglip: dict[str, str],
+                                                                  tiny_siglip_tag: str, siglip_reference) -> None:
+    entry = open_entry(compiled_siglip["fp32"])
+    parent = open_entry(tiny_siglip_tag)
+    for name, digest in parent.metadata["tokenizer_sha256"].items():
+        assert entry.metadata["files_sha256"][name] == digest
+    encoder = OpenVINOEncoder(entry, 1)
+    assert encoder.padding == (1, True)  # pads with its end token, </s>
+    image_cos, text_cos = _parity(encoder, siglip_reference, entry.preprocess_cfg)
+    assert image_cos.min() >= 0.9999 and text_cos.min() >= 0.9999
+    assert entry.metadata["family"] == "sigmoid"
+
+
+def test_the_compiled_int8_entry_serves_without_torch(compiled_siglip: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_PROBE, compiled_siglip["int8"], "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-4:] == ["200", "200", "openvino", "int8"]
+
+
+def test_fine_tuning_uses_the_sigmoid_loss_and_keeps_the_tokenizer(tiny_siglip_tag: str, tmp_path: Path) -> None:
+    from clip_runner import synthetic_images
+    from clip_runner.training import finetune as ft
+
+    csv_path = synthetic_images.write_dataset(tmp_path / "shapes", 96, seed=11, image_size=64)
+    config = ft.TrainConfig(batch_size=16, learning_rate=2e-3, epochs=2, checkpoint_dir=tmp_path / "ckpt",
+                            val_fraction=0.25, progress=False)
+    first = ft.finetune(csv_path, dataclasses.replace(config, epochs=1), tag=tiny_siglip_tag, register=False)
+    result = ft.finetune(csv_path, config, resume=first.checkpoint)  # the checkpoint carries the tokenizer
+    before, after = result.history[0], result.history[-1]
+    assert after["val_loss"] < before["val_loss"], result.history
+    parent, entry = open_entry(tiny_siglip_tag), open_entry(result.tag)
+    # Only the sigmoid loss has a gradient for the bias: CLIP's softmax would leave it where it was.
+    assert entry.metadata["family"] == "sigmoid" and entry.metadata["logit_bias"] != parent.metadata["logit_bias"]
+    assert entry.metadata["tokenizer_sha256"] == parent.metadata["tokenizer_sha256"]
+    verify_files(entry)
