@@ -51,7 +51,7 @@ async def encode_text(request: Request) -> JSONResponse:
 
 
 def similarity(api: ClipAPI, form: Form, t: Timings) -> Awaitable[Any]:
-    """Cosine similarity of one image with 1..N texts, plus softmax probabilities."""
+    """Cosine similarity of one image with 1..N texts, plus the model's probabilities (softmax or sigmoid)."""
     return api.similarity(form.one("image"), form.many("texts"), t)
 
 

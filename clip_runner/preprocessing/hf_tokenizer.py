@@ -62,10 +62,11 @@ class HFTextTokenizer:
         self.context_length = context_length
         self._clean = CLEANERS[clean]
         self._tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_JSON))
-        self.pad_id = self._special_id(folder, "pad_token") or 0
-        self.pad_ends = self.pad_id == self._special_id(folder, "eos_token")  # SigLIP pads with its end token
+        pad_id = self._special_id(folder, "pad_token") or 0
+        # (pad id, whether the pad token is the end token too, as SigLIP's is): what counting a row's tokens needs.
+        self.padding = (pad_id, pad_id == self._special_id(folder, "eos_token"))
         self._tokenizer.enable_truncation(context_length)
-        self._tokenizer.enable_padding(length=context_length, pad_id=self.pad_id)
+        self._tokenizer.enable_padding(length=context_length, pad_id=pad_id)
 
     @classmethod
     def for_model(cls, folder: Path, model_cfg: dict[str, Any]) -> HFTextTokenizer:
@@ -81,11 +82,6 @@ class HFTextTokenizer:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         encoded = self._tokenizer.encode_batch([self._clean(text) for text in texts])
         return np.array([e.ids for e in encoded], dtype=np.int64).reshape(len(texts), self.context_length)
-
-    @property
-    def padding(self) -> tuple[int, bool]:
-        """(pad id, whether the pad token is the end token too): what counting a row's tokens needs."""
-        return self.pad_id, self.pad_ends
 
     def _special_id(self, folder: Path, name: str) -> int | None:
         """The id of a special token as ``tokenizer_config.json`` / ``special_tokens_map.json`` name it."""

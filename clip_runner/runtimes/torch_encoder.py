@@ -33,7 +33,7 @@ class TorchEncoder(Encoder):
         self.loaded = loaded
         self.entry = loaded.entry
         if isinstance(loaded.tokenizer, TorchIds):
-            self.padding = loaded.tokenizer.tokenizer.padding
+            self.padding = loaded.tokenizer.padding
         self.device = loaded.device
         if isinstance(precision, str):
             precision = resolve_precision(self.device, precision)

@@ -74,17 +74,14 @@ def text_tokenizer(folder: Path, model_cfg: dict[str, Any]) -> Tokenizer:
     whose files are in ``folder``, run by :class:`HFTextTokenizer` (as every runtime runs it)."""
     if not model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"):
         return open_clip.get_tokenizer(f"local-dir:{folder}")
-    return TorchIds(HFTextTokenizer.for_model(folder, model_cfg))
+    return TorchIds.for_model(folder, model_cfg)
 
 
-@dataclasses.dataclass(frozen=True)
-class TorchIds:
-    """A torch-free tokenizer whose ids come as a tensor, as open_clip's tokenizers give them."""
+class TorchIds(HFTextTokenizer):
+    """The torch-free tokenizer, its ids as a tensor, as open_clip's tokenizers give them."""
 
-    tokenizer: HFTextTokenizer
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return torch.from_numpy(self.tokenizer(texts))
+    def __call__(self, texts: list[str]) -> torch.Tensor:  # type: ignore[override]
+        return torch.from_numpy(super().__call__(texts))
 
 
 def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype = torch.float32, *,

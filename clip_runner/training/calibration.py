@@ -152,4 +152,4 @@ def register_calibrated(tag: str, calibration: Calibration, details: dict[str, A
     return save_entry(loaded.model, entry.model_cfg, entry.preprocess_cfg, name=entry.tag.split(":")[0],
                       arch=entry.labels.get("arch", ""), pretrained=entry.labels.get("pretrained", ""),
                       source=entry.labels.get("source", "checkpoint"), extra_metadata=metadata,
-                      tokenizer_dir=entry.path if entry.hf_tokenizer else None)
+                      tokenizer_dir=entry.path)

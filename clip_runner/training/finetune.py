@@ -25,7 +25,6 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import FinetuneError
-from ..preprocessing.hf_tokenizer import HF_TOKENIZER_FILES
 from ..runtimes.torch_encoder import normalize, pick_device
 from ..settings import ClipSettings
 from ..store.entries import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, store_name
@@ -38,6 +37,7 @@ from ..store.weights import (
     plain_config,
     save_entry,
     text_tokenizer,
+    tokenizer_files,
 )
 from .pairs import PairSet, load_pairs
 
@@ -113,7 +113,7 @@ class TrainableModel:
     arch: str
     origin: dict[str, Any]
     inherited: dict[str, Any]
-    tokenizer_dir: Path | None = None  # where a Hugging Face tokenizer's files are (SigLIP), kept with the model
+    tokenizer_dir: Path | None = None  # where a Hugging Face tokenizer's files are, for a model that has one (SigLIP)
 
 
 def init_model(*, tag: str | None = None, arch: str | None = None, model_config: str | Path | None = None,
@@ -128,7 +128,7 @@ def init_model(*, tag: str | None = None, arch: str | None = None, model_config:
         inherited = {k: entry.metadata[k] for k in INHERITED_METADATA if k in entry.metadata}
         return TrainableModel(loaded.model, loaded.tokenizer, entry.model_cfg, entry.preprocess_cfg,
                               entry.labels.get("arch", entry.tag.split(":")[0]), {"base_tag": entry.tag}, inherited,
-                              entry.path if entry.hf_tokenizer else None)
+                              entry.path)
     if arch is not None:
         model_cfg = builtin_model_config(arch)
         model, tokenizer = build_from_config(model_cfg, {})
@@ -166,9 +166,8 @@ def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.op
     config = {"model_cfg": trainable.model_cfg, "preprocess_cfg": trainable.preprocess_cfg}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file(cpu_state_dict(trainable.model), str(tmp / WEIGHTS_FILE))
-    for name in HF_TOKENIZER_FILES if trainable.tokenizer_dir else ():
-        if (trainable.tokenizer_dir / name).is_file():
-            shutil.copy(trainable.tokenizer_dir / name, tmp / name)
+    for file in tokenizer_files(trainable.model_cfg, trainable.tokenizer_dir):
+        shutil.copy(file, tmp / file.name)
     # Tensors and plain containers only, so torch.load(..., weights_only=True) reads it back.
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -187,10 +186,8 @@ def read_checkpoint(folder: str | Path) -> tuple[TrainableModel, dict[str, Any],
     config = json.loads((folder / CONFIG_FILE).read_text())
     model, tokenizer = create_model(f"local-dir:{folder}"), text_tokenizer(folder, config["model_cfg"])
     optimizer_state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    hf_tokenizer = bool(config["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name"))
     trainable = TrainableModel(model, tokenizer, config["model_cfg"], config["preprocess_cfg"],
-                               state["arch"], state["origin"], state.get("inherited", {}),
-                               folder if hf_tokenizer else None)
+                               state["arch"], state["origin"], state.get("inherited", {}), folder)
     return trainable, state, optimizer_state
 
 
@@ -271,10 +268,8 @@ class _Trainer:
         return float(loss.item()), lr
 
     def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        scale = self.model.logit_scale.exp()
-        if self.sigmoid:
-            return self.loss(image_features, text_features, scale, self.model.logit_bias)
-        return self.loss(image_features, text_features, scale)
+        bias = (self.model.logit_bias,) if self.sigmoid else ()  # SigLipLoss takes the bias, ClipLoss does not
+        return self.loss(image_features, text_features, self.model.logit_scale.exp(), *bias)
 
     def train_epoch(self, epoch: int) -> EpochMetrics:
         """One pass over the training split, then validation."""
