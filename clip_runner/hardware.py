@@ -68,14 +68,10 @@ def _cpuinfo(*keys: str) -> str | None:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (empty where the system does not say)."""
-    return frozenset((_cpuinfo("flags", "Features") or "").split())  # x86, ARM
-
-
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16); emulated bf16 is slower than fp32."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    flags = (_cpuinfo("flags", "Features") or "").split()  # x86, ARM; empty where the system does not say
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 @functools.cache

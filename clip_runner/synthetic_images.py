@@ -68,11 +68,6 @@ class ShapeScene:
         return f"{self.colour} {self.shape}"
 
 
-def scene_rng(seed: int, index: int) -> np.random.Generator:
-    """The random stream of image ``index`` of the set generated with ``seed``."""
-    return np.random.default_rng([seed, index])
-
-
 def sample_scene(rng: np.random.Generator) -> ShapeScene:
     """Draw the attributes of one image uniformly, and a caption for them."""
     drawn_from = (SHAPES, COLOURS, SIZES, POSITIONS, BACKGROUNDS)  # in this order: the seeds' streams depend on it
@@ -155,17 +150,15 @@ _OUTLINES: dict[str, list[tuple[float, float]]] = {
 def generate(count: int, seed: int, image_size: int = IMAGE_SIZE) -> Iterator[tuple[ShapeScene, Image.Image]]:
     """``count`` (scene, image) pairs of the set ``seed``."""
     for index in range(count):
-        rng = scene_rng(seed, index)
+        rng = np.random.default_rng([seed, index])  # image ``index``'s own stream
         scene = sample_scene(rng)
         yield scene, render(scene, rng, image_size)
 
 
 def write_dataset(out_dir: str | Path, count: int, seed: int, *, image_format: str = "png",
                   image_size: int = IMAGE_SIZE) -> Path:
-    """Write ``count`` images and ``captions.csv`` (image_path, text, category) into ``out_dir``.
-
-    Image paths in the CSV are relative to ``out_dir``; returns the CSV path.
-    """
+    """Write ``count`` images and ``captions.csv`` (image_path relative to ``out_dir``, text, category) into
+    ``out_dir``; returns the CSV path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     suffix = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}[image_format.lower()]

@@ -50,18 +50,10 @@ _PARITY_SEED, _CALIBRATION_SEED = 7_000_001, 7_100_003  # apart from each other 
 TOWERS = ("image", "text")
 
 
-def compiled_name(parent: StoreEntry, precision: str) -> str:
-    """Store name of ``parent`` compiled at ``precision``, e.g. ``clip-vit-b-32-openai-openvino-int8``."""
-    return f"{parent.tag.split(':')[0]}-{OPENVINO}-{precision}"
-
-
 def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, force: bool = False,
                   threads: int | None = None) -> str:
-    """Compile store entry ``tag`` for OpenVINO at ``precision``; returns the new entry's tag.
-
-    Nothing is written when the parity falls under :data:`PARITY_BAR` (unless ``force``).
-    ``calibration``: a folder of images for int8 (default: :func:`calibration_images`).
-    """
+    """Compile store entry ``tag`` for OpenVINO at ``precision``; returns the new entry's tag. Nothing is written
+    when the parity falls under :data:`PARITY_BAR` (unless ``force``). ``calibration``: int8's image folder."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     parent = open_entry(tag)
@@ -85,7 +77,11 @@ def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, 
             ov.save_model(tower, str(folder / f"{name}.xml"), compress_to_fp16=precision == "bf16")
             del tower
         if images:
-            settings["calibration"] = _calibration_facts(len(images), len(exported["calibration_tokens"]), calibration)
+            settings["calibration"] = {
+                "tool": f"nncf {importlib.metadata.version('nncf')}", "images": len(images),
+                "captions": len(exported["calibration_tokens"]),
+                "image_source": str(calibration) if calibration else "default set (generated)",
+                "model_type": "transformer"}
         for name in (CONFIG_FILE, TOKENIZER_FILE):
             if (traced / name).is_file():
                 shutil.copy(traced / name, folder / name)
@@ -139,7 +135,8 @@ def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str,
     tokenizer = dict.fromkeys((TOKENIZER_FILE, *parent.metadata.get("tokenizer_sha256", {})))
     files = [name for name in (*COMPILED_FILES, *tokenizer) if (folder / name).is_file()]
     metadata.update(facts, files_sha256={name: sha256_file(folder / name) for name in files})
-    with bentoml.models.create(compiled_name(parent, precision), labels=labels, metadata=metadata) as ref:
+    entry_name = f"{parent.tag.split(':')[0]}-{OPENVINO}-{precision}"  # e.g. clip-vit-b-32-openai-openvino-int8
+    with bentoml.models.create(entry_name, labels=labels, metadata=metadata) as ref:
         for name in (CONFIG_FILE, *files):
             shutil.copy(folder / name, Path(ref.path) / name)
     logger.info("registered %s (compiled in %.0f s, peak RSS %.0f MB)", ref.tag, facts["compile_seconds"],
@@ -154,11 +151,6 @@ def _quantize(name: str, tower: Any, samples: list[np.ndarray]) -> Any:
     logger.info("calibrating the int8 %s tower on %d samples", name, len(samples))
     return nncf.quantize(tower, nncf.Dataset([sample[None] for sample in samples]),
                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
-
-
-def _calibration_facts(images: int, captions: int, folder: Path | None) -> dict[str, Any]:
-    return {"tool": f"nncf {importlib.metadata.version('nncf')}", "images": images, "captions": captions,
-            "image_source": str(folder) if folder else "default set (generated)", "model_type": "transformer"}
 
 
 def calibration_images(pipeline: PixelPipeline, folder: Path | None = None) -> list[np.ndarray]:

@@ -76,12 +76,8 @@ class TorchEncoder(Encoder):
 @contextlib.contextmanager
 def inference(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """``torch.inference_mode()``, plus autocast to ``dtype`` when one is given (CUDA)."""
-    with torch.inference_mode():
-        if dtype is None:
-            yield
-        else:
-            with torch.autocast(device.type, dtype=dtype):
-                yield
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        yield
 
 
 def normalize(pixels: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],

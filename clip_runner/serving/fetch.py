@@ -187,10 +187,7 @@ def _too_large(url: str, field: str, max_bytes: int) -> PayloadTooLarge:
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""
+    return next((value.decode("latin-1") for key, value in headers if key.lower() == name), "")
 
 
 class _Refused(Exception):

@@ -107,8 +107,7 @@ def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None,
         if not config_path.is_file():
             raise ModelNotAvailable(f"checkpoint directory {path} has no {CONFIG_FILE}")
         model = create_model(f"local-dir:{path}")
-        config = json.loads(config_path.read_text())
-        model_cfg = config["model_cfg"]
+        model_cfg = json.loads(config_path.read_text())["model_cfg"]
         digest = sha256_file(config_path)
     elif path.is_file():
         model_cfg = model_config(arch)
@@ -156,9 +155,8 @@ def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = No
     )
 
 
-def read_card(folder: Path | None = None) -> dict[str, Any]:
+def read_card(folder: Path) -> dict[str, Any]:
     """``demo.json`` of a demo folder; a clear error when the bundle is missing."""
-    folder = folder or DEMO_DIR
     needed = [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)]
     if missing := [p.name for p in needed if not p.is_file()]:
         raise ModelNotAvailable(f"the bundled demo model is incomplete ({', '.join(missing)} missing in {folder}); "

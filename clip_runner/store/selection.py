@@ -56,13 +56,6 @@ class ModelRef:
             return entries.hub_store_name(self.hub_repo)
         return entries.store_name(self.arch, self.pretrained)
 
-    @property
-    def register_command(self) -> str:
-        """The command that registers it."""
-        if self.hub_repo:
-            return f"python -m models register {HF_HUB_PREFIX}{self.hub_repo}"
-        return f"python -m models register {self.arch} --pretrained {self.pretrained}"
-
 
 @dataclasses.dataclass(frozen=True)
 class DefaultChoice:
@@ -106,7 +99,7 @@ def choose_default_model(facts: HardwareFacts) -> DefaultChoice:
     return DefaultChoice(arch, pretrained, f"{facts.free_vram_gib:.1f} GiB free VRAM >= {minimum:g} GiB: {arch}", facts)
 
 
-def select_model(settings: ClipSettings, *, register_missing: bool = True) -> Selection:
+def select_model(settings: ClipSettings) -> Selection:
     """Decide which store entry to serve (see the module docstring)."""
     if settings.model_tag:
         return Selection(entries.open_entry(settings.model_tag).tag, "CLIP_MODEL_TAG")
@@ -114,10 +107,10 @@ def select_model(settings: ClipSettings, *, register_missing: bool = True) -> Se
         return Selection(_store().register_demo(), "CLIP_MODEL_NAME=demo (bundled demo model)")
     ref = parse_model_name(settings.model_name, settings.pretrained)
     if settings.model_path:
-        return _select_checkpoint(Path(settings.model_path), ref, register_missing)
+        return _select_checkpoint(Path(settings.model_path), ref)
     if settings.model_configured:
-        return _select_named(ref, f"CLIP_MODEL_NAME={settings.model_name}", settings, register_missing)
-    return _select_default(settings, register_missing)
+        return _select_named(ref, f"CLIP_MODEL_NAME={settings.model_name}", settings)
+    return _select_default(settings)
 
 
 def _store() -> ModuleType:
@@ -127,12 +120,13 @@ def _store() -> ModuleType:
     return registration
 
 
-def _select_named(ref: ModelRef, why: str, settings: ClipSettings, register_missing: bool) -> Selection:
+def _select_named(ref: ModelRef, why: str, settings: ClipSettings) -> Selection:
     if (tag := entries.latest_tag(ref.store_name)) is not None:
         return Selection(tag, f"{why} (found in store)")
-    if not (register_missing and settings.allow_download):
+    if not settings.allow_download:
+        model = f"{HF_HUB_PREFIX}{ref.hub_repo}" if ref.hub_repo else f"{ref.arch} --pretrained {ref.pretrained}"
         raise ModelNotAvailable(f"{ref.store_name} is not in the model store and downloading is disabled; "
-                                f"register it with `{ref.register_command}`")
+                                f"register it with `python -m models register {model}`")
     logger.warning("%s not in the model store: downloading and registering it", ref.store_name)
     registration = _store()
     if ref.hub_repo:
@@ -142,7 +136,7 @@ def _select_named(ref: ModelRef, why: str, settings: ClipSettings, register_miss
     return Selection(tag, f"{why} (registered now)", registered=True)
 
 
-def _select_default(settings: ClipSettings, register_missing: bool) -> Selection:
+def _select_default(settings: ClipSettings) -> Selection:
     """Hardware-aware default, falling back to the demo model when it cannot be had."""
     choice = choose_default_model(detect_hardware(settings.device))
     ref = ModelRef(arch=choice.arch, pretrained=choice.pretrained)
@@ -150,7 +144,7 @@ def _select_default(settings: ClipSettings, register_missing: bool) -> Selection
         if entries.latest_tag(ref.store_name) is None and settings.allow_download:
             if reason := hub_unreachable_reason():
                 raise ModelNotAvailable(f"{ref.store_name} is not in the store and the hub is unreachable: {reason}")
-        selection = _select_named(ref, f"default for this hardware: {choice.rule}", settings, register_missing)
+        selection = _select_named(ref, f"default for this hardware: {choice.rule}", settings)
     except ModelNotAvailable as exc:
         if settings.strict_model:
             raise ModelNotAvailable(f"the default model {choice.arch}/{choice.pretrained} is unavailable and "
@@ -171,15 +165,13 @@ def _first_line(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def _select_checkpoint(path: Path, ref: ModelRef, register_missing: bool) -> Selection:
+def _select_checkpoint(path: Path, ref: ModelRef) -> Selection:
     if not path.exists():
         raise ModelNotAvailable(f"CLIP_MODEL_PATH={path} does not exist")
     digest = entries.sha256_file(path / "open_clip_config.json" if path.is_dir() else path)
     name = entries.checkpoint_store_name(ref.arch, digest)
     if (tag := entries.latest_tag(name)) is not None:
         return Selection(tag, f"CLIP_MODEL_PATH={path} (found in store)")
-    if not register_missing:
-        raise ModelNotAvailable(f"checkpoint {path} is not registered yet")
     tag = _store().register_checkpoint(path, ref.arch, name=name)
     return Selection(tag, f"CLIP_MODEL_PATH={path} (registered now)", True)
 

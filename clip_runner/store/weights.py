@@ -95,7 +95,7 @@ def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype
         verify_files(entry)
     try:
         # local-dir: reads open_clip_config.json; the safetensors file is read below (no pickle).
-        with _default_dtype(dtype), _quiet_about_random_init():
+        with _building_empty(dtype):
             model = open_clip.create_model(entry.local_dir_name, load_weights=False, device="cpu")
         _copy_weights(model, entry.path / WEIGHTS_FILE)
         tokenizer = text_tokenizer(entry.path, entry.model_cfg)
@@ -110,24 +110,18 @@ def load_entry(entry: StoreEntry | str, device: torch.device, dtype: torch.dtype
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def _building_empty(dtype: torch.dtype) -> Iterator[None]:
+    """Models built in ``dtype``, without open_clip's warning that a model built without weights is random:
+    ours are copied in next."""
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-@contextlib.contextmanager
-def _quiet_about_random_init() -> Iterator[None]:
-    """open_clip warns that a model built without weights is random: ours are copied in next."""
     quiet = logging.Filter()
     quiet.filter = lambda record: "No pretrained weights loaded" not in record.getMessage()  # type: ignore[method-assign]
+    torch.set_default_dtype(dtype)
     logging.root.addFilter(quiet)
     try:
         yield
     finally:
+        torch.set_default_dtype(previous)
         logging.root.removeFilter(quiet)
 
 

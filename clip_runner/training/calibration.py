@@ -121,10 +121,10 @@ def build_pairs(texts: Sequence[str], labels: Sequence[int | None] | None,
     return image_rows, pair_texts, is_mismatch
 
 
-def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def encode_texts(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     """Unit text embeddings, each distinct text encoded once."""
     distinct, inverse = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
-    return encode_in_chunks(encoder.encode_texts, distinct.tolist(), batch_size)[inverse]
+    return encode_in_chunks(encoder.encode_texts, distinct.tolist())[inverse]
 
 
 def calibrate(loaded: LoadedModel, csv_path: str | Path, image_root: str | Path | None = None,

@@ -331,12 +331,6 @@ def _resumed_run(folder: str | Path, config: TrainConfig) -> _Run:
                 state["global_step"], list(state["history"]), Path(folder))
 
 
-def default_name(trainable: TrainableModel) -> str:
-    """Store name of a fine-tuned model: its base's name (or architecture) + ``-finetune``."""
-    base = trainable.origin.get("base_tag")
-    return f"{base.split(':')[0]}-finetune" if base else store_name(trainable.arch, "finetune")
-
-
 def finetune(csv_path: str | Path, config: TrainConfig, *, tag: str | None = None, arch: str | None = None,
              model_config: str | Path | None = None, image_root: str | Path | None = None,
              resume: str | Path | None = None, name: str | None = None, register: bool = True,
@@ -348,7 +342,8 @@ def finetune(csv_path: str | Path, config: TrainConfig, *, tag: str | None = Non
         run = _resumed_run(resume, config)
     else:
         trainable = init_model(tag=tag, arch=arch, model_config=model_config, seed=config.seed)
-        name = name or default_name(trainable)
+        base = trainable.origin.get("base_tag")  # by default named after its base (or architecture) + "-finetune"
+        name = name or (f"{base.split(':')[0]}-finetune" if base else store_name(trainable.arch, "finetune"))
         run_dir = config.checkpoint_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = _Run(trainable, _adamw(trainable.model, config), config, run_dir, name)
     run.trainable.inherited.update(metadata or {})
