@@ -86,9 +86,8 @@ class Form:
         self.json = json
 
     def one(self, name: str) -> Any:
-        """The field's value (a form's last one, as FastAPI reads forms), or None when absent.
-
-        A JSON array where one value is expected is handed over as is, for the route to refuse."""
+        """The field's value (a form's last one, as FastAPI reads forms), or None when absent; a JSON array
+        where one value is expected is handed over as is, for the route to refuse."""
         values = self.values.get(name) or []
         if self.json and len(values) != 1:
             return values or None

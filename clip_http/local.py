@@ -26,10 +26,8 @@ class LocalApp:
 
 
 def local_app(settings: ClipSettings | None = None) -> LocalApp:
-    """Load the configured model here and serve it through the very routes of the service.
-
-    No API key is asked for in process: the caller already holds the model.
-    """
+    """Load the configured model here and serve it through the very routes of the service (with no API key:
+    the caller already holds the model)."""
     settings = (settings or ClipSettings()).model_copy(update={"api_key": None})
     app = create_app(settings)
     app.state.api = serve(settings)

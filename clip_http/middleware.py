@@ -1,9 +1,6 @@
-"""ASGI guards and error mapping around the routes; each refuses before any expensive work.
-
-:func:`install` adds the error handlers (every refusal is JSON ``{"error", "status", "field"?}``,
-OpenAI's shape on ``/v1/*``) and the guards: CORS (outermost: a preflight carries no API key),
-:class:`ApiKeyAuth` (401), :class:`AdmissionLimit` (429) and :class:`BodyLimit` (413). Plain ASGI
-classes, not ``@app.middleware("http")``: those re-stream every request through an extra task.
+"""ASGI guards and error mapping around the routes; each refuses before any expensive work (error shapes:
+README, "HTTP API"). Plain ASGI classes, not ``@app.middleware("http")``: those re-stream every request
+through an extra task.
 """
 
 from __future__ import annotations

@@ -21,10 +21,8 @@ CUDA_BATCH_SIZE = 64
 
 
 class ClipSettings(BaseSettings):
-    """All server-side settings. Frozen: read at startup, never mutated while serving.
-
-    An empty variable (``CLIP_MODEL_NAME=`` in a compose or ``.env`` file) means unset.
-    """
+    """All server-side settings. Frozen: read at startup, never mutated while serving. An empty variable
+    (``CLIP_MODEL_NAME=`` in a compose or ``.env`` file) means unset."""
 
     model_config = SettingsConfigDict(env_prefix="CLIP_", frozen=True, extra="ignore", env_ignore_empty=True,
                                       populate_by_name=True)

@@ -1,9 +1,5 @@
-"""Seeded generator of captioned shape images, the training and evaluation data of the demo model.
-
-Each image shows one shape of one colour and size at one of nine positions, e.g. "a large red
-circle at the top left on a gray background"; its zero-shot label is "red circle". Everything is
-a pure function of the seed and the image index, so a set regenerates identically.
-"""
+"""Seeded generator of captioned shape images, the training and evaluation data of the demo model
+(docs/demo-and-finetuning.md). Each image is a pure function of the seed and its index."""
 
 from __future__ import annotations
 
@@ -175,12 +171,9 @@ def write_dataset(out_dir: str | Path, count: int, seed: int, *, image_format: s
 
 
 def photo_like(seed: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> Image.Image:
-    """An RGB image of ``size`` (width, height) with a photo's statistics, a pure function of ``seed``.
-
-    A smooth colour field, mid-frequency detail and a little sensor grain: it compresses and
-    decodes like a camera JPEG, and its activations look more like a photo's than a flat
-    shape's do (the compile step calibrates and checks parity on such images).
-    """
+    """An RGB image of ``size`` (width, height) with a photo's statistics, a pure function of ``seed``: a smooth
+    colour field, mid-frequency detail and a little sensor grain. It compresses and decodes like a camera JPEG,
+    and its activations look more like a photo's than a flat shape's do (compiling calibrates on such images)."""
     width, height = size
     rng = np.random.default_rng(seed)
     base = _upsampled(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), size)

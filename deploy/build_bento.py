@@ -1,15 +1,8 @@
 """Build the bento with the served model pinned: ``python -m deploy.build_bento [--variant cpu|full|cuda]``.
 
-The model is ``CLIP_MODEL_TAG`` when set, otherwise the bundled demo model (registered into
-the store first). Its tag is baked into the bento (``bento_model.json``) so the built bento
-and its container serve exactly that model, packed inside, with no download at start.
-
-- ``cpu`` (the default, ``make build``): the slim bento, OpenVINO without torch. It pins a
-  compiled entry: a torch entry is first compiled at the precision the runtime choice picks on
-  this machine (``CLIP_PRECISION`` narrows it), as a first start would, so the container
-  never compiles.
-- ``full`` (``make build-full``): torch beside OpenVINO, the model pinned as named.
-- ``cuda`` (``make build-cuda``): the GPU variant, the model pinned as named.
+The model is ``CLIP_MODEL_TAG`` when set, otherwise the bundled demo model; its tag is baked into
+the bento (``bento_model.json``), so the bento and its image serve exactly that model, packed inside.
+The slim ``cpu`` bento pins a compiled entry, compiled here first if need be (docs/deployment.md).
 """
 
 from __future__ import annotations

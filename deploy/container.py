@@ -1,11 +1,7 @@
 """Build a container image of the bento: ``python -m deploy.container [--variant cpu|full] [--bento TAG]``.
 
-The image is built by the engine that is present (a Docker daemon that answers, else Podman)
-from BentoML's own Containerfile for the bento, with a ``HEALTHCHECK`` on ``/readyz`` added,
-on the base ``Containerfile.base`` describes: Debian bookworm's Python 3.11 and uv. The base
-comes from ``debian:bookworm-slim`` when the engine has it or can pull it, and otherwise from
-a root file system made with ``debootstrap`` from Debian packages (the air-gapped path:
-no container registry needed). The last line printed is the image reference.
+The engine, the base image and the air-gapped path: docs/deployment.md ("Building an image").
+The last line printed is the image reference.
 """
 
 from __future__ import annotations

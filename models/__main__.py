@@ -1,18 +1,5 @@
-"""``python -m models``: register, list and export CLIP models in the BentoML model store.
-
-    python -m models register ViT-B-32 --pretrained openai       # hub download
-    python -m models register openai/clip-vit-base-patch32       # same, by OpenAI/HF id
-    python -m models register hf-hub:org/repo                    # an open_clip hub repo
-    python -m models register --checkpoint ft.safetensors --arch ViT-B-32
-    python -m models register --random-init ViT-B-32             # benchmarks only
-    python -m models list
-    python -m models export clip-vit-b-32-openai:latest ./clip.bentomodel
-    python -m models compile clip-vit-b-32-openai:latest --precision int8 --calibration ./photos
-    python -m models finetune pairs.csv --tag clip-vit-b-32-openai:latest --epochs 3
-    python -m models calibrate clip-vit-b-32-openai:latest pairs.csv
-    python -m models evaluate [TAG]                              # on generated shapes
-    python -m models build-demo                                  # retrain the bundled demo model
-"""
+"""``python -m models``: register, list, export, compile, fine-tune, calibrate and evaluate CLIP models in
+the BentoML model store. Examples: the README's "Models"; each command's ``--help``."""
 
 from __future__ import annotations
 
@@ -183,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random weights for benchmarks (arch name or model-config JSON)")
     reg.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     reg.add_argument("--tokenizer", type=Path, metavar="DIR",
-                     help="a local Hugging Face tokenizer folder, for --random-init or --checkpoint of a model "
-                          "that needs one (SigLIP)")
+                     help="Hugging Face tokenizer folder for --random-init or --checkpoint of SigLIP models")
     reg.add_argument("--name", help="store name (default derived from the model)")
     reg.add_argument("--retries", type=int, default=3, help="download attempts per file")
     sub.add_parser("list", help="list CLIP models in the store").set_defaults(run=_list)

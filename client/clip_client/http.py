@@ -1,9 +1,5 @@
-"""Typed clients for the clip service: :class:`AsyncClipClient` and its blocking twin :class:`ClipClient`.
-
-Every route is a method, written once in :class:`AsyncClipClient`; :class:`ClipClient` runs the
-same coroutines on a private event loop. Failures are raised as :class:`ClipServiceError`
-(docs/client.md).
-"""
+"""Typed clients for the clip service: :class:`AsyncClipClient` and its blocking twin :class:`ClipClient`, which
+runs the same coroutines on a private event loop (docs/client.md)."""
 
 from __future__ import annotations
 

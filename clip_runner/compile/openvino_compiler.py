@@ -1,9 +1,6 @@
-"""Making compiled entries: ``python -m models compile TAG --precision fp32|bf16|int8``.
-
-The towers are exported from torch in a child process (:mod:`clip_runner.compile.torch_export`)
-that ends before quantizing begins, so torch and the fp32 model are never held beside it. int8 is
-NNCF post-training quantization. Parity to the parent's torch fp32 output is measured before
-anything is written; under :data:`~clip_runner.store.entries.PARITY_BAR` nothing is, unless forced.
+"""Making compiled entries: ``python -m models compile TAG --precision fp32|bf16|int8`` (README, "Compiled CPU
+runtimes"). The towers are exported from torch in a child process (:mod:`.torch_export`) that ends before
+quantizing begins, so torch and the fp32 model are never held beside it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""The torch side of a compile, run in a child process of its own (:func:`export`).
-
-It loads the parent entry, traces both towers from open_clip and converts them to OpenVINO
-graphs at fp32 with a dynamic batch dimension, writes the CLIP BPE tokenizer as a
-``tokenizer.json``, and computes the torch fp32 outputs parity is measured against. When it
-returns, its process ends and takes torch and the fp32 model with it: quantizing and checking
-the compiled graphs (:mod:`clip_runner.compile.openvino_compiler`) then runs without them.
-"""
+"""The torch side of a compile (:func:`export`), run in a child process that ends, taking torch and the
+fp32 model with it, before :mod:`clip_runner.compile.openvino_compiler` quantizes and checks."""
 
 from __future__ import annotations
 

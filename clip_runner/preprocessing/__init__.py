@@ -1,2 +1,1 @@
-"""Inputs to model arrays: upload bytes → validated 8-bit RGB → the model's uint8 pixels
-(:mod:`.images`), and texts → CLIP token ids without torch (:mod:`.clip_tokenizer`)."""
+"""Inputs to model arrays: image bytes → the model's uint8 pixels, texts → token ids, without torch."""

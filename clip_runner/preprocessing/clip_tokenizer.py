@@ -1,11 +1,8 @@
-"""open_clip's CLIP tokenizer without torch, for serving compiled entries.
+"""open_clip's CLIP tokenizer (``SimpleTokenizer``) without torch, for serving compiled entries.
 
-open_clip's ``SimpleTokenizer`` cleans a text (ftfy, HTML entities, whitespace, lower case),
-splits it with CLIP's pattern and applies its byte-level BPE. Here the cleaning is the same
-functions of ftfy and the standard library, and the BPE runs in Hugging Face ``tokenizers``
-from a ``tokenizer.json`` written at compile time (:mod:`clip_runner.compile`) out of open_clip's
-own vocabulary and merges, so a compiled worker never imports torch (about 0.5 GB of resident
-memory). Tests hold the two token for token on plain, Unicode, HTML-escaped and over-long texts.
+The same cleaning, then CLIP's split pattern and byte-level BPE in Hugging Face ``tokenizers``, from a
+``tokenizer.json`` written at compile time out of open_clip's own vocabulary and merges: a compiled worker
+never imports torch (about 0.5 GB of resident memory). Tests hold the two token for token.
 """
 
 from __future__ import annotations

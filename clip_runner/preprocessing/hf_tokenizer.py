@@ -1,10 +1,8 @@
 """A Hugging Face tokenizer (SigLIP's SentencePiece, multilingual vocabularies) without torch or transformers.
 
-open_clip runs these through ``transformers.AutoTokenizer`` (its ``HFTokenizer``): clean the text,
-encode with the special tokens, cut at the context length and pad to it. Here the same cleaning
-functions run before the entry's own ``tokenizer.json`` in Hugging Face ``tokenizers``, which
-does the rest, so every runtime tokenizes these models the same way. Tests hold the ids equal to
-open_clip's on fixed and random Unicode strings.
+open_clip's ``HFTokenizer`` (``transformers.AutoTokenizer``) cleans the text, then encodes, cuts and pads
+it. Here the same cleaning runs before the entry's own ``tokenizer.json`` in Hugging Face ``tokenizers``,
+so every runtime tokenizes these models the same way. Tests hold the ids equal to open_clip's.
 """
 
 from __future__ import annotations

@@ -88,8 +88,6 @@ def token_counts(tokens: np.ndarray, pad_id: int = 0, pad_ends: bool = False) ->
 
 
 def encode_in_chunks(encode: Callable[[Any], np.ndarray], items: Sequence[Any], size: int = 64) -> np.ndarray:
-    """``encode`` applied to ``items`` ``size`` at a time, rows concatenated in order.
-
-    For offline tools (calibration, evaluation) that encode whole datasets with bounded memory.
-    """
+    """``encode`` applied to ``items`` ``size`` at a time, rows concatenated in order (offline tools:
+    whole datasets in bounded memory)."""
     return np.concatenate([encode(items[i : i + size]) for i in range(0, len(items), size)])

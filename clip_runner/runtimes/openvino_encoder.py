@@ -1,16 +1,8 @@
-"""The OpenVINO runtime: a compiled entry's two towers, in fp32, bf16 or int8, without torch.
+"""The OpenVINO runtime: a compiled entry's two towers (made by :mod:`clip_runner.compile`), without torch.
 
-:mod:`clip_runner.compile` makes compiled entries (``python -m models compile``). The image
-graph takes the batcher's uint8 pixels as they are (scaling and normalisation are compiled
-into it); the text graph takes the ids of the entry's ``tokenizer.json``, run by
-:class:`~clip_runner.preprocessing.clip_tokenizer.ClipTokenizer` (CLIP BPE) or
-:class:`~clip_runner.preprocessing.hf_tokenizer.HFTextTokenizer` (SigLIP's). This module is the only home
-of OpenVINO on the serving side: the runtime choice imports it only when OpenVINO is installed
-(``pip install 'clip-service[openvino]'``).
-
-Precisions: ``fp32`` (inference in fp32), ``bf16`` (weights stored in fp16, inference in bf16
-where the CPU has it), ``int8`` (NNCF post-training quantization). ONNX Runtime was measured
-too and lost on every tower and precision (docs/performance.md).
+The image graph takes the batcher's uint8 pixels as they are (it normalises); the text graph takes the
+ids of the entry's ``tokenizer.json``, CLIP BPE or a Hugging Face tokenizer. The serving side's only
+home of OpenVINO (README, "Compiled CPU runtimes").
 """
 
 from __future__ import annotations

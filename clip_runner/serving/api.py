@@ -1,10 +1,7 @@
 """What every route does, in one place: fields → checks → pre → batch → core → post → scores.
 
-:class:`ClipAPI` serves one warm model. The routes (``clip_http``) hand it the raw request
-fields; it checks them, reads the uploads (or the image texts, through
-:class:`~clip_runner.serving.references.ImageReferences`), preprocesses in a thread pool, runs
-the model on the micro-batcher and builds the JSON bodies. It knows nothing of HTTP, and
-importing it loads neither torch nor open_clip.
+:class:`ClipAPI` serves one warm model on the raw fields the routes (``clip_http``) hand it. It
+knows nothing of HTTP, and importing it loads neither torch nor open_clip.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""Greedy in-process micro-batching: concurrent requests share model calls without a hop.
-
-:class:`MicroBatcher` owns one model thread. Whenever the model is free it takes every waiting
-request of the kind that has waited longest, up to ``max_batch`` rows: no wait window, so a lone
-request runs at once and batches grow with the load. A failed batch is retried request by
-request, so one bad request cannot fail the others.
-"""
+"""Greedy in-process micro-batching: concurrent requests share model calls without a hop, and without a
+wait window (README, "How it works"). A failed batch is retried request by request."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Image URLs → bytes, fetched so that a caller cannot reach what the server can but they cannot.
 
-Off unless ``CLIP_ALLOW_IMAGE_URLS=true``. Every name is resolved and checked where the socket
-is opened (:class:`_CheckedBackend`), and the connection goes to the very address checked;
-redirects are followed by hand, each hop checked again. docs/protocols.md lists every rule. A
-refusal is an :class:`~clip_runner.errors.InputError` naming the field: 403 for a forbidden host
-or address, 413 over a byte limit, 415 for a non-image content type, 400 for the rest.
+Every name is resolved and checked where the socket is opened (:class:`_CheckedBackend`), and the
+connection goes to the very address checked; redirects are followed by hand, each hop checked again.
+docs/protocols.md lists every rule and the status of each refusal.
 """
 
 from __future__ import annotations

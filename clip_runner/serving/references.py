@@ -1,7 +1,5 @@
-"""An image field given as text → the image's bytes: base64 (either alphabet, padding optional), a
-``data:image/...;base64,`` URI, or an ``http(s)`` URL when ``CLIP_ALLOW_IMAGE_URLS`` is on. Anything
-else is refused (paths are never opened); the size limit is checked before decoding.
-"""
+"""An image field given as text → the image's bytes, in the forms docs/protocols.md lists; anything else is
+refused (paths are never opened), and the size limit is checked before decoding."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """The model store's read side: what an entry holds, read without torch.
 
-An entry is a directory in open_clip's hub layout (``open_clip_config.json`` and
-``open_clip_model.safetensors``), loadable with open_clip's ``local-dir:`` schema. A compiled
-entry holds the config, each tower as OpenVINO ``image``/``text`` ``.xml``/``.bin`` and
-``tokenizer.json``; a model with a Hugging Face tokenizer (SigLIP) keeps its files in both kinds.
-Labels say where it came from; metadata holds what a server needs
-without loading the weights.
+An entry is a directory in open_clip's hub layout, loadable with open_clip's ``local-dir:`` schema; a
+compiled entry holds the config, each tower as OpenVINO ``.xml``/``.bin`` and ``tokenizer.json``. A model
+with a Hugging Face tokenizer (SigLIP) keeps its files in both kinds. Labels say where it came from;
+metadata holds what a server needs without loading the weights.
 """
 
 from __future__ import annotations

@@ -127,12 +127,9 @@ def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None,
 
 def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = None,
                     tokenizer: Path | None = None) -> str:
-    """Store a randomly initialised model (benchmarks and tests only; labelled as such).
-
-    ``arch_or_config`` is an open_clip architecture name or a JSON file with a model config. A model
-    with a Hugging Face tokenizer (SigLIP) takes it from the local folder ``tokenizer``. A named
-    architecture gets the preprocessing its first pretrained weights were trained with.
-    """
+    """Store a randomly initialised model (benchmarks and tests only; labelled as such) of ``arch_or_config``: an
+    open_clip architecture (with the preprocessing of its first pretrained weights) or a model-config JSON file.
+    A model with a Hugging Face tokenizer (SigLIP) takes it from the local folder ``tokenizer``."""
     torch.manual_seed(seed)
     config_file = Path(arch_or_config)
     if config_file.suffix == ".json" and config_file.is_file():

@@ -1,9 +1,5 @@
-"""Settings → the model-store tag to serve, registering the model on first use.
-
-``CLIP_MODEL_TAG`` wins, then ``CLIP_MODEL_PATH``, then ``CLIP_MODEL_NAME``, else the
-hardware-aware default, falling back to the demo model unless ``CLIP_STRICT_MODEL``
-(docs/demo-and-finetuning.md). The default's decision is kept in ``clip_hardware.json``.
-"""
+"""Settings → the model-store tag to serve, registering the model on first use, in the order the
+README's "Which model serves" gives. The default's decision is kept in ``clip_hardware.json``."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Calibration of the mismatch threshold from labelled or shuffled image–caption pairs.
 
 A pair is a *mismatch* when its score is below the threshold: its cosine similarity, or for a sigmoid
-(SigLIP) model its sigmoid probability. Calibration treats
-**mismatch as the positive class** (precision, recall and F1 are those of the mismatch class) and
-picks the threshold that maximises that F1; AUC is the ROC AUC of ``-similarity`` as a mismatch
-score. With a ``label`` column (1 = match, 0 = mismatch) the CSV's pairs are taken as labelled;
-without one every row is a match, and each image also gets another row's caption, chosen by a
-seeded derangement, as a mismatch (one word for word its own caption is dropped).
+(SigLIP) model its sigmoid probability. Calibration treats **mismatch as the positive class**
+(precision, recall and F1 are those of the mismatch class) and picks the threshold that maximises
+that F1; AUC is the ROC AUC of ``-similarity`` as a mismatch score. With a ``label`` column (1 =
+match, 0 = mismatch) the CSV's pairs are taken as labelled; without one every row is a match, and
+each image also gets another row's caption, chosen by a seeded derangement, as a mismatch (one word
+for word its own caption is dropped).
 
 The functions down to :func:`fit_threshold` are pure (numpy in, numbers out).
 """
@@ -83,11 +83,8 @@ def f1_at(similarities: np.ndarray, is_mismatch: np.ndarray, threshold: float) -
 
 
 def fit_threshold(similarities: np.ndarray, is_mismatch: np.ndarray) -> Calibration:
-    """The threshold maximising the mismatch class's F1, where mismatch = similarity < threshold.
-
-    Candidates lie midway between consecutive distinct similarities (and just above the
-    largest), so the chosen threshold sits in the middle of the gap it opens.
-    """
+    """The threshold maximising the mismatch class's F1, where mismatch = similarity < threshold. Candidates lie
+    midway between consecutive distinct similarities (and just above the largest): the middle of the gap."""
     sims, positive = np.asarray(similarities, dtype=np.float64), np.asarray(is_mismatch, dtype=bool)
     n_pos = int(positive.sum())
     if n_pos == 0 or n_pos == len(sims):
@@ -106,11 +103,7 @@ def fit_threshold(similarities: np.ndarray, is_mismatch: np.ndarray) -> Calibrat
 
 def build_pairs(texts: Sequence[str], labels: Sequence[int | None] | None,
                 seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(image row of each pair, its text, is-mismatch) from the CSV rows.
-
-    Labelled rows are used as they are; otherwise every row is a match and a seeded
-    derangement of the captions adds one mismatch per row (dropping exact duplicates).
-    """
+    """(image row of each pair, its text, is-mismatch) from the CSV rows: as labelled, or a derangement's."""
     if labels is not None and all(label is not None for label in labels):
         return np.arange(len(texts)), list(texts), np.array([label == 0 for label in labels])
     perm = derangement(len(texts), seed)

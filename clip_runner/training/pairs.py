@@ -1,11 +1,7 @@
-"""The image–caption pairs of a CSV, as fine-tuning and calibration read them.
-
-The CSV has a header with at least ``image_path`` and ``text`` columns (calibration also reads
-an optional ``label``); paths are relative to an image root (by default the CSV's folder).
-Images go through the service's own decode and the model's own preprocessing
-(:class:`~clip_runner.preprocessing.images.UploadPreparer`), so a model is trained and calibrated on
-exactly the pixels it will be served. Rows that cannot be used (a missing file, an unreadable
-image, an empty text) are counted, reported and skipped.
+"""The image–caption pairs of a CSV, as fine-tuning and calibration read them (the CSV's format:
+docs/demo-and-finetuning.md). Images go through the service's own decode and the model's own
+preprocessing (:class:`~clip_runner.preprocessing.images.UploadPreparer`), so a model is trained and
+calibrated on exactly the pixels it will be served.
 """
 
 from __future__ import annotations
@@ -64,10 +60,9 @@ class PairSet:
 
 def read_pair_rows(csv_path: str | Path, image_root: str | Path | None = None, *,
                    with_label: bool = False) -> tuple[list[PairRow], int, list[tuple[int, str]]]:
-    """Parse the CSV: (rows whose file exists and text is non-empty, data row count, problems), each
-    problem a (CSV line, reason). ``with_label`` also reads an optional ``label`` column (1 = the
-    text matches the image, 0 = it does not); a row with another value is skipped.
-    """
+    """Parse the CSV: (rows whose file exists and text is non-empty, data row count, problems), each problem a
+    (CSV line, reason). ``with_label`` also reads an optional ``label`` column (1 = the text matches the image,
+    0 = it does not); a row with another value is skipped."""
     csv_path = Path(csv_path)
     root = Path(image_root) if image_root is not None else csv_path.parent
     try:
@@ -119,12 +114,8 @@ def _attempt(prepare: UploadPreparer, row: PairRow) -> np.ndarray | str:
 
 def load_pairs(csv_path: str | Path, preprocess_cfg: dict[str, Any], image_root: str | Path | None = None, *,
                with_label: bool = False, threads: int = 2, min_rows: int = 1) -> PairSet:
-    """Read the CSV and decode every image once, skipping (and reporting) rows that fail.
-
-    Preprocessed pixels stay in memory when they fit in ``PIXEL_CACHE_MB``; otherwise images
-    are decoded again whenever a batch needs them. Raises :class:`PairDataError` when fewer
-    than ``min_rows`` rows are usable.
-    """
+    """Read the CSV and decode every image once, skipping (and reporting) rows that fail; a
+    :class:`PairDataError` when fewer than ``min_rows`` rows are usable."""
     rows, total, problems = read_pair_rows(csv_path, image_root, with_label=with_label)
     prepare = UploadPreparer.from_settings(preprocess_cfg, ClipSettings())
     with ThreadPoolExecutor(max(1, threads)) as pool:
