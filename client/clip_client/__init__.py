@@ -25,22 +25,7 @@ from .http import (
 )
 
 __all__ = [
-    "AnalyzeItemError",
-    "AnalyzeResult",
-    "AsyncClipClient",
-    "CLIPEmbedder",
-    "ClassifyResult",
-    "ClientSettings",
-    "ClipClient",
-    "ClipConnectionError",
-    "ClipServiceError",
-    "EncodedImages",
-    "Health",
-    "ImageInput",
-    "Prediction",
-    "RetryPolicy",
-    "SimilarityItem",
-    "SimilarityResult",
-    "async_from_env",
-    "from_env",
+    "AnalyzeItemError", "AnalyzeResult", "AsyncClipClient", "CLIPEmbedder", "ClassifyResult", "ClientSettings",
+    "ClipClient", "ClipConnectionError", "ClipServiceError", "EncodedImages", "Health", "ImageInput", "Prediction",
+    "RetryPolicy", "SimilarityItem", "SimilarityResult", "async_from_env", "from_env",
 ]
