@@ -80,10 +80,10 @@ def test_altered_compiled_files_are_refused_at_load(tiny_tag: str) -> None:
 def test_parity_under_the_bar_refuses_and_writes_nothing(tiny_tag: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(openvino_compiler, "PARITY_BAR", 1.5)  # no compile reaches it
     before = {e.tag for e in list_entries()}
-    with pytest.raises(CompileRefused, match=r"int8 compile of .* refused: mean cosine .* nothing was written"):
-        compile_entry(tiny_tag, "int8", threads=2)
+    with pytest.raises(CompileRefused, match=r"fp32 compile of .* refused: mean cosine .* nothing was written"):
+        compile_entry(tiny_tag, "fp32", threads=2)
     assert {e.tag for e in list_entries()} == before
-    forced = compile_entry(tiny_tag, "int8", force=True, threads=2)
+    forced = compile_entry(tiny_tag, "fp32", force=True, threads=2)
     assert forced not in before and open_entry(forced).metadata["parity"]["image_mean"] < 1.5
     bentoml.models.delete(forced)
 
