@@ -3,6 +3,7 @@ the encoders against open_clip's own encode, and the compiled entry serving with
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import random
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clip_runner import synthetic_images
 from clip_runner.compile.openvino_compiler import compile_entry
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.preprocessing.hf_tokenizer import HFTextTokenizer
@@ -25,6 +27,8 @@ from clip_runner.runtimes.torch_encoder import TorchEncoder
 from clip_runner.store.entries import open_entry, sha256_file, verify_files
 from clip_runner.store.registration import register_random
 from clip_runner.store.weights import load_entry
+from clip_runner.training import calibration as cal
+from clip_runner.training import finetune as ft
 from tests.conftest import TINY_SIGLIP_CONFIG, make_jpeg
 from tests.unit.test_compiled import NO_TORCH_PROBE
 
@@ -126,9 +130,6 @@ def test_the_compiled_int8_entry_serves_without_torch(compiled_siglip: dict[str,
 
 
 def test_fine_tuning_uses_the_sigmoid_loss_and_keeps_the_tokenizer(tiny_siglip_tag: str, tmp_path: Path) -> None:
-    from clip_runner import synthetic_images
-    from clip_runner.training import finetune as ft
-
     csv_path = synthetic_images.write_dataset(tmp_path / "shapes", 96, seed=11, image_size=64)
     config = ft.TrainConfig(batch_size=16, learning_rate=2e-3, epochs=2, checkpoint_dir=tmp_path / "ckpt",
                             val_fraction=0.25, progress=False)
@@ -141,3 +142,22 @@ def test_fine_tuning_uses_the_sigmoid_loss_and_keeps_the_tokenizer(tiny_siglip_t
     assert entry.metadata["family"] == "sigmoid" and entry.metadata["logit_bias"] != parent.metadata["logit_bias"]
     assert entry.metadata["tokenizer_sha256"] == parent.metadata["tokenizer_sha256"]
     verify_files(entry)
+
+
+def test_calibration_fits_a_probability_threshold(tiny_siglip_tag: str, siglip_reference, tmp_path: Path) -> None:
+    """For a sigmoid model the stored threshold is a probability: the F1-best one over the pairs' sigmoids,
+    computed here from open_clip's cosines and the entry's own scale and bias."""
+    csv_path = synthetic_images.write_dataset(tmp_path, 24, seed=5, image_size=64)
+    result = cal.calibrate(load_entry(tiny_siglip_tag, torch.device("cpu")), csv_path)
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    image_rows, texts, is_mismatch = cal.build_pairs([row["text"] for row in rows], None, seed=0)
+    images = siglip_reference.images([(csv_path.parent / row["image_path"]).read_bytes() for row in rows])
+    cosines = np.sum(images[image_rows] * siglip_reference.texts(texts), axis=1)
+    metadata = open_entry(tiny_siglip_tag).metadata
+    probabilities = 1 / (1 + np.exp(-(metadata["logit_scale"] * cosines.astype(np.float64) + metadata["logit_bias"])))
+    assert result.threshold == pytest.approx(cal.fit_threshold(probabilities, is_mismatch).threshold, rel=1e-3)
+    assert 0.0 < result.threshold < 1.0
+    calibrated = open_entry(cal.register_calibrated(tiny_siglip_tag, result))
+    verify_files(calibrated)  # the tokenizer came along, hashed
+    assert calibrated.metadata["calibrated_threshold"] == pytest.approx(result.threshold)
