@@ -13,6 +13,7 @@ import resource
 import shutil
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -113,17 +114,35 @@ def _peak_rss_mb() -> float:
 
 def _export_in_a_child(*args: Any) -> dict[str, Any]:
     """:func:`~clip_runner.compile.torch_export.export` in a fresh process, which ends (freeing torch and
-    the fp32 model) before this one goes on."""
-    # The pool is terminated, not shut down: once its answer is back the child has nothing left to
-    # do, and a clean interpreter exit with torch loaded takes seconds.
-    with multiprocessing.get_context("spawn").Pool(1) as child:
-        return child.apply(_export, args)
+    the fp32 model) before this one goes on. Its error is raised here; a child that dies is a clear error."""
+    context = multiprocessing.get_context("spawn")
+    answers, answer_to = context.Pipe(duplex=False)
+    child = context.Process(target=_export, args=(answer_to, *args), name="clip-export")
+    child.start()
+    answer_to.close()  # the child holds the only writer: its death ends the pipe
+    try:
+        answer = answers.recv()
+    except EOFError:
+        child.join()
+        raise CompileRefused(f"the export of {args[0]} stopped without an answer (exit code {child.exitcode}; "
+                             "-9 is a kill, often for memory), so nothing was written; see the log above") from None
+    finally:
+        # Killed, not left to exit: with torch loaded a clean interpreter exit takes seconds.
+        child.kill()
+        child.join()
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
 
 
-def _export(*args: Any) -> dict[str, Any]:
+def _export(answer_to: Connection, *args: Any) -> None:
     from .torch_export import export  # torch boundary: runs in the export child only
 
-    return export(*args)
+    try:
+        answer: Any = export(*args)
+    except Exception as exc:  # the parent raises it
+        answer = exc
+    answer_to.send(answer)
 
 
 def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str, Any]) -> str:

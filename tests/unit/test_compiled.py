@@ -222,3 +222,10 @@ def test_native_bf16_is_read_as_torch_reads_it() -> None:
     from clip_runner.hardware import cpu_has_native_bf16
 
     assert cpu_has_native_bf16() == bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def test_the_export_childs_error_is_raised_in_the_compiling_process(tmp_path: Path) -> None:
+    """The torch side runs in a child process; what goes wrong there is raised here, as itself."""
+    pixels, texts = np.zeros((1, 64, 64, 3), np.uint8), ["a photo"]
+    with pytest.raises(ModelNotAvailable, match="'clip-missing:v1' is not in the model store"):
+        openvino_compiler._export_in_a_child("clip-missing:v1", tmp_path, 1, pixels, texts, [])
