@@ -7,6 +7,7 @@ OpenAI's shapes, plus images as ``input`` items ``{"image": ...}`` or vLLM's ``m
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +126,7 @@ def _model_card(api: ClipAPI) -> dict[str, Any]:
     return {"id": names[0], "object": "model", "created": int(entry.path.stat().st_mtime),
             "owned_by": "clip-service", "aliases": list(names[1:]), "embedding_size": api.embedding_size,
             "image_size": entry.metadata.get("image_size"), "context_length": entry.metadata.get("context_length"),
-            "scores": api.scorer.to_json(), "modalities": ["text", "image"]}
+            "scores": dataclasses.asdict(api.scorer), "modalities": ["text", "image"]}
 
 
 async def models(request: Request) -> dict[str, Any]:

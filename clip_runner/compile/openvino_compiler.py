@@ -139,10 +139,9 @@ def _export(answer_to: Connection, *args: Any) -> None:
     from .torch_export import export  # torch boundary: runs in the export child only
 
     try:
-        answer: Any = export(*args)
+        answer_to.send(export(*args))
     except Exception as exc:  # the parent raises it
-        answer = exc
-    answer_to.send(answer)
+        answer_to.send(exc)
 
 
 def _register(parent: StoreEntry, precision: str, folder: Path, facts: dict[str, Any]) -> str:

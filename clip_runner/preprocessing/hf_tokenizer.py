@@ -48,6 +48,11 @@ CLEANERS: dict[str, Callable[[str], str]] = {
 }
 
 
+def hf_tokenizer_name(model_cfg: dict[str, Any]) -> str | None:
+    """The Hugging Face tokenizer an open_clip model config names (SigLIP's); None for CLIP BPE."""
+    return model_cfg.get("text_cfg", {}).get("hf_tokenizer_name") or None
+
+
 class HFTextTokenizer:
     """Texts → (N, context_length) int64 ids, as open_clip's ``HFTokenizer`` gives them."""
 

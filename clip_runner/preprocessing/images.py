@@ -43,9 +43,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
 
-def decode_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image", draft_side: int | None = None
-) -> Image.Image:
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image",
+                 draft_side: int | None = None) -> Image.Image:
     """One upload → a new, loaded RGB image: EXIF orientation applied, transparency over white, first frame only,
     high bit depths scaled to 8 bits. ``draft_side``: a JPEG decodes at the smallest DCT scale that keeps both
     sides at least this long. Every failure is an :class:`~clip_runner.errors.InputError` naming ``field``."""

@@ -351,7 +351,7 @@ class ClipAPI:
         """``/health``: (status, body): what is served, where and how; 503 once the model thread stopped."""
         if not self.batcher.alive:
             return 503, {"status": "unavailable", "error": "the model thread has stopped; restart the server"}
-        return 200, {"status": "healthy", **self.model.info(), "scores": self.scorer.to_json(),
+        return 200, {"status": "healthy", **self.model.info(), "scores": dataclasses.asdict(self.scorer),
                      "threshold": self.threshold.value,
                      "threshold_source": self.threshold.source, "image_urls": self.references.url_policy,
                      "batching": {"max_batch_size": self.max_batch, "workers": self.settings.workers,

@@ -65,9 +65,6 @@ class Scorer:
         exp = np.exp(logits - logits.max())
         return (exp / exp.sum()).astype(np.float32)
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class Threshold:

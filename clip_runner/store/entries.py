@@ -21,6 +21,7 @@ import numpy as np
 from bentoml._internal.configuration.containers import BentoMLContainer
 
 from ..errors import ModelNotAvailable
+from ..preprocessing.hf_tokenizer import hf_tokenizer_name
 from ..preprocessing.images import input_size
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class StoreEntry:
     @property
     def hf_tokenizer(self) -> bool:
         """Whether the model tokenizes with a Hugging Face tokenizer kept in the entry (SigLIP), not CLIP BPE."""
-        return bool(self.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"))
+        return hf_tokenizer_name(self.model_cfg) is not None
 
     @property
     def runtime(self) -> str:

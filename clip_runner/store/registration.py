@@ -14,6 +14,7 @@ import torch
 from open_clip.model import get_model_preprocess_cfg
 
 from ..errors import ModelNotAvailable
+from ..preprocessing.hf_tokenizer import hf_tokenizer_name
 from .download import download_hub_repo, download_pretrained, download_tokenizer
 from .entries import (
     CONFIG_FILE,
@@ -77,7 +78,7 @@ def _preprocess_cfg(model: torch.nn.Module, pretrained_cfg: dict[str, Any]) -> d
 
 def _download_tokenizer(model_cfg: dict[str, Any], retries: int) -> Path | None:
     """The folder of the Hugging Face tokenizer ``model_cfg`` names, downloaded; None for CLIP BPE."""
-    name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+    name = hf_tokenizer_name(model_cfg)
     return download_tokenizer(name, retries=retries) if name else None
 
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import ModelNotAvailable
-from ..preprocessing.hf_tokenizer import HF_TOKENIZER_FILES, HFTextTokenizer
+from ..preprocessing.hf_tokenizer import HF_TOKENIZER_FILES, HFTextTokenizer, hf_tokenizer_name
 from .entries import CONFIG_FILE, SOURCES, WEIGHTS_FILE, StoreEntry, open_entry, sha256_file, verify_files
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def build_from_config(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
 def text_tokenizer(folder: Path, model_cfg: dict[str, Any]) -> Tokenizer:
     """The model's tokenizer as torch code calls it: open_clip's CLIP BPE, or the Hugging Face tokenizer
     whose files are in ``folder``, run by :class:`HFTextTokenizer` (as every runtime runs it)."""
-    if not model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"):
+    if hf_tokenizer_name(model_cfg) is None:
         return open_clip.get_tokenizer(f"local-dir:{folder}")
     return TorchIds.for_model(folder, model_cfg)
 
@@ -175,18 +175,9 @@ def describe(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: 
     }
 
 
-def save_entry(
-    model: torch.nn.Module,
-    model_cfg: dict[str, Any],
-    preprocess_cfg: dict[str, Any],
-    *,
-    name: str,
-    arch: str,
-    pretrained: str,
-    source: str,
-    extra_metadata: dict[str, Any] | None = None,
-    tokenizer_dir: Path | None = None,
-) -> str:
+def save_entry(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], *, name: str,
+               arch: str, pretrained: str, source: str, extra_metadata: dict[str, Any] | None = None,
+               tokenizer_dir: Path | None = None) -> str:
     """Write a model into the store as a new version; returns the tag string. A model with a Hugging Face
     tokenizer needs ``tokenizer_dir``: its files are kept in the entry, so that it serves offline."""
     if source not in SOURCES:
@@ -196,7 +187,7 @@ def save_entry(
     metadata.update(extra_metadata or {})
     labels = {"arch": arch, "pretrained": pretrained, "source": source}
     if kept:
-        labels["tokenizer"] = model_cfg["text_cfg"]["hf_tokenizer_name"]
+        labels["tokenizer"] = hf_tokenizer_name(model_cfg)
     with bentoml.models.create(name, labels=labels, metadata=metadata) as ref:
         out = Path(ref.path)
         weights = out / WEIGHTS_FILE
@@ -215,8 +206,7 @@ def save_entry(
 
 def tokenizer_files(model_cfg: dict[str, Any], folder: Path | None) -> list[Path]:
     """The Hugging Face tokenizer files an entry of ``model_cfg`` keeps (none for CLIP BPE)."""
-    name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
-    if not name:
+    if (name := hf_tokenizer_name(model_cfg)) is None:
         return []
     if folder is None:
         raise ModelNotAvailable(f"this model tokenizes with the Hugging Face tokenizer {name!r}: give its folder "
