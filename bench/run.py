@@ -79,7 +79,7 @@ IDLE_S = 1.0  # how long a ready server is watched, unloaded, for its idle RSS
 #: "decode" and "runtimes". (b) is the service as configured by default (on a CPU with OpenVINO:
 #: the fastest compiled precision); (e) and (f) serve through torch, at fp32 and at torch's own
 #: default (bf16 where the CPU has it; (e) is left out when that is fp32); (g)-(i) a compiled
-#: entry at each precision ((h) only where bf16 is native).
+#: entry at each precision ((h) only where bf16 is native; the one at (b)'s precision shows (b)'s figures).
 SERIES = {"a": "limit", "b": "ours", "c": "baseline", "d": "unbatched", "e": "ours_fp32", "f": "ours_torch",
           "g": "ours_openvino_fp32", "h": "ours_openvino_bf16", "i": "ours_openvino_int8"}
 COMPILED_SERIES = {"g": "fp32", "h": "bf16", "i": "int8"}
@@ -825,7 +825,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"model {tag} on {opts.device}; series {','.join(opts.series)}; levels {list(opts.levels)}; "
           f"{opts.warmup_s:g} s warm-up + {opts.duration_s:g} s per level", flush=True)
     for target in targets(tag, opts):
-        report[target.key] = measure_server(target, photos, opts, args.out.parent / "bench_logs")
+        report[target.key] = _twin_of_ours(target, report) or measure_server(target, photos, opts,
+                                                                             args.out.parent / "bench_logs")
     report["ratios"] = ratios(report)
     report["goals"] = goals(report)
     from bench.plots import write_plots
@@ -836,6 +837,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("\n" + render(report) + f"\n\nreport: {args.out}\nplots: {', '.join(report['plots'])}")
     return report
+
+
+def _twin_of_ours(target: Target, report: dict[str, Any]) -> dict[str, Any] | None:
+    """(b)'s figures when ``target`` is a compiled series at the precision (b) serves: the same server."""
+    ours, env = report.get("ours"), target.env
+    serves = f"openvino {env.get('CLIP_PRECISION')}" if env.get("CLIP_RUNTIME") == "openvino" else None
+    if not ours or ours.get("error") or serves != report["environment"].get("precision"):
+        return None
+    print(f"\n{target.title}: what (b) serves, so (b)'s figures", flush=True)
+    return {**ours, "same_as": "ours"}
 
 
 def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes],

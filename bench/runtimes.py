@@ -28,14 +28,12 @@ TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car
 
 def compile_all(tag: str, precisions: tuple[str, ...]) -> dict[str, str]:
     """Each precision's compiled entry of ``tag``: from the store, else compiled now."""
-    from clip_runner.compile.openvino_compiler import compile_entry
+    from clip_runner.compile.openvino_compiler import compile_entries
     from clip_runner.store.entries import find_compiled
 
-    tags = {}
-    for precision in precisions:
-        found = find_compiled(tag, precision)
-        tags[precision] = found.tag if found else compile_entry(tag, precision)
-    return tags
+    found = {precision: compiled.tag for precision in precisions if (compiled := find_compiled(tag, precision))}
+    missing = [precision for precision in precisions if precision not in found]
+    return {**found, **(compile_entries(tag, missing) if missing else {})}
 
 
 def compiled_precisions() -> tuple[str, ...]:

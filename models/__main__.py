@@ -53,14 +53,14 @@ def _export(args: argparse.Namespace) -> None:
 
 def _compile(args: argparse.Namespace) -> None:
     try:
-        from clip_runner.compile.openvino_compiler import compile_entry
+        from clip_runner.compile.openvino_compiler import compile_entries
     except ImportError as exc:  # the openvino extra is missing
         raise RuntimeMissing(f"compiling needs OpenVINO and NNCF ({exc}); install them with "
                              "pip install 'clip-service[openvino]'") from exc
 
-    tag = compile_entry(args.tag, args.precision, Path(args.calibration) if args.calibration else None,
-                        force=args.force, threads=args.threads)
-    print(tag)
+    tags = compile_entries(args.tag, args.precision, Path(args.calibration) if args.calibration else None,
+                           force=args.force, threads=args.threads)
+    print("\n".join(tags.values()))
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -178,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=_export)
     exp.add_argument("tag")
     exp.add_argument("path")
-    comp = sub.add_parser("compile", help="compile a stored model for a CPU runtime; prints the new tag")
+    comp = sub.add_parser("compile", help="compile a stored model for a CPU runtime; prints the new tags")
     comp.set_defaults(run=_compile)
     comp.add_argument("tag", help="store entry to compile (a torch entry)")
-    comp.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    comp.add_argument("--precision", choices=["fp32", "bf16", "int8"], nargs="+", default=["fp32"],
+                      help="one or more: each is its own entry, all from one export of the model")
     comp.add_argument("--calibration", metavar="DIR", help="int8: a folder of your images (default: a generated set)")
     comp.add_argument("--force", action="store_true", help="register even when parity is under the bar")
     comp.add_argument("--threads", type=int, help="inference threads for the parity check (default: all CPUs)")

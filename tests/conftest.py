@@ -66,12 +66,12 @@ def clip_env(settings: Mapping[str, str]) -> Iterator[None]:
 # the same worker (it is built once per worker); the longest groups are handed out first, so that
 # none of them is left to run alone at the end.
 XDIST_GROUPS = {
-    "tests/e2e/test_loadtest.py": "bench",  # `bench.run --quick`: minutes of servers, one after another
-    "tests/unit/test_compiled.py": "compiled",  # these three use compiled_tiny (three OpenVINO compiles)
-    "tests/e2e/test_compiled_serve.py": "compiled",
+    "tests/e2e/test_compiled_serve.py": "compiled",  # these use compiled_tiny (three OpenVINO compiles)
     "tests/e2e/test_deploy.py": "compiled",
+    "tests/e2e/test_loadtest.py": "compiled",  # `bench.run --quick` (minutes) finds them in the worker's store
+    "tests/unit/test_compiled.py": "compiled",
 }
-FIRST_GROUPS = ("bench", "compiled")
+FIRST_GROUPS = ("compiled",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -268,10 +268,10 @@ def jpeg_bytes() -> bytes:
 @pytest.fixture(scope="session")
 def compiled_tiny(tiny_tag: str) -> dict[str, str]:
     """The tiny model compiled for OpenVINO at each precision: precision → store tag."""
-    from clip_runner.compile.openvino_compiler import compile_entry
+    from clip_runner.compile.openvino_compiler import compile_entries
     from clip_runner.store.entries import PRECISIONS
 
-    return {precision: compile_entry(tiny_tag, precision, threads=2) for precision in PRECISIONS}
+    return compile_entries(tiny_tag, PRECISIONS, threads=2)
 
 
 @pytest.fixture(scope="session")

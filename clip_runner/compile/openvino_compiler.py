@@ -13,6 +13,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -48,62 +49,101 @@ _PARITY_SEED, _CALIBRATION_SEED = 7_000_001, 7_100_003  # apart from each other 
 TOWERS = ("image", "text")
 
 
-def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, force: bool = False,
-                  threads: int | None = None) -> str:
-    """Compile store entry ``tag`` for OpenVINO at ``precision``; returns the new entry's tag. Nothing is written
-    when the parity falls under :data:`PARITY_BAR` (unless ``force``). ``calibration``: int8's image folder."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+def compile_entry(tag: str, precision: str, calibration: Path | None = None, **options: Any) -> str:
+    """Compile store entry ``tag`` for OpenVINO at ``precision``; returns the new entry's tag (see below)."""
+    return compile_entries(tag, (precision,), calibration, **options)[precision]
+
+
+def compile_entries(tag: str, precisions: Sequence[str], calibration: Path | None = None, *, force: bool = False,
+                    threads: int | None = None) -> dict[str, str]:
+    """Compile store entry ``tag`` for OpenVINO at each of ``precisions``, all from one export; returns precision
+    → new tag. A precision whose parity falls under :data:`PARITY_BAR` writes nothing (unless ``force``); when
+    none passes, that refusal is raised. ``calibration``: int8's image folder."""
+    if unknown := set(precisions) - set(PRECISIONS):
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {sorted(unknown)}")
     parent = open_entry(tag)
     if parent.runtime != "torch":
         raise ModelNotAvailable(f"{parent.tag} is already compiled; compile its parent {parent.labels.get('parent')}")
     start, threads = time.perf_counter(), threads or available_cpus()
     pipeline = PixelPipeline(parent.preprocess_cfg)
-    probe_pixels, probe_texts = parity_set(pipeline)
-    images = calibration_images(pipeline, calibration) if precision == "int8" else []
+    probe = parity_set(pipeline)
+    images = calibration_images(pipeline, calibration) if "int8" in precisions else []
+    tags: dict[str, str] = {}
+    refused: list[CompileRefused] = []
     with tempfile.TemporaryDirectory(prefix="clip-compile-") as tmp:
-        traced, folder = Path(tmp, "traced"), Path(tmp, precision)
+        traced = Path(tmp, "traced")
         traced.mkdir()
-        folder.mkdir()
-        exported = _export_in_a_child(parent.tag, traced, threads, probe_pixels, probe_texts,
-                                      calibration_texts() if images else [])
-        settings: dict[str, Any] = {"precision": precision, "dynamic_batch": True}
-        for name in TOWERS:  # one tower in memory at a time
-            tower = ov.Core().read_model(str(traced / f"{name}.xml"))
-            if images:
-                tower = _quantize(name, tower, images if name == "image" else list(exported["calibration_tokens"]))
-            ov.save_model(tower, str(folder / f"{name}.xml"), compress_to_fp16=precision == "bf16")
-            del tower
+        answer = _export_in_a_child(parent.tag, traced, threads, *probe, calibration_texts() if images else [])
+        export = _Export(parent, traced, answer, probe, images, calibration, threads, time.perf_counter() - start)
+        for precision in precisions:
+            try:
+                tags[precision] = _compile(export, precision, Path(tmp, precision), force)
+            except CompileRefused as exc:
+                refused.append(exc)
+                if len(precisions) > 1:
+                    logger.warning("%s", exc)
+    if not tags:
+        raise refused[0]
+    return tags
+
+
+@dataclasses.dataclass
+class _Export:
+    """A torch entry's towers exported once (:mod:`.torch_export`), with what each precision's compile reads."""
+
+    parent: StoreEntry
+    folder: Path
+    answer: dict[str, Any]  # the export child's
+    probe: tuple[np.ndarray, list[str]]  # the parity set
+    images: list[np.ndarray]  # int8's calibration pixels
+    calibration: Path | None
+    threads: int
+    seconds: float  # the export's
+
+
+def _compile(export: _Export, precision: str, folder: Path, force: bool) -> str:
+    """One precision's compiled entry from ``export``, registered when its parity meets the bar."""
+    start, parent, traced, exported = time.perf_counter(), export.parent, export.folder, export.answer
+    images = export.images if precision == "int8" else []
+    folder.mkdir()
+    settings: dict[str, Any] = {"precision": precision, "dynamic_batch": True}
+    for name in TOWERS:  # one tower in memory at a time
+        tower = ov.Core().read_model(str(traced / f"{name}.xml"))
         if images:
-            settings["calibration"] = {
-                "tool": f"nncf {importlib.metadata.version('nncf')}", "images": len(images),
-                "captions": len(exported["calibration_tokens"]),
-                "image_source": str(calibration) if calibration else "default set (generated)",
-                "model_type": "transformer"}
-        for name in (CONFIG_FILE, TOKENIZER_FILE):
-            if (traced / name).is_file():
-                shutil.copy(traced / name, folder / name)
-        for name in parent.metadata.get("tokenizer_sha256", {}):  # a Hugging Face tokenizer, kept as it is
-            shutil.copy(parent.path / name, folder / name)
-        if not exported["tokenizer_written"] and not parent.hf_tokenizer:
-            logger.warning("%s's tokenizer is not plain CLIP BPE: serving this entry will import torch "
-                           "for open_clip's tokenizer", parent.tag)
-        draft = dataclasses.replace(parent, tag=f"{parent.tag} ({precision}, compiling)", path=folder,
-                                    labels={"runtime": OPENVINO, "precision": precision})
-        candidate = OpenVINOEncoder(draft, threads, verify=False)
-        parity = Parity.between((exported["expected_images"], exported["expected_texts"]),
-                                (candidate.encode_pixels(probe_pixels), candidate.encode_texts(probe_texts)))
-        del candidate
-        logger.info("parity of %s %s to torch fp32: %s", parent.tag, precision, parity.to_json())
-        if parity.worst_mean < PARITY_BAR and not force:
-            raise CompileRefused(
-                f"{precision} compile of {parent.tag} refused: mean cosine to torch fp32 is {parity.image_mean:.4f} "
-                f"(image) and {parity.text_mean:.4f} (text), under the bar of {PARITY_BAR}, so nothing was written; "
-                "calibrate on your own images (--calibration DIR)")
-        return _register(parent, precision, folder, {
-            "runtime_version": ov.get_version(), "compile": settings, "parity": parity.to_json(),
-            "parity_set": {"images": len(probe_pixels), "texts": len(probe_texts)},
-            "compile_seconds": round(time.perf_counter() - start, 1), "compile_peak_rss_mb": _peak_rss_mb()})
+            tower = _quantize(name, tower, images if name == "image" else list(exported["calibration_tokens"]))
+        ov.save_model(tower, str(folder / f"{name}.xml"), compress_to_fp16=precision == "bf16")
+        del tower
+    if images:
+        settings["calibration"] = {
+            "tool": f"nncf {importlib.metadata.version('nncf')}", "images": len(images),
+            "captions": len(exported["calibration_tokens"]),
+            "image_source": str(export.calibration) if export.calibration else "default set (generated)",
+            "model_type": "transformer"}
+    for name in (CONFIG_FILE, TOKENIZER_FILE):
+        if (traced / name).is_file():
+            shutil.copy(traced / name, folder / name)
+    for name in parent.metadata.get("tokenizer_sha256", {}):  # a Hugging Face tokenizer, kept as it is
+        shutil.copy(parent.path / name, folder / name)
+    if not exported["tokenizer_written"] and not parent.hf_tokenizer:
+        logger.warning("%s's tokenizer is not plain CLIP BPE: serving this entry will import torch "
+                       "for open_clip's tokenizer", parent.tag)
+    draft = dataclasses.replace(parent, tag=f"{parent.tag} ({precision}, compiling)", path=folder,
+                                labels={"runtime": OPENVINO, "precision": precision})
+    candidate = OpenVINOEncoder(draft, export.threads, verify=False)
+    pixels, texts = export.probe
+    parity = Parity.between((exported["expected_images"], exported["expected_texts"]),
+                            (candidate.encode_pixels(pixels), candidate.encode_texts(texts)))
+    del candidate
+    logger.info("parity of %s %s to torch fp32: %s", parent.tag, precision, parity.to_json())
+    if parity.worst_mean < PARITY_BAR and not force:
+        raise CompileRefused(
+            f"{precision} compile of {parent.tag} refused: mean cosine to torch fp32 is {parity.image_mean:.4f} "
+            f"(image) and {parity.text_mean:.4f} (text), under the bar of {PARITY_BAR}, so nothing was written; "
+            "calibrate on your own images (--calibration DIR)")
+    return _register(parent, precision, folder, {
+        "runtime_version": ov.get_version(), "compile": settings, "parity": parity.to_json(),
+        "parity_set": {"images": len(pixels), "texts": len(texts)}, "compile_peak_rss_mb": _peak_rss_mb(),
+        "compile_seconds": round(export.seconds + time.perf_counter() - start, 1)})
 
 
 def _peak_rss_mb() -> float:

@@ -116,20 +116,20 @@ def _candidate_precisions(requested: str) -> tuple[str, ...]:
 
 
 def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads: int) -> dict[str, StoreEntry]:
-    """Each precision's compiled entry from the store, compiled now when missing; refusals skipped."""
+    """Each precision's compiled entry from the store, the missing ones compiled now; refusals skipped."""
+    if missing := [precision for precision in precisions if find_compiled(entry.tag, precision) is None]:
+        if importlib.util.find_spec("torch") is None:  # the slim image: it serves, it does not compile
+            raise ModelNotAvailable(f"{entry.tag} has no {'/'.join(missing)} compile in the store and torch is not "
+                                    "installed to make one: pin a compiled entry (`make build` does)")
+        logger.warning("no %s compile of %s in the store: compiling it now (once)", "/".join(missing), entry.tag)
+        try:
+            _compile_in_a_child(entry.tag, missing, threads)
+        except CompileRefused as exc:
+            logger.warning("%s", exc)
     found: dict[str, StoreEntry] = {}
     for precision in precisions:
-        compiled = find_compiled(entry.tag, precision)
-        if compiled is None:
-            if importlib.util.find_spec("torch") is None:  # the slim image: it serves, it does not compile
-                raise ModelNotAvailable(f"{entry.tag} has no {precision} compile in the store and torch is not "
-                                        "installed to make one: pin a compiled entry (`make build` does)")
-            logger.warning("no %s compile of %s in the store: compiling it now (once)", precision, entry.tag)
-            try:
-                compiled = open_entry(_compile_in_a_child(entry.tag, precision, threads))
-            except CompileRefused as exc:
-                logger.warning("%s", exc)
-                continue
+        if (compiled := find_compiled(entry.tag, precision)) is None:
+            continue  # refused: the compile's log says why
         parity = compiled.metadata.get("parity")
         if not parity or Parity(**parity).worst_mean < PARITY_BAR:
             logger.warning("%s was forced past the parity bar (%s): not served by default", compiled.tag, parity)
@@ -138,16 +138,15 @@ def _compiled_candidates(entry: StoreEntry, precisions: tuple[str, ...], threads
     return found
 
 
-def _compile_in_a_child(tag: str, precision: str, threads: int) -> str:
-    """``python -m models compile`` in a child process (so the worker never holds torch or the compiler's peak);
-    returns the new tag."""
-    command = [sys.executable, "-m", "models", "compile", tag, "--precision", precision, "--threads", str(threads)]
+def _compile_in_a_child(tag: str, precisions: list[str], threads: int) -> None:
+    """``python -m models compile`` of ``precisions`` in a child process (so the worker never holds torch or the
+    compiler's peak); the store then has each precision that met the parity bar."""
+    command = [sys.executable, "-m", "models", "compile", tag, "--precision", *precisions, "--threads", str(threads)]
     root = Path(__file__).resolve().parents[2]  # where the `models` command line lives, in a checkout or a bento
-    done = subprocess.run(command, cwd=root, stdout=subprocess.PIPE, text=True, check=False)
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    if done.returncode != 0 or not last:
-        raise CompileRefused(f"compiling {tag} at {precision} failed (exit {done.returncode}; its log is above)")
-    return last
+    done = subprocess.run(command, cwd=root, stdout=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise CompileRefused(f"compiling {tag} at {'/'.join(precisions)} failed (exit {done.returncode}; "
+                             "its log is above)")
 
 
 def _fastest(entry: StoreEntry, candidates: dict[str, StoreEntry], threads: int,

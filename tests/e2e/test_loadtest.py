@@ -39,7 +39,9 @@ def test_locust_runs_every_route_headless_without_failures(server: Server, tmp_p
     assert int(total["Failure Count"]) == 0, Path(f"{prefix}_failures.csv").read_text()
 
 
-def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, tmp_path: Path) -> None:
+def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, compiled_tiny: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """compiled_tiny: the bench finds the tiny model's compiles in the store instead of compiling it again."""
     out_file, plots = tmp_path / "bench.json", tmp_path / "plots"
     cmd = [sys.executable, "-m", "bench.run", "--quick", "--model-tag", tiny_tag,
            "--out", str(out_file), "--plots-dir", str(plots)]
@@ -90,6 +92,9 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     native_bf16 = cpu_has_native_bf16()
     served = f"openvino {report['ours']['precision']}"  # (a) measures what (b) serves
     assert report["limit"]["precision"] == report["environment"]["precision"] == served
+    # The compiled series at (b)'s precision is (b)'s own server, not started twice.
+    twins = [key for key, section in report.items() if isinstance(section, dict) and section.get("same_as") == "ours"]
+    assert twins == [f"ours_openvino_{report['ours']['precision']}"]
     assert env["series"] == (["a", "b", "c", "d", "e", "f", "g", "h", "i"] if native_bf16 else
                              ["a", "b", "c", "d", "f", "g", "i"])
     for key in ("ours_torch", "ours_openvino_fp32", "ours_openvino_int8", *(("ours_fp32",) if native_bf16 else ())):
@@ -98,7 +103,8 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, t
     assert env["levels"] == [1, 16] and env["git_commit"] and env["cpu_model"]
 
 
-def test_bench_runs_a_subset_for_an_a_b_comparison(tiny_tag: str, tmp_path: Path) -> None:
+def test_bench_runs_a_subset_for_an_a_b_comparison(tiny_tag: str, compiled_tiny: dict[str, str],
+                                                    tmp_path: Path) -> None:
     out_file = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench.run", "--quick", "--series", "b", "--levels", "2", "--model-tag", tiny_tag,
            "--out", str(out_file)]

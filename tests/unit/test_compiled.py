@@ -17,7 +17,7 @@ from PIL import Image
 from clip_runner.compile import openvino_compiler
 from clip_runner.compile.openvino_compiler import compile_entry
 from clip_runner.errors import CompileRefused, ModelNotAvailable, RuntimeMissing
-from clip_runner.hardware import NVIDIA_DEVICE_NODE
+from clip_runner.hardware import NVIDIA_DEVICE_NODE, cpu_has_native_bf16
 from clip_runner.preprocessing.images import PixelPipeline
 from clip_runner.runtimes import choice as runtime_choice
 from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
@@ -105,17 +105,22 @@ def test_calibration_folder_is_used_and_unreadable_files_skipped(tiny_tag: str, 
         compile_entry(tiny_tag, "int8", empty, threads=2)
 
 
-def test_cli_compile_prints_the_new_tag_last(tiny_tag: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "models", "compile", tiny_tag, "--precision", "bf16"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    tag = done.stdout.strip().splitlines()[-1]
-    assert tag.split(":")[0] == f"{tiny_tag.split(':')[0]}-openvino-bf16"
-    assert open_entry(tag).labels["parent"] == tiny_tag and open_entry(tag).labels["precision"] == "bf16"
-    listing = subprocess.run([sys.executable, "-m", "models", "list"], cwd=ROOT, capture_output=True, text=True)
-    row = next(line for line in listing.stdout.splitlines() if line.startswith(tag))
-    assert "compiled" in row and "openvino bf16" in row
-    bentoml.models.delete(tag)
+def test_cli_compile_prints_the_new_tags_last(tiny_tag: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    exports = []
+    export = openvino_compiler._export_in_a_child
+    monkeypatch.setattr(openvino_compiler, "_export_in_a_child", lambda *args: exports.append(args) or export(*args))
+    assert cli.main(["compile", tiny_tag, "--precision", "bf16", "fp32"]) == 0
+    tags = capsys.readouterr().out.strip().splitlines()[-2:]  # one entry per precision, in the order asked
+    assert len(exports) == 1  # both from one export of the model
+    assert cli.main(["list"]) == 0
+    listing = capsys.readouterr().out
+    for tag, precision in zip(tags, ("bf16", "fp32"), strict=True):
+        assert tag.split(":")[0] == f"{tiny_tag.split(':')[0]}-openvino-{precision}"
+        assert open_entry(tag).labels["parent"] == tiny_tag and open_entry(tag).labels["precision"] == precision
+        row = next(line for line in listing.splitlines() if line.startswith(tag))
+        assert "compiled" in row and f"openvino {precision}" in row
+        bentoml.models.delete(tag)
 
 
 def test_without_openvino_the_error_names_the_extra(tiny_tag: str, monkeypatch: pytest.MonkeyPatch,
@@ -210,8 +215,9 @@ def test_without_torch_a_torch_entry_is_refused_not_compiled() -> None:
     done = subprocess.run([sys.executable, "-c", NO_TORCH_START, tag], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == (f"{tag} has no fp32 compile in the store and torch is not installed to make one: "
-                                   "pin a compiled entry (`make build` does)")
+    candidates = "fp32/bf16/int8" if cpu_has_native_bf16() else "fp32/int8"
+    assert done.stdout.strip() == (f"{tag} has no {candidates} compile in the store and torch is not installed to "
+                                   "make one: pin a compiled entry (`make build` does)")
     assert find_compiled(tag, "fp32") is None
     bentoml.models.delete(tag)
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from clip_runner import synthetic_images
-from clip_runner.compile.openvino_compiler import compile_entry
+from clip_runner.compile.openvino_compiler import compile_entries
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.preprocessing.hf_tokenizer import HFTextTokenizer
 from clip_runner.preprocessing.images import PixelPipeline
@@ -106,7 +106,7 @@ def test_torch_fp32_matches_open_clip(tiny_siglip_tag: str, siglip_reference) ->
 
 @pytest.fixture(scope="module")
 def compiled_siglip(tiny_siglip_tag: str) -> dict[str, str]:
-    return {precision: compile_entry(tiny_siglip_tag, precision) for precision in ("fp32", "int8")}
+    return compile_entries(tiny_siglip_tag, ("fp32", "int8"))
 
 
 def test_compiled_fp32_matches_open_clip_and_keeps_the_tokenizer(compiled_siglip: dict[str, str],
