@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from clip_runner.store.entries import CONFIG_FILE, WEIGHTS_FILE, list_entries, o
 from clip_runner.store.registration import register_random
 from clip_runner.store.selection import parse_model_name, select_model
 from clip_runner.store.weights import load_entry
+from models import __main__ as cli
 from tests.conftest import TINY_CONFIG
 
 
@@ -95,19 +94,18 @@ def test_checkpoint_directory_registers_once(tiny_tag: str, tmp_path: Path) -> N
     assert cfg["model_cfg"]["embed_dim"] == 32
 
 
-def test_cli_register_and_list(bentoml_home: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "models", "register", "--random-init", str(TINY_CONFIG), "--name", "clip-cli-test"],
-        capture_output=True, text=True, check=True,
-    )
-    tag = out.stdout.strip().splitlines()[-1]
+def test_cli_register_and_list(bentoml_home: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line's own entry point, in process (tests/unit/test_layers.py runs `models list` as a process)."""
+    assert cli.main(["register", "--random-init", str(TINY_CONFIG), "--name", "clip-cli-test"]) == 0
+    out = capsys.readouterr()
+    tag = out.out.strip().splitlines()[-1]
     assert tag.startswith("clip-cli-test:")
-    assert "RANDOM weights" in out.stderr
-    listing = subprocess.run([sys.executable, "-m", "models", "list"], capture_output=True, text=True, check=True)
-    assert tag in listing.stdout and "random-init" in listing.stdout
-    missing = subprocess.run([sys.executable, "-m", "models", "register", "--checkpoint", "/nonexistent.pt"],
-                             capture_output=True, text=True)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert "RANDOM weights" in out.err
+    assert cli.main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert tag in listing and "random-init" in listing
+    assert cli.main(["register", "--checkpoint", "/nonexistent.pt"]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_the_library_never_imports_the_command_line() -> None:
