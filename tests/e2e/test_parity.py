@@ -15,17 +15,12 @@ import numpy as np
 import pytest
 
 from clip_runner import synthetic_images
-from tests.conftest import PINNED_FP32, Reference, make_jpeg
+from tests.conftest import BF16_PARITY, NOT_FP32, PINNED_FP32, Reference, make_jpeg
 from tests.e2e.conftest import Server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 FP32_PARITY = 0.9999
-# bf16 keeps 8 bits of mantissa. Measured worst cosine to the fp32 reference over 16 images and
-# 8 texts: 0.99996 (images 0.99998, texts 0.99996); the bound allows 12x that distance from 1.
-BF16_PARITY = 0.9995
-# fp32 sits at 1 - 1.4e-7 at worst: anything closer than this was not served at bf16.
-NOT_FP32 = 0.99999
 # Demo model: measured highest cosine between images of two different scenes 0.82 (16 scenes
 # of 16 categories); a collapsed or wrong model puts them near 1.
 DEMO_DISTINCT = 0.9

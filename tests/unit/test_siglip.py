@@ -21,15 +21,18 @@ from clip_runner.compile.openvino_compiler import compile_entries
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.preprocessing.hf_tokenizer import HFTextTokenizer
 from clip_runner.preprocessing.images import PixelPipeline
+from clip_runner.runtimes.choice import _candidate_precisions, choose_runtime
 from clip_runner.runtimes.encoder import token_counts
 from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
 from clip_runner.runtimes.torch_encoder import TorchEncoder
+from clip_runner.serving.scoring import Scorer
+from clip_runner.settings import ClipSettings
 from clip_runner.store.entries import open_entry, sha256_file, verify_files
 from clip_runner.store.registration import register_random
 from clip_runner.store.weights import load_entry
 from clip_runner.training import calibration as cal
 from clip_runner.training import finetune as ft
-from tests.conftest import TINY_SIGLIP_CONFIG, make_jpeg
+from tests.conftest import BF16_PARITY, NOT_FP32, TINY_SIGLIP_CONFIG, make_jpeg
 from tests.unit.test_compiled import NO_TORCH_PROBE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,9 +107,27 @@ def test_torch_fp32_matches_open_clip(tiny_siglip_tag: str, siglip_reference) ->
     assert image_cos.min() >= 0.9999 and text_cos.min() >= 0.9999
 
 
+def test_torch_bf16_stays_within_bf16s_bound(tiny_siglip_tag: str, siglip_reference) -> None:
+    encoder = TorchEncoder(load_entry(tiny_siglip_tag, torch.device("cpu")), "bf16")
+    assert encoder.describe()["precision"] == "bf16"
+    image_cos, text_cos = _parity(encoder, siglip_reference, encoder.entry.preprocess_cfg)
+    assert min(image_cos.min(), text_cos.min()) >= BF16_PARITY
+    assert min(image_cos.min(), text_cos.min()) < NOT_FP32  # computed in bf16, not fp32
+
+
 @pytest.fixture(scope="module")
 def compiled_siglip(tiny_siglip_tag: str) -> dict[str, str]:
-    return compile_entries(tiny_siglip_tag, ("fp32", "int8"))
+    return compile_entries(tiny_siglip_tag, _candidate_precisions("auto"))
+
+
+def test_auto_serves_the_fastest_compiled_precision(compiled_siglip: dict[str, str], tiny_siglip_tag: str) -> None:
+    settings = ClipSettings(model_tag=tiny_siglip_tag, runtime="auto", device="cpu")
+    encoder, choice = choose_runtime(tiny_siglip_tag, settings, 1)
+    measured = choice.measured
+    assert measured is not None and set(measured) == set(compiled_siglip)  # nothing compiled again
+    fastest = max(measured, key=lambda precision: measured[precision]["images_per_s"])
+    assert (encoder.describe()["runtime"], encoder.entry.tag) == ("openvino", compiled_siglip[fastest])
+    assert Scorer.of(encoder.entry.metadata).sigmoid  # scored as its parent is
 
 
 def test_compiled_fp32_matches_open_clip_and_keeps_the_tokenizer(compiled_siglip: dict[str, str],
