@@ -22,15 +22,11 @@ from clip_runner.serving import ClipAPI, Timings
 
 _MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # What Server-Timing reports per request, on BentoML's /metrics (its collector merges workers).
-DECODE_MS = bentoml.metrics.Histogram(
-    name="clip_decode_ms", documentation="Milliseconds decoding and preprocessing a request's images.",
-    buckets=_MS_BUCKETS)
-QUEUE_MS = bentoml.metrics.Histogram(
-    name="clip_queue_wait_ms", documentation="Milliseconds a request waited for the model.",
-    buckets=_MS_BUCKETS)
-INFER_MS = bentoml.metrics.Histogram(
-    name="clip_inference_ms", documentation="Model milliseconds of the batches a request ran in.",
-    buckets=_MS_BUCKETS)
+DECODE_MS, QUEUE_MS, INFER_MS = (
+    bentoml.metrics.Histogram(name=name, documentation=text, buckets=_MS_BUCKETS) for name, text in (
+        ("clip_decode_ms", "Milliseconds decoding and preprocessing a request's images."),
+        ("clip_queue_wait_ms", "Milliseconds a request waited for the model."),
+        ("clip_inference_ms", "Model milliseconds of the batches a request ran in.")))
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="clip_request_batch_size", documentation="Size of the adaptive batch a request's items ran in.",
     labelnames=["kind"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))

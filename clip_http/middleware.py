@@ -55,10 +55,7 @@ def error_body(path: str, status: int, message: str, field: str | None = None,
         kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         return {"error": {"message": message, "type": kind, "param": field,
                           "code": code or _OPENAI_CODES.get(status)}}
-    body: dict[str, Any] = {"error": message, "status": status}
-    if field:
-        body["field"] = field
-    return body
+    return {"error": message, "status": status, **({"field": field} if field else {})}
 
 
 async def send_error(scope: Scope, send: Send, status: int, message: str,

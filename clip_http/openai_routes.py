@@ -69,11 +69,10 @@ def _message_item(messages: Any) -> Item:
         field = f"messages[{i}].content"
         if isinstance(content, str):
             parts.append(("text", content, field))
-            continue
-        if not isinstance(content, list):
+        elif isinstance(content, list):
+            parts += [_content_part(part, f"{field}[{j}]") for j, part in enumerate(content)]
+        else:
             raise InvalidInput(f"field '{field}' must be a string or a list of content parts", field=field)
-        for j, part in enumerate(content):
-            parts.append(_content_part(part, f"{field}[{j}]"))
     if len(parts) != 1:
         raise InvalidInput(f"'messages' holds {len(parts)} content parts; a CLIP embedding is of one image or "
                            "one text: send several as items of 'input', one embedding each", field="messages")

@@ -134,9 +134,7 @@ def parse_hosts(entries: str | None) -> frozenset[tuple[str, int | None]] | None
     if entries is None or not entries.strip():
         return None
     hosts = set()
-    for entry in (e.strip() for e in entries.split(",")):
-        if not entry:
-            continue
+    for entry in filter(None, (e.strip() for e in entries.split(","))):
         parts = urlsplit(f"//{entry}")
         try:
             port = parts.port

@@ -22,14 +22,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SIZES: dict[str, float] = {"small": 0.36, "medium": 0.5, "large": 0.64}
 # Centre of the shape as fractions of (width, height), with the caption phrase.
 POSITIONS: dict[str, tuple[float, float, str]] = {
-    "top left": (0.32, 0.32, "at the top left"),
-    "top": (0.5, 0.32, "at the top"),
-    "top right": (0.68, 0.32, "at the top right"),
-    "left": (0.32, 0.5, "on the left"),
-    "center": (0.5, 0.5, "in the center"),
-    "right": (0.68, 0.5, "on the right"),
-    "bottom left": (0.32, 0.68, "at the bottom left"),
-    "bottom": (0.5, 0.68, "at the bottom"),
+    "top left": (0.32, 0.32, "at the top left"), "top": (0.5, 0.32, "at the top"),
+    "top right": (0.68, 0.32, "at the top right"), "left": (0.32, 0.5, "on the left"),
+    "center": (0.5, 0.5, "in the center"), "right": (0.68, 0.5, "on the right"),
+    "bottom left": (0.32, 0.68, "at the bottom left"), "bottom": (0.5, 0.68, "at the bottom"),
     "bottom right": (0.68, 0.68, "at the bottom right"),
 }
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {

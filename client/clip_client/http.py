@@ -248,29 +248,23 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (when.replace(tzinfo=when.tzinfo or UTC) - datetime.now(UTC)).total_seconds())
 
 
-def error_from_response(response: httpx.Response, attempts: int = 1) -> ClipServiceError:
-    """The :class:`ClipServiceError` for an error answer, carrying the server's ``error`` text."""
+def _result(path: str, parse: Callable[[Any], T], response: httpx.Response, attempts: int) -> T:
+    """``parse`` of a success's JSON body; else a :class:`ClipServiceError` carrying the server's ``error`` text."""
     message, field = None, None
     try:
         body = response.json()
     except ValueError:
+        if response.is_success:
+            raise ClipServiceError(f"{path} answered {response.status_code} with a body that is not JSON",
+                                   status=response.status_code, attempts=attempts) from None
         body = None
+    if response.is_success:
+        return parse(body)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         message, field = body["error"], body.get("field")
     if not message:  # not the service's error format (a proxy, or a crash page)
         message = response.text.strip()[:500] or response.reason_phrase or "request failed"
-    return ClipServiceError(message, status=response.status_code, field=field, attempts=attempts)
-
-
-def _result(path: str, parse: Callable[[Any], T], response: httpx.Response, attempts: int) -> T:
-    if not response.is_success:
-        raise error_from_response(response, attempts)
-    try:
-        body = response.json()
-    except ValueError:
-        raise ClipServiceError(f"{path} answered {response.status_code} with a body that is not JSON",
-                               status=response.status_code, attempts=attempts) from None
-    return parse(body)
+    raise ClipServiceError(message, status=response.status_code, field=field, attempts=attempts)
 
 
 def import_full(module: str) -> ModuleType:

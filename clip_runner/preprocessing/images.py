@@ -116,8 +116,7 @@ def _open(data: bytes, max_pixels: int, field: str) -> Image.Image:
 
 def _unrecognised(data: bytes, field: str) -> InvalidImage | UnsupportedMediaType:
     """Error for bytes Pillow could not open: a damaged supported image, or not an image."""
-    fmt = _sniff(data)
-    if fmt is not None:
+    if (fmt := _sniff(data)) is not None:
         return InvalidImage(f"field '{field}': image could not be decoded: truncated or corrupt {fmt}", field=field)
     return UnsupportedMediaType(f"field '{field}': {_describe(data)}; supported formats: {_SUPPORTED_LIST}",
                                 field=field)

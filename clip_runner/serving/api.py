@@ -338,10 +338,8 @@ class ClipAPI:
         for (i, _, _), row in zip(images, image_rows, strict=True):
             rows[i] = row
         rows[[i for i, _ in texts]] = text_rows
-        tokens = [0] * len(items)
-        for (i, _), count in zip(texts, self.model.encoder.token_counts(ids), strict=True):
-            tokens[i] = count
-        return rows, tokens
+        counts = dict(zip((i for i, _ in texts), self.model.encoder.token_counts(ids), strict=True))
+        return rows, [counts.get(i, 0) for i in range(len(items))]
 
     def categories_body(self) -> dict[str, Any]:
         """``/categories``: the default label set."""

@@ -178,10 +178,8 @@ def _settle(request: _Request, *, result: Batch | None = None,
         else:
             request.future.set_result(result)  # type: ignore[arg-type]
 
-    try:
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting any more
         request.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
-        pass
 
 
 class DecodeWindow:

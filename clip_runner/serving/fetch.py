@@ -39,11 +39,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 def is_public(address: str) -> bool:
     """Whether ``address`` is a globally routable unicast address (v4, or v6 and what it embeds)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
-        if embedded is not None:
-            ip = embedded
+    if isinstance(ip, ipaddress.IPv6Address):  # judged by the IPv4 address it embeds, if any
+        ip = ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else ip)
     site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10: global in 3.11
     return ip.is_global and not (ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local
                                  or ip.is_reserved or ip.is_unspecified or site_local)

@@ -27,12 +27,8 @@ DEFAULT_CATEGORIES: tuple[str, ...] = (
 
 # Averaging several phrasings is the standard CLIP zero-shot recipe; it is more robust than
 # the bare label. A model may carry its own templates in its store metadata.
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of {}.",
-    "a product photo of {}.",
-    "a close-up photo of {}.",
-    "an image of {}.",
-)
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {}.", "a product photo of {}.", "a close-up photo of {}.",
+                                      "an image of {}.")
 
 
 SIGMOID_THRESHOLD = 0.5  # a sigmoid model's probability is calibrated per pair: below even odds is a mismatch
@@ -79,8 +75,7 @@ def resolve_threshold(settings: ClipSettings, metadata: Mapping[str, Any]) -> Th
     """``CLIP_SIMILARITY_THRESHOLD`` wins, then a threshold calibrated into the model, then the family's default."""
     if settings.similarity_threshold is not None:
         return Threshold(float(settings.similarity_threshold), "env")
-    calibrated = metadata.get("calibrated_threshold")
-    if calibrated is not None:
+    if (calibrated := metadata.get("calibrated_threshold")) is not None:
         return Threshold(float(calibrated), "model")
     return Threshold(SIGMOID_THRESHOLD if Scorer.of(metadata).sigmoid else DEFAULT_THRESHOLD, "default")
 

@@ -77,8 +77,7 @@ def download_hub_repo(repo_id: str, *, cache_dir: str | None = None, retries: in
 def download_tokenizer(repo_id: str, *, cache_dir: str | None = None, retries: int = 3,
                        backoff_s: float = 2.0) -> Path:
     """The folder of a Hugging Face tokenizer's files (``tokenizer.json`` and those naming its special tokens)."""
-    hub = _HubRepo(repo_id, label=f"the tokenizer {repo_id}", cache_dir=cache_dir, retries=retries,
-                   backoff_s=backoff_s)
+    hub = _HubRepo(repo_id, f"the tokenizer {repo_id}", cache_dir, retries, backoff_s)
     folder = hub.fetch_first([TOKENIZER_JSON]).parent
     for filename in HF_TOKENIZER_FILES[1:]:
         hub.fetch_first([filename], required=False)  # beside tokenizer.json: the same revision's folder

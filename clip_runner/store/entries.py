@@ -151,8 +151,7 @@ def verify_files(entry: StoreEntry) -> None:
         logger.warning("store entry %s records no file hashes; integrity not checked", entry.tag)
         return
     for name, digest in expected.items():
-        actual = sha256_file(entry.path / name)
-        if actual != digest:
+        if sha256_file(entry.path / name) != digest:
             raise ModelNotAvailable(f"store entry {entry.tag}: {name} does not match its recorded sha256; "
                                     f"delete it (`bentoml models delete {entry.tag}`) and register it again")
 
@@ -202,11 +201,9 @@ def list_entries() -> list[StoreEntry]:
 
 def find_compiled(parent_tag: str, precision: str) -> StoreEntry | None:
     """The newest compiled entry of ``parent_tag`` at ``precision`` in the store, or None."""
-    for entry in list_entries():  # newest first
-        labels = entry.labels
-        if (labels.get("parent"), labels.get("runtime"), labels.get("precision")) == (parent_tag, OPENVINO, precision):
-            return entry
-    return None
+    wanted = (parent_tag, OPENVINO, precision)
+    return next((entry for entry in list_entries()  # newest first
+                 if tuple(entry.labels.get(k) for k in ("parent", "runtime", "precision")) == wanted), None)
 
 
 def store_home() -> str:

@@ -42,9 +42,7 @@ def model_config(arch: str) -> dict[str, Any]:
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         close = [m for m in open_clip.list_models() if arch.split("-")[0].lower() in m.lower()]
-        raise ModelNotAvailable(
-            f"unknown open_clip architecture {arch!r}; e.g. {', '.join(close[:8]) or 'ViT-B-32'}"
-        )
+        raise ModelNotAvailable(f"unknown open_clip architecture {arch!r}; e.g. {', '.join(close[:8]) or 'ViT-B-32'}")
     return copy.deepcopy(cfg)
 
 
@@ -59,11 +57,9 @@ def register_pretrained(arch: str, pretrained: str, *, retries: int = 3) -> str:
     if quick_gelu:
         model_cfg["quick_gelu"] = True  # the weights were trained with QuickGELU
     model = create_model(arch, pretrained=str(weights), force_quick_gelu=quick_gelu)
-    return save_entry(
-        model, model_cfg, _preprocess_cfg(model, cfg),
-        name=store_name(arch, pretrained), arch=arch, pretrained=pretrained, source="hub",
-        extra_metadata={"origin": cfg.get("hf_hub", "")}, tokenizer_dir=tokenizer,
-    )
+    return save_entry(model, model_cfg, _preprocess_cfg(model, cfg), name=store_name(arch, pretrained), arch=arch,
+                      pretrained=pretrained, source="hub", extra_metadata={"origin": cfg.get("hf_hub", "")},
+                      tokenizer_dir=tokenizer)
 
 
 def _preprocess_cfg(model: torch.nn.Module, pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +87,9 @@ def register_hub_repo(repo_id: str, *, retries: int = 3) -> str:
     model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg", {})
     tokenizer = _download_tokenizer(model_cfg, retries)
     model = build_from_config(model_cfg, preprocess_cfg, Path(files.weights_path), tokenizer)[0]
-    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
-    return save_entry(
-        model, model_cfg, preprocess_cfg, name=hub_store_name(repo_id), arch=repo_id, pretrained="hf-hub",
-        source="hub", extra_metadata={"origin": f"hf-hub:{repo_id}"}, tokenizer_dir=tokenizer,
-    )
+    return save_entry(model, model_cfg, _preprocess_cfg(model, {}), name=hub_store_name(repo_id), arch=repo_id,
+                      pretrained="hf-hub", source="hub", extra_metadata={"origin": f"hf-hub:{repo_id}"},
+                      tokenizer_dir=tokenizer)
 
 
 def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None, tokenizer: Path | None = None) -> str:
@@ -117,13 +111,9 @@ def register_checkpoint(path: str | Path, arch: str, *, name: str | None = None,
         digest = sha256_file(path)
     else:
         raise ModelNotAvailable(f"checkpoint {path} does not exist")
-    preprocess_cfg = plain_config(get_model_preprocess_cfg(model))
-    return save_entry(
-        model, model_cfg, preprocess_cfg,
-        name=name or checkpoint_store_name(arch, digest), arch=arch, pretrained="checkpoint",
-        source="checkpoint", extra_metadata={"origin": str(path.resolve()), "checkpoint_sha256": digest},
-        tokenizer_dir=tokenizer,
-    )
+    return save_entry(model, model_cfg, _preprocess_cfg(model, {}), name=name or checkpoint_store_name(arch, digest),
+                      arch=arch, pretrained="checkpoint", source="checkpoint", tokenizer_dir=tokenizer,
+                      extra_metadata={"origin": str(path.resolve()), "checkpoint_sha256": digest})
 
 
 def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = None,
@@ -144,13 +134,9 @@ def register_random(arch_or_config: str, *, seed: int = 0, name: str | None = No
         model = create_model(arch)
         tags = open_clip.list_pretrained_tags_by_model(arch)
         preprocess_cfg = _preprocess_cfg(model, open_clip.get_pretrained_cfg(arch, tags[0]) if tags else {})
-    return save_entry(
-        model, model_cfg, preprocess_cfg,
-        name=name or store_name(arch, RANDOM_INIT), arch=arch, pretrained=RANDOM_INIT,
-        source="random-init",
-        extra_metadata={"seed": seed, "warning": "random weights: embeddings carry no meaning"},
-        tokenizer_dir=tokenizer,
-    )
+    return save_entry(model, model_cfg, preprocess_cfg, name=name or store_name(arch, RANDOM_INIT), arch=arch,
+                      pretrained=RANDOM_INIT, source="random-init", tokenizer_dir=tokenizer,
+                      extra_metadata={"seed": seed, "warning": "random weights: embeddings carry no meaning"})
 
 
 def read_card(folder: Path) -> dict[str, Any]:

@@ -31,11 +31,8 @@ OPENAI_IDS: dict[str, tuple[str, str]] = {
     "openai/clip-vit-large-patch14-336": ("ViT-L-14-336", "openai"),
 }
 # (minimum free VRAM in GiB, architecture, pretrained tag), largest first.
-TIERS: tuple[tuple[float, str, str], ...] = (
-    (8.0, "ViT-L-14", "openai"),
-    (4.0, "ViT-B-16", "openai"),
-    (0.0, "ViT-B-32", "openai"),
-)
+TIERS: tuple[tuple[float, str, str], ...] = ((8.0, "ViT-L-14", "openai"), (4.0, "ViT-B-16", "openai"),
+                                             (0.0, "ViT-B-32", "openai"))
 
 
 @dataclasses.dataclass(frozen=True)

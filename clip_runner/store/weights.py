@@ -150,10 +150,21 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors on CPU, each owning its storage, as safetensors needs them."""
+def logit_bias(model: torch.nn.Module) -> torch.Tensor | None:
+    """The model's logit bias, which only a sigmoid model (SigLIP) has: each pair's probability stands alone."""
+    return getattr(model, "logit_bias", None)
+
+
+def write_model_files(folder: Path, model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
+                      tokenizer: list[Path]) -> Path:
+    """open_clip's local-dir layout in ``folder``: config, weights (the path returned) and ``tokenizer`` files."""
+    (folder / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2))
     # safetensors refuses shared storage (e.g. tied weights); clone makes each tensor own its data.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
+              str(folder / WEIGHTS_FILE))
+    for file in tokenizer:
+        shutil.copy(file, folder / file.name)
+    return folder / WEIGHTS_FILE
 
 
 def describe(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -168,9 +179,8 @@ def describe(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: 
         "resize_mode": preprocess_cfg.get("resize_mode", "shortest"),
         "context_length": int(model_cfg["text_cfg"].get("context_length", 77)),
         "logit_scale": float(model.logit_scale.detach().exp().item()),
-        # A logit bias means the sigmoid loss (SigLIP): each pair's probability stands alone.
         **({"family": "sigmoid", "logit_bias": float(bias.detach().item())}
-           if (bias := getattr(model, "logit_bias", None)) is not None else {"family": "softmax"}),
+           if (bias := logit_bias(model)) is not None else {"family": "softmax"}),
         "open_clip_version": open_clip.__version__,
     }
 
@@ -190,12 +200,7 @@ def save_entry(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg
         labels["tokenizer"] = hf_tokenizer_name(model_cfg)
     with bentoml.models.create(name, labels=labels, metadata=metadata) as ref:
         out = Path(ref.path)
-        weights = out / WEIGHTS_FILE
-        save_file(cpu_state_dict(model), str(weights))
-        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        for file in kept:
-            shutil.copy(file, out / file.name)
+        weights = write_model_files(out, model, model_cfg, preprocess_cfg, kept)
         # The hashes let a server refuse a tampered or half-copied entry at startup.
         ref.info.metadata["weights_sha256"] = sha256_file(weights)
         ref.info.metadata["weights_bytes"] = weights.stat().st_size

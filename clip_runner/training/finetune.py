@@ -21,7 +21,6 @@ import open_clip
 import torch
 from open_clip.loss import SigLipLoss
 from open_clip.model import get_model_preprocess_cfg
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import FinetuneError
@@ -31,13 +30,14 @@ from ..store.entries import CONFIG_FILE, WEIGHTS_FILE, MetadataRecord, store_nam
 from ..store.registration import model_config as builtin_model_config
 from ..store.weights import (
     build_from_config,
-    cpu_state_dict,
     create_model,
     load_entry,
+    logit_bias,
     plain_config,
     save_entry,
     text_tokenizer,
     tokenizer_files,
+    write_model_files,
 )
 from .pairs import PairSet, load_pairs
 
@@ -163,11 +163,8 @@ def save_checkpoint(folder: Path, trainable: TrainableModel, optimizer: torch.op
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    config = {"model_cfg": trainable.model_cfg, "preprocess_cfg": trainable.preprocess_cfg}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    save_file(cpu_state_dict(trainable.model), str(tmp / WEIGHTS_FILE))
-    for file in tokenizer_files(trainable.model_cfg, trainable.tokenizer_dir):
-        shutil.copy(file, tmp / file.name)
+    write_model_files(tmp, trainable.model, trainable.model_cfg, trainable.preprocess_cfg,
+                      tokenizer_files(trainable.model_cfg, trainable.tokenizer_dir))
     # Tensors and plain containers only, so torch.load(..., weights_only=True) reads it back.
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -232,8 +229,8 @@ class _Trainer:
         self.device = pick_device(run.config.device)
         self.model = run.trainable.model.to(self.device)
         # The loss the model was trained with: SigLIP's sigmoid per pair (with its bias), else CLIP's softmax.
-        self.sigmoid = getattr(self.model, "logit_bias", None) is not None
-        self.loss = SigLipLoss() if self.sigmoid else open_clip.ClipLoss()
+        self.bias = () if (bias := logit_bias(self.model)) is None else (bias,)  # SigLipLoss takes it, ClipLoss not
+        self.loss = SigLipLoss() if self.bias else open_clip.ClipLoss()
         self.steps_per_epoch = len(self.batches(1))
         self.total_steps = self.steps_per_epoch * run.config.epochs
         self.warmup_steps = int(round(run.config.warmup_fraction * self.total_steps))
@@ -268,8 +265,7 @@ class _Trainer:
         return float(loss.item()), lr
 
     def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        bias = (self.model.logit_bias,) if self.sigmoid else ()  # SigLipLoss takes the bias, ClipLoss does not
-        return self.loss(image_features, text_features, self.model.logit_scale.exp(), *bias)
+        return self.loss(image_features, text_features, self.model.logit_scale.exp(), *self.bias)
 
     def train_epoch(self, epoch: int) -> EpochMetrics:
         """One pass over the training split, then validation."""

@@ -71,8 +71,7 @@ def read_pair_rows(csv_path: str | Path, image_root: str | Path | None = None, *
         raise PairDataError(f"cannot read {csv_path}: {exc}") from exc
     with handle:
         reader = csv.DictReader(handle)
-        missing = {"image_path", "text"} - set(reader.fieldnames or ())
-        if missing:
+        if missing := {"image_path", "text"} - set(reader.fieldnames or ()):
             raise PairDataError(
                 f"{csv_path} needs a header with image_path and text columns; missing: {', '.join(sorted(missing))}")
         labelled = with_label and "label" in (reader.fieldnames or ())
