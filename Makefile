@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 3000
 
-.PHONY: venv serve test test-fast lint register-bench build build-full build-cuda container container-full test-container bench-container soak loadtest bench docs-figures demo clean
+.PHONY: venv serve test test-fast lint register-bench build build-full build-cuda container container-full test-container test-siglip bench-container soak loadtest bench docs-figures demo clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,12 @@ bench-container: $(STAMP)
 # Builds the slim image, starts it and checks it against the host service (skips without an engine).
 test-container: $(STAMP)
 	CLIP_TEST_CONTAINER=1 $(BIN)/python -m pytest -q -ra -n0 tests/container
+
+# open_clip's real ViT-B-16-SigLIP and ViT-B-16-SigLIP2 configs (random weights, local stand-in tokenizers):
+# registered, compiled, held to open_clip's ids and embeddings, served on torch and int8 without torch.
+# Not part of `make test` (minutes, several GB); the cosines go to bench_results/siglip.json.
+test-siglip: $(STAMP)
+	CLIP_TEST_SIGLIP=1 $(BIN)/python -m pytest -q -ra -n0 tests/siglip
 
 # Steady mixed load for SOAK_MINUTES (default 10): errors by status, latency and RSS over time.
 soak: $(STAMP)
