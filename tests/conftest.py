@@ -104,6 +104,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(xdist_group(item.nodeid), len(rank)))  # stable: otherwise as collected
 
 
+def skip_unless_asked(items: list[pytest.Item], folder: str, variable: str, reason: str) -> None:
+    """Skip the tests under ``folder`` unless ``variable`` is 1 (set by the make target that runs them)."""
+    if os.environ.get(variable) == "1":
+        return
+    for item in (item for item in items if folder in item.nodeid):
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(autouse=True)
 def _clean_clip_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests start from default settings (and TEST_DEFAULTS), whatever CLIP_* variables the shell has."""

@@ -3,17 +3,11 @@ four servers: many minutes and several GB of memory)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-RUN = "CLIP_TEST_SIGLIP"  # set by `make test-siglip`
+from tests.conftest import skip_unless_asked
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get(RUN) == "1":
-        return
-    skip = pytest.mark.skip(reason="registers, compiles and serves two ViT-B/16 SigLIP models: run `make test-siglip`")
-    for item in items:
-        if "tests/siglip/" in item.nodeid:
-            item.add_marker(skip)
+    skip_unless_asked(items, "tests/siglip/", "CLIP_TEST_SIGLIP",
+                      "registers, compiles and serves two ViT-B/16 SigLIP models: run `make test-siglip`")
