@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.run import SERIES, dig
+from bench.run import SERIES, dig, runtime_models
 from bench.server import ROOT
 from clip_runner.store.entries import Parity
 
@@ -158,20 +158,22 @@ def ratios_block(report: dict[str, Any]) -> str:
 
 
 def runtimes_block(report: dict[str, Any]) -> str:
-    """Torch and each compiled precision in process, and the demo model's accuracy at int8."""
+    """Torch and each compiled precision in process, per model, and the demo model's accuracy at int8."""
     runtimes = report.get("runtimes")
     if not runtimes:
         return "Not measured in this run (series (a) on a CPU with OpenVINO installed)."
-    rows, base = [], dig(runtimes, "rows", "torch fp32", "images_per_s")
-    for name, row in runtimes["rows"].items():
-        parity = row.get("parity")
-        worst = parity and Parity(**parity)
-        cosine = (f"{worst.worst_mean:.5f} ({worst.worst_min:.5f})" if worst
-                  else "reference" if name == "torch fp32" else "—")
-        rows.append([name.split()[0], name.split()[1], f"{row['images_per_s']:.1f}", f"{row['texts_per_s']:.1f}",
-                     f"{row['images_per_s'] / base:.2f}×" if base else "—", cosine])
-    table = _table(["runtime", "precision", "images/s", "texts/s", "images/s vs torch fp32",
-                    "cosine to torch fp32: worst tower mean (worst row)"], rows)
+    rows = []
+    for model, model_rows in runtime_models(report):
+        base = dig(model_rows, "torch fp32", "images_per_s")
+        for name, row in model_rows.items():
+            parity = row.get("parity")
+            cosine = (f"{parity['image_mean']:.5f} / {parity['text_mean']:.5f} "
+                      f"({Parity(**parity).worst_min:.5f})" if parity
+                      else "reference" if name == "torch fp32" else "—")
+            rows.append([model, *name.split(), f"{row['images_per_s']:.1f}", f"{row['texts_per_s']:.1f}",
+                         f"{row['images_per_s'] / base:.2f}×" if base else "—", cosine])
+    table = _table(["model", "runtime", "precision", "images/s", "texts/s", "images/s vs torch fp32",
+                    "cosine to torch fp32, mean: images / texts (worst row)"], rows)
     demo = runtimes["demo"]
     fp32, int8 = demo["torch_fp32"], demo["openvino_int8"]
     return (f"{table}\n\nIn process at batch {runtimes['batch_size']}, {runtimes['threads']} threads, the same pixels "

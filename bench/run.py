@@ -47,6 +47,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -297,6 +298,8 @@ GOALS = (
          lambda r: dig(r, "runtimes", "ratios", "int8_vs_torch_fp32")),
     Goal("int8 cosine to fp32, worst tower (mean)", 0.99, True, ("cpu",),
          lambda r: _parity(r, "openvino int8", "worst_mean")),
+    Goal("SigLIP int8 cosine to fp32, worst tower (mean)", 0.99, True, ("cpu",),
+         lambda r: _parity(r, "openvino int8", "worst_mean", "siglip")),
     Goal("demo int8 zero-shot top-1 drop (points)", 1.0, False, ("cpu",),
          lambda r: dig(r, "runtimes", "demo", "top1_drop_points")),
     Goal("demo int8 mismatch F1 drop (points)", 1.0, False, ("cpu",),
@@ -308,12 +311,20 @@ GOALS = (
 )
 
 
-def _parity(report: dict[str, Any], row: str, figure: str) -> float | None:
-    """``figure`` (a :class:`~clip_runner.store.entries.Parity` property) of a runtimes row's parity."""
+def _parity(report: dict[str, Any], row: str, figure: str, *model: str) -> float | None:
+    """``figure`` (a :class:`~clip_runner.store.entries.Parity` property) of a runtimes row's parity: the
+    bench's model's, or ``model``'s (``"siglip"``)."""
     from clip_runner.store.entries import Parity
 
-    parity = dig(report, "runtimes", "rows", row, "parity")
+    parity = dig(report, "runtimes", *model, "rows", row, "parity")
     return None if not parity else getattr(Parity(**parity), figure)
+
+
+def runtime_models(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(model, its runtimes rows) for each model the runtimes were measured with: the bench's, then SigLIP."""
+    runtimes = report.get("runtimes") or {}
+    models = [(report.get("environment", {}).get("arch") or "model", runtimes.get("rows") or {})]
+    return models + ([(runtimes["siglip"]["arch"], runtimes["siglip"]["rows"])] if runtimes.get("siglip") else [])
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -564,17 +575,23 @@ def measure_server(target: Target, photos: Sequence[bytes], opts: Options, log_d
 
 def resolve_tag(requested: str | None) -> str:
     """``--model-tag``, else ``CLIP_MODEL_TAG``, else the stored random-init ViT-B-32 (made once)."""
-    tag = requested or os.environ.get("CLIP_MODEL_TAG")
-    if tag:
-        return tag
+    return requested or os.environ.get("CLIP_MODEL_TAG") or random_init_tag(DEFAULT_ARCH)
+
+
+def random_init_tag(arch: str, tokenizer: Callable[[Path], Path] | None = None) -> str:
+    """The stored random-init ``arch``, registered first when there is none; ``tokenizer`` writes the
+    Hugging Face tokenizer folder a model like SigLIP is registered with."""
     from clip_runner.store.entries import latest_tag, store_name
     from clip_runner.store.registration import RANDOM_INIT, register_random
 
-    existing = latest_tag(store_name(DEFAULT_ARCH, RANDOM_INIT))
+    existing = latest_tag(store_name(arch, RANDOM_INIT))
     if existing:
         return existing
-    print(f"registering a random-init {DEFAULT_ARCH} in the model store", flush=True)
-    return register_random(DEFAULT_ARCH)
+    print(f"registering a random-init {arch} in the model store", flush=True)
+    if tokenizer is None:
+        return register_random(arch)
+    with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as folder:
+        return register_random(arch, tokenizer=tokenizer(Path(folder)))
 
 
 def targets(tag: str, opts: Options) -> list[Target]:
@@ -687,9 +704,13 @@ def render(report: dict[str, Any]) -> str:
     lines = [HEADER, "-" * len(HEADER), *_limit_rows(report.get("limit"))]
     if runtimes := report.get("runtimes"):
         lines += ["", f"(a) runtimes in process at batch {runtimes['batch_size']} ({runtimes['threads']} threads):"]
-        for name, row in runtimes["rows"].items():
-            cosine = f"cosine to torch fp32 >= {_parity(report, name, 'worst_min'):.5f}" if row.get("parity") else ""
-            lines.append(f"  {name:<16}{row['images_per_s']:>9.1f} img/s{row['texts_per_s']:>9.1f} texts/s  {cosine}")
+        for model, rows in runtime_models(report):
+            for name, row in rows.items():
+                parity = row.get("parity") or {}
+                cosine = (f"cosine to torch fp32: images {parity['image_mean']:.5f}, texts {parity['text_mean']:.5f} "
+                          f"(worst row {min(parity['image_min'], parity['text_min']):.5f})" if parity else "")
+                lines.append(f"  {model:<18}{name:<16}{row['images_per_s']:>9.1f} img/s{row['texts_per_s']:>9.1f} "
+                             f"texts/s  {cosine}")
         int8, fp32 = runtimes["demo"]["openvino_int8"], runtimes["demo"]["torch_fp32"]
         lines.append(f"  demo model, int8 vs torch fp32: zero-shot top-1 {int8['zero_shot_top1']:.2%} vs "
                      f"{fp32['zero_shot_top1']:.2%}, mismatch F1 {int8['mismatch_f1']:.4f} vs "
@@ -870,7 +891,7 @@ def model_side(requested_tag: str | None, opts: Options, photos: Sequence[bytes]
 
             print("(a) runtimes in process, at the service's batch size", flush=True)
             report["runtimes"] = runtimes.measure(tag, _service_batch(opts.device), opts.limit_s, _threads(),
-                                                  demo_images=200 if quick else 1000)
+                                                  demo_images=200 if quick else 1000, siglip=not quick)
             report["runtimes"]["ratios"] = runtimes.ratios(report["runtimes"])
     return tag, opts, report
 

@@ -3,7 +3,8 @@
 Part of ``make bench`` series (a). For each runtime and precision: images/s and texts/s at the
 service's batch size, on the same pixels and texts, one after another in one process (so the
 ratios compare like with like); the compiled entries' recorded parity; and the demo model's
-zero-shot top-1 and mismatch F1 at int8 against torch fp32.
+zero-shot top-1 and mismatch F1 at int8 against torch fp32. The full run measures a random-init
+ViT-B-16-SigLIP (a sigmoid model, with a stand-in tokenizer) the same way, next to the bench's model.
 
 ONNX Runtime, the other CPU runtime the field uses, is measured beside them when installed (the
 dev extra has it): the same towers exported with ``torch.onnx``, at fp32 and with ONNX Runtime's
@@ -21,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.run import time_calls
+from bench.run import random_init_tag, time_calls
+from bench.tokenizer_files import write_siglip_tokenizer
 
+SIGLIP_ARCH = "ViT-B-16-SigLIP"  # the sigmoid model the full run measures next to the bench's model
 TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car", "blue mug")] * 16
 
 
@@ -43,8 +46,26 @@ def compiled_precisions() -> tuple[str, ...]:
     return ("fp32", "bf16", "int8") if cpu_has_native_bf16() else ("fp32", "int8")
 
 
-def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int = 1000) -> dict[str, Any]:
-    """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8."""
+def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int = 1000,
+            siglip: bool = False) -> dict[str, Any]:
+    """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8; with
+    ``siglip``, the rows of a random-init ViT-B-16-SigLIP too (torch and compiled)."""
+    rows = model_rows(tag, batch, seconds, threads)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        rows.update(onnxruntime_rows(tag, batch, seconds, threads))
+    out = {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy(demo_images)}
+    if siglip:
+        siglip_tag = random_init_tag(SIGLIP_ARCH, write_siglip_tokenizer)
+        print(f"  {SIGLIP_ARCH} (random init, stand-in tokenizer)", flush=True)
+        out["siglip"] = {"arch": SIGLIP_ARCH, "tag": siglip_tag,
+                         "rows": model_rows(siglip_tag, batch, seconds, threads)}
+    return out
+
+
+def model_rows(tag: str, batch: int, seconds: float, threads: int,
+               precisions: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Torch (fp32, bf16 where native) and each compiled precision of ``tag``: throughput, and the compiled
+    entries' parity to torch fp32 as recorded when compiled (both towers, on the fixed parity set)."""
     import torch
 
     from clip_runner.hardware import cpu_has_native_bf16
@@ -53,7 +74,7 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
     from clip_runner.store.entries import open_entry
     from clip_runner.store.weights import load_entry
 
-    compiled = compile_all(tag, compiled_precisions())
+    compiled = compile_all(tag, precisions or compiled_precisions())
     rows: dict[str, Any] = {}
     for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
         loaded = load_entry(tag, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32)
@@ -65,9 +86,7 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
         rows[f"openvino {precision}"] = {**_throughput(OpenVINOEncoder(entry, threads), batch, seconds),
                                          "parity": entry.metadata.get("parity"), "tag": compiled_tag}
         gc.collect()
-    if importlib.util.find_spec("onnxruntime") is not None:
-        rows.update(onnxruntime_rows(tag, batch, seconds, threads))
-    return {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy(demo_images)}
+    return rows
 
 
 def _throughput(encoder: Any, batch: int, seconds: float) -> dict[str, float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from bench.tokenizer_files import write_siglip_tokenizer  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CONFIG = FIXTURES / "tiny_clip.json"
@@ -180,30 +181,6 @@ def reference(tiny_tag: str) -> Reference:
     import bentoml
 
     return open_clip_reference(Path(bentoml.models.get(tiny_tag).path))
-
-
-# Sentences in several scripts: what the tiny SigLIP tokenizer learns its vocabulary from.
-SIGLIP_CORPUS = ("a photo of a cat", "a photo of a dog on a table", "un chat sur une table", "ein Hund im Park",
-                 "猫の写真", "桌子上的狗", "собака на столе", "صورة قطة", "a red square and a blue circle")
-
-
-def write_siglip_tokenizer(folder: Path) -> Path:
-    """A small SentencePiece-style (Unigram) Hugging Face tokenizer, saved as a tokenizer folder is: it pads
-    with its end token ``</s>``, as SigLIP's does."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    tokenizer.train_from_iterator(list(SIGLIP_CORPUS) * 20, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "</s>", "eos_token": "</s>",
-              "unk_token": "<unk>", "model_max_length": 16}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -284,13 +284,17 @@ def _runtimes() -> dict:
         "openvino int8": {"images_per_s": 140.0, "texts_per_s": 160.0, "parity": parity}},
         "demo": {"images": 1000, "torch_fp32": evaluation, "openvino_int8": {"zero_shot_top1": 0.975,
                                                                              "mismatch_f1": 0.95},
-                 "top1_drop_points": 0.5, "f1_drop_points": 3.0}}
+                 "top1_drop_points": 0.5, "f1_drop_points": 3.0},
+        "siglip": {"arch": "ViT-B-16-SigLIP", "tag": "s:1", "rows": {
+            "torch fp32": {"images_per_s": 10.0, "texts_per_s": 12.0},
+            "openvino int8": {"images_per_s": 30.0, "texts_per_s": 40.0, "parity": {
+                "image_mean": 0.995, "image_min": 0.99, "text_mean": 0.985, "text_min": 0.98}}}}}
     runtimes["ratios"] = runtime_ratios(runtimes)
     return runtimes
 
 
 def test_runtime_goals_are_judged_from_the_runtimes_and_compiled_servers() -> None:
-    report = {"environment": {"device": "cpu"}, "runtimes": _runtimes(),
+    report = {"environment": {"device": "cpu", "arch": "ViT-B-32"}, "runtimes": _runtimes(),
               "ours": {**_series("ours", {1: 40.0, 16: 60.0}), "runtime": "openvino", "precision": "int8"},
               "baseline": _series("baseline", {1: 5.0, 16: 10.0}),
               "ours_openvino_fp32": _series("ours, openvino fp32", {1: 15.0, 16: 20.0})}
@@ -304,13 +308,19 @@ def test_runtime_goals_are_judged_from_the_runtimes_and_compiled_servers() -> No
     assert verdicts["int8 cosine to fp32, worst tower (mean)"] == (0.9992, True)
     assert verdicts["demo int8 mismatch F1 drop (points)"] == (3.0, False)
     assert verdicts["compiled fp32 cosine to torch, worst row"] == (0.99998, True)
+    assert verdicts["SigLIP int8 cosine to fp32, worst tower (mean)"] == (0.985, False)  # SigLIP's own bar
     assert verdicts["(b) peak RSS, compiled model (GB)"] == (1.1, True)
     text = render(report)
     assert "openvino int8       140.0 img/s" in text and "(g)/(c) at c=16: 2.00" in text
+    # One table with a model column: the bench's model, then SigLIP, each row with both towers' cosines.
+    assert "ViT-B-16-SigLIP   openvino int8        30.0 img/s     40.0 texts/s  cosine to torch fp32: images " \
+           "0.99500, texts 0.98500 (worst row 0.98000)" in text
     from bench.report import runtimes_block
 
     block = runtimes_block(report)
-    assert "| openvino | int8 | 140.0 | 160.0 | 7.00× | 0.99920 (0.99700) |" in block and "97.50%" in block
+    assert "| ViT-B-32 | openvino | int8 | 140.0 | 160.0 | 7.00× | 0.99950 / 0.99920 (0.99700) |" in block
+    assert "| ViT-B-16-SigLIP | openvino | int8 | 30.0 | 40.0 | 3.00× | 0.99500 / 0.98500 (0.98000) |" in block
+    assert block.index("| ViT-B-32 | openvino | int8") < block.index("| ViT-B-16-SigLIP | torch") and "97.50%" in block
 
 
 def test_a_subset_of_series_is_reported_without_the_others() -> None:

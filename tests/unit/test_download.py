@@ -22,9 +22,9 @@ from typing import Any
 import open_clip
 import pytest
 
+from bench.tokenizer_files import write_siglip_tokenizer
 from clip_runner.store import download
 from clip_runner.store.download import is_transient, safetensors_alternatives, should_retry, split_hf_hub
-from tests.conftest import write_siglip_tokenizer
 from tests.fakehub import FakeHub, running_fake_hub
 
 ROOT = Path(__file__).resolve().parents[2]

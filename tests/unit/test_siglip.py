@@ -150,6 +150,18 @@ def test_the_compiled_int8_entry_serves_without_torch(compiled_siglip: dict[str,
     assert done.stdout.split()[-4:] == ["200", "200", "openvino", "int8"]
 
 
+def test_the_benchmark_times_a_sigmoid_model_in_torch_and_each_compiled_precision(
+        compiled_siglip: dict[str, str], tiny_siglip_tag: str) -> None:
+    from bench.runtimes import model_rows
+
+    rows = model_rows(tiny_siglip_tag, batch=4, seconds=0.01, threads=1, precisions=("fp32", "int8"))
+    assert {"torch fp32", "openvino fp32", "openvino int8"} <= set(rows)
+    assert all(row["images_per_s"] > 0 and row["texts_per_s"] > 0 for row in rows.values())
+    assert rows["openvino int8"]["tag"] == compiled_siglip["int8"]  # the stored compiles, not new ones
+    fp32 = rows["openvino fp32"]["parity"]  # as recorded at compile time, for both towers
+    assert min(fp32["image_min"], fp32["text_min"]) >= 0.9999
+
+
 def test_fine_tuning_uses_the_sigmoid_loss_and_keeps_the_tokenizer(tiny_siglip_tag: str, tmp_path: Path) -> None:
     csv_path = synthetic_images.write_dataset(tmp_path / "shapes", 96, seed=11, image_size=64)
     config = ft.TrainConfig(batch_size=16, learning_rate=2e-3, epochs=2, checkpoint_dir=tmp_path / "ckpt",
