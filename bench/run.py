@@ -933,11 +933,11 @@ def _served_as(encoder: Any) -> str:
 def _prepare_compiled(tag: str, device: str) -> str:
     """Compile every precision, and let the service's choice be timed, before (a) and any server:
     a server's start-up and memory should be a served model's, not a first start's compile."""
-    from bench.runtimes import compile_all, compiled_precisions
-    from clip_runner.runtimes.choice import choose_runtime
+    from bench.runtimes import compile_all
+    from clip_runner.runtimes.choice import candidate_precisions, choose_runtime
     from clip_runner.settings import get_settings
 
-    compile_all(tag, compiled_precisions())
+    compile_all(tag, candidate_precisions("auto"))
     settings = get_settings().model_copy(update={"device": device, "model_tag": tag, "runtime": "auto"})
     encoder, choice = choose_runtime(tag, settings, _threads())
     served = _served_as(encoder)

@@ -39,13 +39,6 @@ def compile_all(tag: str, precisions: tuple[str, ...]) -> dict[str, str]:
     return {**found, **(compile_entries(tag, missing) if missing else {})}
 
 
-def compiled_precisions() -> tuple[str, ...]:
-    """The compiled precisions that mean something on this CPU (bf16 only where it is native)."""
-    from clip_runner.hardware import cpu_has_native_bf16
-
-    return ("fp32", "bf16", "int8") if cpu_has_native_bf16() else ("fp32", "int8")
-
-
 def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int = 1000,
             siglip: bool = False) -> dict[str, Any]:
     """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8; with
@@ -69,12 +62,13 @@ def model_rows(tag: str, batch: int, seconds: float, threads: int,
     import torch
 
     from clip_runner.hardware import cpu_has_native_bf16
+    from clip_runner.runtimes.choice import candidate_precisions
     from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
     from clip_runner.runtimes.torch_encoder import TorchEncoder
     from clip_runner.store.entries import open_entry
     from clip_runner.store.weights import load_entry
 
-    compiled = compile_all(tag, precisions or compiled_precisions())
+    compiled = compile_all(tag, precisions or candidate_precisions("auto"))
     rows: dict[str, Any] = {}
     for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
         loaded = load_entry(tag, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32)

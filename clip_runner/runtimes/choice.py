@@ -84,7 +84,7 @@ def choose_compiled(entry: StoreEntry, settings: ClipSettings, threads: int) -> 
     """The compiled entry ``auto`` serves for torch entry ``entry`` on this CPU, compiling the missing
     candidates first; None when none meets the parity bar. ``make build`` pins it in the CPU bento."""
     with _store_lock():  # one worker compiles and times; the others then read its decision
-        candidates = _compiled_candidates(entry, _candidate_precisions(settings.precision), threads)
+        candidates = _compiled_candidates(entry, candidate_precisions(settings.precision), threads)
         if not candidates:
             return None
         precision, choice = _fastest(entry, candidates, threads, settings.max_batch)
@@ -106,7 +106,8 @@ def _torch_encoder(entry: StoreEntry, settings: ClipSettings, threads: int) -> E
     return TorchEncoder.serve(entry, settings, threads)
 
 
-def _candidate_precisions(requested: str) -> tuple[str, ...]:
+def candidate_precisions(requested: str) -> tuple[str, ...]:
+    """The compiled precisions ``CLIP_PRECISION=requested`` lets ``auto`` choose from on this CPU."""
     if requested in PRECISIONS:
         return (requested,)
     if requested == "fp16":

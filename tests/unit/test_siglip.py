@@ -21,7 +21,7 @@ from clip_runner.compile.openvino_compiler import compile_entries
 from clip_runner.errors import ModelNotAvailable
 from clip_runner.preprocessing.hf_tokenizer import HFTextTokenizer
 from clip_runner.preprocessing.images import PixelPipeline
-from clip_runner.runtimes.choice import _candidate_precisions, choose_runtime
+from clip_runner.runtimes.choice import candidate_precisions, choose_runtime
 from clip_runner.runtimes.encoder import token_counts
 from clip_runner.runtimes.openvino_encoder import OpenVINOEncoder
 from clip_runner.runtimes.torch_encoder import TorchEncoder
@@ -117,7 +117,7 @@ def test_torch_bf16_stays_within_bf16s_bound(tiny_siglip_tag: str, siglip_refere
 
 @pytest.fixture(scope="module")
 def compiled_siglip(tiny_siglip_tag: str) -> dict[str, str]:
-    return compile_entries(tiny_siglip_tag, _candidate_precisions("auto"))
+    return compile_entries(tiny_siglip_tag, candidate_precisions("auto"))
 
 
 def test_auto_serves_the_fastest_compiled_precision(compiled_siglip: dict[str, str], tiny_siglip_tag: str) -> None:
