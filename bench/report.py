@@ -68,7 +68,7 @@ def source_line(report: dict[str, Any], link: str) -> str:
     commit = env.get("git_commit") or "unknown commit"
     dirty = " with uncommitted changes" if env.get("git_dirty") else ""
     return (f"<sub>From [`docs/bench/bench.json`]({link}): commit {commit}{dirty}, {env.get('cpu_model') or 'CPU'}"
-            f" ({env.get('cpus')} CPUs{', ' + env['gpu'] if env.get('gpu') else ''}), {env.get('arch')} on "
+            f", {env.get('cpus')} CPUs{', ' + env['gpu'] if env.get('gpu') else ''}, {env.get('arch')} on "
             f"{env.get('device')}.</sub>")
 
 
@@ -80,7 +80,7 @@ def environment_block(report: dict[str, Any]) -> str:
     threads = f", {limit['torch_threads']} torch threads" if limit.get("torch_threads") else ""
     batch = dig(report, "ours", "env", "CLIP_BATCH_SIZE")
     levels = ", ".join(str(c) for c in env.get("levels") or [])
-    return (f"Machine: {env.get('cpus')} CPUs ({env.get('cpu_model') or 'unknown model'}), "
+    return (f"Machine: {env.get('cpus')} CPUs, {env.get('cpu_model') or 'unknown model'}, "
             f"{env.get('gpu') or 'no GPU'}; {env.get('arch')} ({env.get('source')}), torch {env.get('torch')}, "
             f"Python {env.get('python')}{threads}"
             f"{f', `CLIP_BATCH_SIZE` {batch}' if batch else ''}. The service computes in "
@@ -327,7 +327,7 @@ def container_source_line(report: dict[str, Any], link: str) -> str:
     env = report["environment"]
     dirty = " with uncommitted changes" if env.get("git_dirty") else ""
     return (f"<sub>From [`docs/bench/container.json`]({link}): commit {env.get('git_commit')}{dirty}, "
-            f"{env.get('cpu_model')} ({env.get('cpus')} CPUs), {env.get('engine')}, {env.get('pinned')}.</sub>")
+            f"{env.get('cpu_model')}, {env.get('cpus')} CPUs, {env.get('engine')}, {env.get('pinned')}.</sub>")
 
 
 CONTAINER_BLOCKS: dict[str, Callable[[dict[str, Any]], str]] = {

@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 GIB = 1024**3
 NVIDIA_DEVICE_NODE = Path("/dev/nvidiactl")  # present wherever an NVIDIA driver is loaded
+CPUINFO = Path("/proc/cpuinfo")
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",  # x86, then
+                "asimddp", "i8mm", "bf16", "sve")  # ARM: the extensions OpenVINO's and oneDNN's kernels choose by
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,7 @@ def detect_hardware(device: str = "auto") -> HardwareFacts:
 def _cpuinfo(*keys: str) -> str | None:
     """The value of the first ``/proc/cpuinfo`` line whose key is one of ``keys`` (None: none, or no file)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() in keys:
                 return value.strip()
@@ -68,13 +71,22 @@ def _cpuinfo(*keys: str) -> str | None:
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where the system does not say."""
+    return frozenset((_cpuinfo("flags", "Features") or "").split())
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16); emulated bf16 is slower than fp32."""
-    flags = (_cpuinfo("flags", "Features") or "").split()  # x86, ARM; empty where the system does not say
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 @functools.cache
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what the platform says."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
+    """The CPU as its kernels' speed depends on it: model name, family and model (a hypervisor may show one
+    generic name for several generations) and vector extensions, e.g. ``AMD EPYC (family 23 model 49; avx2)``."""
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
+    ids = " ".join(f"{label} {value}" for label, key in (("family", "cpu family"), ("model", "model"),
+                                                         ("part", "CPU part")) if (value := _cpuinfo(key)))
+    vector = "+".join(flag for flag in VECTOR_FLAGS if flag in cpu_flags())
+    return f"{name} ({'; '.join(part for part in (ids, vector) if part)})" if ids or vector else name

@@ -269,11 +269,11 @@ def jpeg_bytes() -> bytes:
 
 @pytest.fixture(scope="session")
 def compiled_tiny(tiny_tag: str) -> dict[str, str]:
-    """The tiny model compiled for OpenVINO at each precision: precision → store tag."""
+    """The tiny model compiled for OpenVINO at each precision this CPU has (bf16 only where native): precision → tag."""
     from clip_runner.compile.openvino_compiler import compile_entries
-    from clip_runner.store.entries import PRECISIONS
+    from clip_runner.runtimes.choice import candidate_precisions
 
-    return compile_entries(tiny_tag, PRECISIONS, threads=2)
+    return compile_entries(tiny_tag, candidate_precisions("auto"), threads=2)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ import openvino as ov
 
 from .. import synthetic_images
 from ..errors import CompileRefused, InputError, ModelNotAvailable
+from ..hardware import cpu_has_native_bf16
 from ..preprocessing.images import PixelPipeline, decode_image
 from ..runtimes.openvino_encoder import OpenVINOEncoder
 from ..serving.scoring import DEFAULT_CATEGORIES, DEFAULT_TEMPLATES
@@ -62,6 +63,9 @@ def compile_entries(tag: str, precisions: Sequence[str], calibration: Path | Non
     none passes, that refusal is raised. ``calibration``: int8's image folder."""
     if unknown := set(precisions) - set(PRECISIONS):
         raise ValueError(f"precision must be one of {PRECISIONS}, not {sorted(unknown)}")
+    if "bf16" in precisions and not cpu_has_native_bf16():  # where bf16 is emulated, its parity cannot be measured
+        raise CompileRefused("bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); compile it on one, or ask for "
+                             "fp32 or int8")
     parent = open_entry(tag)
     if parent.runtime != "torch":
         raise ModelNotAvailable(f"{parent.tag} is already compiled; compile its parent {parent.labels.get('parent')}")
@@ -119,7 +123,7 @@ def _compile(export: _Export, precision: str, folder: Path, force: bool) -> str:
             "tool": f"nncf {importlib.metadata.version('nncf')}", "images": len(images),
             "captions": len(exported["calibration_tokens"]),
             "image_source": str(export.calibration) if export.calibration else "default set (generated)",
-            "model_type": "transformer"}
+            "model_type": "transformer", "overflow_fix": "enable"}
     for name in (CONFIG_FILE, TOKENIZER_FILE):
         if (traced / name).is_file():
             shutil.copy(traced / name, folder / name)
@@ -205,8 +209,11 @@ def _quantize(name: str, tower: Any, samples: list[np.ndarray]) -> Any:
     import nncf  # loads torch too (0.5 GB) when installed: not before the export child has ended
 
     logger.info("calibrating the int8 %s tower on %d samples", name, len(samples))
-    return nncf.quantize(tower, nncf.Dataset([sample[None] for sample in samples]),
-                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
+    # 7-bit weights in every layer: CPUs without VNNI saturate 8-bit dot products (the tiny test model's parity fell
+    # to 0.990 on AVX2), and an entry compiled on one CPU may serve on another. docs/performance.md has the figures.
+    return nncf.quantize(tower, nncf.Dataset([sample[None] for sample in samples]), subset_size=len(samples),
+                         model_type=nncf.ModelType.TRANSFORMER,
+                         advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE))
 
 
 def calibration_images(pipeline: PixelPipeline, folder: Path | None = None) -> list[np.ndarray]:

@@ -38,10 +38,14 @@ class OpenVINOEncoder(Encoder):
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
         core = ov.Core()
         try:
-            self._image, self._text = (core.compile_model(str(entry.path / f"{tower}.xml"), "CPU", config)
-                                       .create_infer_request() for tower in ("image", "text"))
+            image, text = (core.compile_model(str(entry.path / f"{tower}.xml"), "CPU", config)
+                           for tower in ("image", "text"))
         except RuntimeError as exc:
             raise ModelNotAvailable(f"store entry {entry.tag}: OpenVINO could not compile it: {exc}") from exc
+        if self.precision == "bf16" and image.get_property("INFERENCE_PRECISION_HINT") != ov.Type.bf16:
+            logger.warning("%s: this CPU has no native bf16, so OpenVINO computes it in fp32", entry.tag)
+            self.precision = "fp32"  # what /health reports is what the CPU computes
+        self._image, self._text = image.create_infer_request(), text.create_infer_request()
         self._tokenizer = _tokenizer(entry)
         if isinstance(self._tokenizer, HFTextTokenizer):
             self.padding = self._tokenizer.padding

@@ -33,6 +33,8 @@ BOUNDS = {"fp32": 0.9999, "bf16": 0.995, "int8": 0.95}
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_compiled_towers_match_open_clip(compiled_tiny: dict[str, str], reference, precision: str) -> None:
+    if precision not in compiled_tiny:
+        pytest.skip("bf16 compiles only on a CPU with native bf16")
     encoder = OpenVINOEncoder(open_entry(compiled_tiny[precision]), threads=2)
     pipeline = PixelPipeline(encoder.entry.preprocess_cfg)
     blobs = [make_jpeg(seed, size=(120 + seed * 17, 90)) for seed in range(4)]
@@ -110,17 +112,36 @@ def test_cli_compile_prints_the_new_tags_last(tiny_tag: str, monkeypatch: pytest
     exports = []
     export = openvino_compiler._export_in_a_child
     monkeypatch.setattr(openvino_compiler, "_export_in_a_child", lambda *args: exports.append(args) or export(*args))
-    assert cli.main(["compile", tiny_tag, "--precision", "bf16", "fp32"]) == 0
+    asked = ("bf16" if cpu_has_native_bf16() else "int8", "fp32")
+    assert cli.main(["compile", tiny_tag, "--precision", *asked]) == 0
     tags = capsys.readouterr().out.strip().splitlines()[-2:]  # one entry per precision, in the order asked
     assert len(exports) == 1  # both from one export of the model
     assert cli.main(["list"]) == 0
     listing = capsys.readouterr().out
-    for tag, precision in zip(tags, ("bf16", "fp32"), strict=True):
+    for tag, precision in zip(tags, asked, strict=True):
         assert tag.split(":")[0] == f"{tiny_tag.split(':')[0]}-openvino-{precision}"
         assert open_entry(tag).labels["parent"] == tiny_tag and open_entry(tag).labels["precision"] == precision
         row = next(line for line in listing.splitlines() if line.startswith(tag))
         assert "compiled" in row and f"openvino {precision}" in row
         bentoml.models.delete(tag)
+
+
+def test_bf16_is_compiled_where_native_and_served_as_what_the_cpu_computes(monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from clip_runner.store.registration import register_random
+    from tests.conftest import TINY_CONFIG
+
+    parent = register_random(str(TINY_CONFIG), seed=5, name="clip-tiny-bf16-elsewhere")  # no other test serves it
+    monkeypatch.setattr(openvino_compiler, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(CompileRefused, match="native bf16"):  # where bf16 is emulated, its parity would mean nothing
+        openvino_compiler.compile_entries(parent, ["fp32", "bf16"], threads=2)
+    monkeypatch.setattr(openvino_compiler, "cpu_has_native_bf16", lambda: True)  # as compiled on a CPU that has it
+    tag = openvino_compiler.compile_entries(parent, ["bf16"], threads=2)["bf16"]
+    with caplog.at_level("WARNING"):
+        encoder = OpenVINOEncoder(open_entry(tag), threads=2)
+    native = cpu_has_native_bf16()
+    assert encoder.describe()["precision"] == ("bf16" if native else "fp32")
+    assert ("computes it in fp32" in caplog.text) is not native
 
 
 def test_without_openvino_the_error_names_the_extra(tiny_tag: str, monkeypatch: pytest.MonkeyPatch,
@@ -143,7 +164,8 @@ def test_int8_needs_a_compiled_runtime(tiny_tag: str) -> None:
         runtime_choice.choose_runtime(tiny_tag, settings, 1)
 
 
-def test_auto_times_the_candidates_once_and_serves_the_fastest(compiled_tiny: dict[str, str], tiny_tag: str) -> None:
+def test_auto_times_the_candidates_once_and_serves_the_fastest(compiled_tiny: dict[str, str], tiny_tag: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     settings = ClipSettings(model_tag=tiny_tag, runtime="auto", device="cpu")
     decisions = Path(store_home()).parent / runtime_choice.DECISION_FILE
     decisions.unlink(missing_ok=True)
@@ -159,6 +181,10 @@ def test_auto_times_the_candidates_once_and_serves_the_fastest(compiled_tiny: di
     assert second.measured == measured and "measured at" in second.reason and again.entry.tag == encoder.entry.tag
     pinned, why = runtime_choice.choose_runtime(tiny_tag, settings.model_copy(update={"precision": "fp32"}), 1)
     assert pinned.entry.tag == find_compiled(tiny_tag, "fp32").tag and why.measured is None
+    # The same store on another CPU generation (one the hypervisor names alike): timed again there.
+    monkeypatch.setattr(runtime_choice, "cpu_name", lambda: "AMD EPYC (family 26 model 2; avx2+avx512f)")
+    _, elsewhere = runtime_choice.choose_runtime(tiny_tag, settings, 1)
+    assert "measured now" in elsewhere.reason and len(json.loads(decisions.read_text())) == 2
 
 
 NO_TORCH_PROBE = """

@@ -39,3 +39,31 @@ def test_serves_on_cpu_reads_the_device_nodes_before_torch(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "torch", None)  # so torch cannot be what answers
     assert hardware.serves_on_cpu("auto") and hardware.serves_on_cpu("cpu")
     assert not hardware.serves_on_cpu("cuda") and not hardware.serves_on_cpu("cuda:1")
+
+
+ZEN2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\n" \
+       "flags\t\t: fpu sse2 avx fma avx2 sha_ni\n"
+ZEN5 = ZEN2.replace("23", "26").replace("49", "2").replace("avx2", "avx2 avx512f avx512_vnni avx512_bf16")
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "name", "native_bf16"), [
+    (ZEN2, "AMD EPYC (family 23 model 49; avx2)", False),
+    (ZEN5, "AMD EPYC (family 26 model 2; avx2+avx512f+avx512_vnni+avx512_bf16)", True),
+    (GRAVITON3, "(part 0xd40; asimddp+i8mm+bf16+sve)", False),
+], ids=["zen2", "zen5", "graviton3"])
+def test_cpu_name_tells_apart_generations_a_hypervisor_names_alike(monkeypatch, tmp_path, cpuinfo: str, name: str,
+                                                                   native_bf16: bool) -> None:
+    """The runtime choice remembers its timing per cpu_name(): "AMD EPYC" alone is Zen 2 (int8 slower than fp32)
+    as well as Zen 5 (int8 several times faster)."""
+    from clip_runner import hardware
+
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
+    hardware.cpu_flags.cache_clear()
+    hardware.cpu_name.cache_clear()
+    try:
+        assert hardware.cpu_name().endswith(name) and hardware.cpu_has_native_bf16() is native_bf16
+    finally:
+        hardware.cpu_flags.cache_clear()
+        hardware.cpu_name.cache_clear()
