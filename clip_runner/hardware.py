@@ -61,13 +61,10 @@ def detect_hardware(device: str = "auto") -> HardwareFacts:
 def _cpuinfo(*keys: str) -> str | None:
     """The value of the first ``/proc/cpuinfo`` line whose key is one of ``keys`` (None: none, or no file)."""
     try:
-        for line in CPUINFO.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in keys:
-                return value.strip()
+        pairs = [line.partition(":")[::2] for line in CPUINFO.read_text().splitlines()]
     except OSError:
-        pass
-    return None
+        return None
+    return next((value.strip() for key, value in pairs if key.strip() in keys), None)
 
 
 @functools.cache
@@ -85,8 +82,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_name() -> str:
     """The CPU as its kernels' speed depends on it: model name, family and model (a hypervisor may show one
     generic name for several generations) and vector extensions, e.g. ``AMD EPYC (family 23 model 49; avx2)``."""
-    name = _cpuinfo("model name") or platform.processor() or platform.machine()
-    ids = " ".join(f"{label} {value}" for label, key in (("family", "cpu family"), ("model", "model"),
-                                                         ("part", "CPU part")) if (value := _cpuinfo(key)))
-    vector = "+".join(flag for flag in VECTOR_FLAGS if flag in cpu_flags())
-    return f"{name} ({'; '.join(part for part in (ids, vector) if part)})" if ids or vector else name
+    ids = " ".join(f"{key.split()[-1].lower()} {value}" for key in ("cpu family", "model", "CPU part")
+                   if (value := _cpuinfo(key)))
+    facts = "; ".join(filter(None, (ids, "+".join(flag for flag in VECTOR_FLAGS if flag in cpu_flags()))))
+    return (_cpuinfo("model name") or platform.processor() or platform.machine()) + (f" ({facts})" if facts else "")

@@ -50,12 +50,6 @@ _PARITY_SEED, _CALIBRATION_SEED = 7_000_001, 7_100_003  # apart from each other 
 TOWERS = ("image", "text")
 
 
-def compile_entry(tag: str, precision: str, calibration: Path | None = None, *, force: bool = False,
-                  threads: int | None = None) -> str:
-    """Compile store entry ``tag`` for OpenVINO at ``precision``; returns the new entry's tag (see below)."""
-    return compile_entries(tag, (precision,), calibration, force=force, threads=threads)[precision]
-
-
 def compile_entries(tag: str, precisions: Sequence[str], calibration: Path | None = None, *, force: bool = False,
                     threads: int | None = None) -> dict[str, str]:
     """Compile store entry ``tag`` for OpenVINO at each of ``precisions``, all from one export; returns precision

@@ -66,7 +66,6 @@ class Selection:
 
     tag: str
     reason: str
-    registered: bool = False
     fallback: bool = False
     hardware: dict | None = None
 
@@ -126,7 +125,7 @@ def _select_named(ref: ModelRef, why: str, settings: ClipSettings) -> Selection:
         tag = registration.register_hub_repo(ref.hub_repo)
     else:
         tag = registration.register_pretrained(ref.arch, ref.pretrained or DEFAULT_PRETRAINED)
-    return Selection(tag, f"{why} (registered now)", registered=True)
+    return Selection(tag, f"{why} (registered now)")
 
 
 def _select_default(settings: ClipSettings) -> Selection:
@@ -154,8 +153,7 @@ def _select_default(settings: ClipSettings) -> Selection:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _select_checkpoint(path: Path, ref: ModelRef) -> Selection:
@@ -166,7 +164,7 @@ def _select_checkpoint(path: Path, ref: ModelRef) -> Selection:
     if (tag := entries.latest_tag(name)) is not None:
         return Selection(tag, f"CLIP_MODEL_PATH={path} (found in store)")
     tag = _store().register_checkpoint(path, ref.arch, name=name)
-    return Selection(tag, f"CLIP_MODEL_PATH={path} (registered now)", True)
+    return Selection(tag, f"CLIP_MODEL_PATH={path} (registered now)")
 
 
 def hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:

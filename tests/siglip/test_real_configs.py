@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from bench.server import ROOT, Server
-from clip_runner.compile.openvino_compiler import compile_entry
+from clip_runner.compile.openvino_compiler import compile_entries
 from clip_runner.preprocessing.hf_tokenizer import HFTextTokenizer
 from clip_runner.preprocessing.images import PixelPipeline
 from clip_runner.runtimes.encoder import token_counts
@@ -84,7 +84,8 @@ def _register_and_compile(arch: str, tmp_path_factory: pytest.TempPathFactory) -
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     tag = done.stdout.split()[-1]
-    compiled = {precision: compile_entry(tag, precision, force=precision == "int8") for precision in ("fp32", "int8")}
+    compiled = {precision: compile_entries(tag, [precision], force=precision == "int8")[precision]
+                for precision in ("fp32", "int8")}
     FIGURES[arch] = {"tag": tag, "compiled": compiled}
     return Model(arch, tag, compiled, folder)
 

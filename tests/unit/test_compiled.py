@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clip_runner.compile import openvino_compiler
-from clip_runner.compile.openvino_compiler import compile_entry
+from clip_runner.compile.openvino_compiler import compile_entries
 from clip_runner.errors import CompileRefused, ModelNotAvailable, RuntimeMissing
 from clip_runner.hardware import NVIDIA_DEVICE_NODE, cpu_has_native_bf16
 from clip_runner.preprocessing.images import PixelPipeline
@@ -69,7 +69,7 @@ def test_compiled_entry_records_runtime_parity_and_parent(compiled_tiny: dict[st
 
 
 def test_altered_compiled_files_are_refused_at_load(tiny_tag: str) -> None:
-    tag = compile_entry(tiny_tag, "fp32", threads=2)
+    tag = compile_entries(tiny_tag, ["fp32"], threads=2)["fp32"]
     weights = open_entry(tag).path / "image.bin"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -83,9 +83,9 @@ def test_parity_under_the_bar_refuses_and_writes_nothing(tiny_tag: str, monkeypa
     monkeypatch.setattr(openvino_compiler, "PARITY_BAR", 1.5)  # no compile reaches it
     before = {e.tag for e in list_entries()}
     with pytest.raises(CompileRefused, match=r"fp32 compile of .* refused: mean cosine .* nothing was written"):
-        compile_entry(tiny_tag, "fp32", threads=2)
+        compile_entries(tiny_tag, ["fp32"], threads=2)["fp32"]
     assert {e.tag for e in list_entries()} == before
-    forced = compile_entry(tiny_tag, "fp32", force=True, threads=2)
+    forced = compile_entries(tiny_tag, ["fp32"], force=True, threads=2)["fp32"]
     assert forced not in before and open_entry(forced).metadata["parity"]["image_mean"] < 1.5
     bentoml.models.delete(forced)
 
@@ -96,7 +96,7 @@ def test_calibration_folder_is_used_and_unreadable_files_skipped(tiny_tag: str, 
         (tmp_path / f"{seed}.jpg").write_bytes(make_jpeg(seed, size=(96, 80)))
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with caplog.at_level(logging.WARNING, logger="clip_runner.runtimes.choice"):
-        tag = compile_entry(tiny_tag, "int8", tmp_path, threads=2)
+        tag = compile_entries(tiny_tag, ["int8"], tmp_path, threads=2)["int8"]
     calibration = open_entry(tag).metadata["compile"]["calibration"]
     assert calibration["images"] == 6 and calibration["image_source"] == str(tmp_path)
     assert "skipped 1 unreadable files of 7" in caplog.text
@@ -104,7 +104,7 @@ def test_calibration_folder_is_used_and_unreadable_files_skipped(tiny_tag: str, 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CompileRefused, match="holds no readable images"):
-        compile_entry(tiny_tag, "int8", empty, threads=2)
+        compile_entries(tiny_tag, ["int8"], empty, threads=2)
 
 
 def test_cli_compile_prints_the_new_tags_last(tiny_tag: str, monkeypatch: pytest.MonkeyPatch,

@@ -87,9 +87,9 @@ def test_checkpoint_directory_registers_once(tiny_tag: str, tmp_path: Path) -> N
     shutil.copytree(open_entry(tiny_tag).path, checkpoint)
     settings = ClipSettings(model_path=str(checkpoint), model_name="tiny_clip")
     first = select_model(settings)
-    assert first.registered and open_entry(first.tag).labels["source"] == "checkpoint"
+    assert "registered now" in first.reason and open_entry(first.tag).labels["source"] == "checkpoint"
     second = select_model(settings)
-    assert second.tag == first.tag and not second.registered
+    assert second.tag == first.tag and "found in store" in second.reason
     cfg = json.loads((open_entry(first.tag).path / CONFIG_FILE).read_text())
     assert cfg["model_cfg"]["embed_dim"] == 32
 
