@@ -203,8 +203,8 @@ def _quantize(name: str, tower: Any, samples: list[np.ndarray]) -> Any:
     import nncf  # loads torch too (0.5 GB) when installed: not before the export child has ended
 
     logger.info("calibrating the int8 %s tower on %d samples", name, len(samples))
-    # 7-bit weights in every layer: CPUs without VNNI saturate 8-bit dot products (the tiny test model's parity fell
-    # to 0.990 on AVX2), and an entry compiled on one CPU may serve on another. docs/performance.md has the figures.
+    # 7-bit weights in every layer: CPUs without VNNI saturate 8-bit dot products (the tiny test model's int8 fell
+    # under the parity bar on AVX2), and an entry compiled on one CPU may serve on another (docs/performance.md).
     return nncf.quantize(tower, nncf.Dataset([sample[None] for sample in samples]), subset_size=len(samples),
                          model_type=nncf.ModelType.TRANSFORMER,
                          advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE))
