@@ -82,7 +82,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_name() -> str:
     """The CPU as its kernels' speed depends on it: model name, family and model (a hypervisor may show one
     generic name for several generations) and vector extensions, e.g. ``AMD EPYC (family 23 model 49; avx2)``."""
-    ids = " ".join(f"{key.split()[-1].lower()} {value}" for key in ("cpu family", "model", "CPU part")
-                   if (value := _cpuinfo(key)))
+    ids = " ".join(f"{label} {value}" for label, key in (("family", "cpu family"), ("model", "model"),
+                                                         ("part", "CPU part")) if (value := _cpuinfo(key)))
     facts = "; ".join(filter(None, (ids, "+".join(flag for flag in VECTOR_FLAGS if flag in cpu_flags()))))
     return (_cpuinfo("model name") or platform.processor() or platform.machine()) + (f" ({facts})" if facts else "")

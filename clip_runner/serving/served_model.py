@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..runtimes.choice import RuntimeChoice
 from ..runtimes.encoder import Encoder
-
-if TYPE_CHECKING:  # the start-up's records, read here, made there
-    from ..runtimes.choice import RuntimeChoice
-    from ..store.selection import Selection
+from ..store.selection import Selection
 
 
 @dataclasses.dataclass
