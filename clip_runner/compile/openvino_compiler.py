@@ -53,13 +53,15 @@ TOWERS = ("image", "text")
 def compile_entries(tag: str, precisions: Sequence[str], calibration: Path | None = None, *, force: bool = False,
                     threads: int | None = None) -> dict[str, str]:
     """Compile store entry ``tag`` for OpenVINO at each of ``precisions``, all from one export; returns precision
-    → new tag. A precision whose parity falls under :data:`PARITY_BAR` writes nothing (unless ``force``); when
-    none passes, that refusal is raised. ``calibration``: int8's image folder."""
+    → new tag. A precision whose parity falls under :data:`PARITY_BAR` writes nothing (unless ``force``), nor does
+    bf16 where the CPU only emulates it; when none passes, a refusal is raised. ``calibration``: int8's images."""
     if unknown := set(precisions) - set(PRECISIONS):
         raise ValueError(f"precision must be one of {PRECISIONS}, not {sorted(unknown)}")
-    if "bf16" in precisions and not cpu_has_native_bf16():  # where bf16 is emulated, its parity cannot be measured
-        raise CompileRefused("bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); compile it on one, or ask for "
-                             "fp32 or int8")
+    emulated_bf16 = "bf16" in precisions and not cpu_has_native_bf16()  # its parity cannot be measured here
+    refused = [CompileRefused("bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); compile it on one, or ask "
+                              "for fp32 or int8")] if emulated_bf16 else []
+    if not (measurable := [precision for precision in precisions if not (emulated_bf16 and precision == "bf16")]):
+        raise refused[0]
     parent = open_entry(tag)
     if parent.runtime != "torch":
         raise ModelNotAvailable(f"{parent.tag} is already compiled; compile its parent {parent.labels.get('parent')}")
@@ -68,19 +70,18 @@ def compile_entries(tag: str, precisions: Sequence[str], calibration: Path | Non
     probe = parity_set(pipeline)
     images = calibration_images(pipeline, calibration) if "int8" in precisions else []
     tags: dict[str, str] = {}
-    refused: list[CompileRefused] = []
     with tempfile.TemporaryDirectory(prefix="clip-compile-") as tmp:
         traced = Path(tmp, "traced")
         traced.mkdir()
         answer = _export_in_a_child(parent.tag, traced, threads, *probe, calibration_texts() if images else [])
         export = _Export(parent, traced, answer, probe, images, calibration, threads, time.perf_counter() - start)
-        for precision in precisions:
+        for precision in measurable:
             try:
                 tags[precision] = _compile(export, precision, Path(tmp, precision), force)
             except CompileRefused as exc:
                 refused.append(exc)
-                if len(precisions) > 1:
-                    logger.warning("%s", exc)
+    for exc in refused if len(precisions) > 1 else ():
+        logger.warning("%s", exc)
     if not tags:
         raise refused[0]
     return tags

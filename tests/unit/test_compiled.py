@@ -134,7 +134,11 @@ def test_bf16_is_compiled_where_native_and_served_as_what_the_cpu_computes(monke
     parent = register_random(str(TINY_CONFIG), seed=5, name="clip-tiny-bf16-elsewhere")  # no other test serves it
     monkeypatch.setattr(openvino_compiler, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(CompileRefused, match="native bf16"):  # where bf16 is emulated, its parity would mean nothing
-        openvino_compiler.compile_entries(parent, ["fp32", "bf16"], threads=2)
+        openvino_compiler.compile_entries(parent, ["bf16"], threads=2)
+    with caplog.at_level("WARNING"):  # asked beside another precision: that one is compiled, bf16 is said refused
+        assert set(openvino_compiler.compile_entries(parent, ["fp32", "bf16"], threads=2)) == {"fp32"}
+    assert "bf16 needs a CPU with native bf16" in caplog.text
+    caplog.clear()
     monkeypatch.setattr(openvino_compiler, "cpu_has_native_bf16", lambda: True)  # as compiled on a CPU that has it
     tag = openvino_compiler.compile_entries(parent, ["bf16"], threads=2)["bf16"]
     with caplog.at_level("WARNING"):
