@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..runtimes.choice import RuntimeChoice
 from ..runtimes.encoder import Encoder
-from ..store.selection import Selection
+
+if TYPE_CHECKING:  # for type checkers only: the supervisor imports this module and must not load model selection
+    from ..runtimes.choice import RuntimeChoice
+    from ..store.selection import Selection
 
 
 @dataclasses.dataclass
