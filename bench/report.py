@@ -176,8 +176,9 @@ def runtimes_block(report: dict[str, Any]) -> str:
                     "cosine to torch fp32, mean: images / texts (worst row)"], rows)
     demo = runtimes["demo"]
     fp32, int8 = demo["torch_fp32"], demo["openvino_int8"]
+    turns = f", the rows taking turns ({runtimes['rounds']} windows each)" if runtimes.get("rounds") else ""
     return (f"{table}\n\nIn process at batch {runtimes['batch_size']}, {runtimes['threads']} threads, the same pixels "
-            f"and texts for every row. The demo model on {demo['images']} generated images: zero-shot top-1 "
+            f"and texts for every row{turns}. The demo model on {demo['images']} generated images: zero-shot top-1 "
             f"{int8['zero_shot_top1']:.2%} at int8 against {fp32['zero_shot_top1']:.2%} at torch fp32, mismatch F1 "
             f"{int8['mismatch_f1']:.4f} against {fp32['mismatch_f1']:.4f}.")
 

@@ -1,8 +1,8 @@
 """The runtimes in process: torch and compiled OpenVINO entries at every precision this CPU has.
 
 Part of ``make bench`` series (a). For each runtime and precision: images/s and texts/s at the
-service's batch size, on the same pixels and texts, one after another in one process (so the
-ratios compare like with like); the compiled entries' recorded parity; and the demo model's
+service's batch size, on the same pixels and texts, the rows taking turns in one process (so the
+ratios compare like with like, drift and all); the compiled entries' recorded parity; and the demo model's
 zero-shot top-1 and mismatch F1 at int8 against torch fp32. The full run measures a random-init
 ViT-B-16-SigLIP (a sigmoid model, with a stand-in tokenizer) the same way, next to the bench's model.
 
@@ -13,6 +13,7 @@ dynamic int8 quantization. It is the evidence for serving OpenVINO only (docs/pe
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import statistics
@@ -26,6 +27,7 @@ from bench.run import random_init_tag, time_calls
 from bench.tokenizer_files import write_siglip_tokenizer
 
 SIGLIP_ARCH = "ViT-B-16-SigLIP"  # the sigmoid model the full run measures next to the bench's model
+ROUNDS = 3  # timing windows per row, the rows taking turns (see _throughputs)
 TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car", "blue mug")] * 16
 
 
@@ -46,7 +48,7 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
     rows = model_rows(tag, batch, seconds, threads)
     if importlib.util.find_spec("onnxruntime") is not None:
         rows.update(onnxruntime_rows(tag, batch, seconds, threads))
-    out = {"batch_size": batch, "threads": threads, "rows": rows, "demo": demo_accuracy(demo_images)}
+    out = {"batch_size": batch, "threads": threads, "rounds": ROUNDS, "rows": rows, "demo": demo_accuracy(demo_images)}
     if siglip:
         siglip_tag = random_init_tag(SIGLIP_ARCH, write_siglip_tokenizer)
         print(f"  {SIGLIP_ARCH} (random init, stand-in tokenizer)", flush=True)
@@ -69,33 +71,40 @@ def model_rows(tag: str, batch: int, seconds: float, threads: int,
     from clip_runner.store.weights import load_entry
 
     compiled = compile_all(tag, precisions or candidate_precisions("auto"))
-    rows: dict[str, Any] = {}
+    encoders: dict[str, Any] = {}
     for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
         loaded = load_entry(tag, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32)
-        rows[f"torch {precision}"] = _throughput(TorchEncoder(loaded, precision), batch, seconds)
-        del loaded
-        gc.collect()
+        encoders[f"torch {precision}"] = TorchEncoder(loaded, precision)
     for precision, compiled_tag in compiled.items():
-        entry = open_entry(compiled_tag)
-        rows[f"openvino {precision}"] = {**_throughput(OpenVINOEncoder(entry, threads), batch, seconds),
-                                         "parity": entry.metadata.get("parity"), "tag": compiled_tag}
-        gc.collect()
+        encoders[f"openvino {precision}"] = OpenVINOEncoder(open_entry(compiled_tag), threads)
+    rows = _throughputs(encoders, batch, seconds)
+    for precision, compiled_tag in compiled.items():
+        rows[f"openvino {precision}"].update(parity=open_entry(compiled_tag).metadata.get("parity"), tag=compiled_tag)
+    del encoders
+    gc.collect()
     return rows
 
 
-def _throughput(encoder: Any, batch: int, seconds: float) -> dict[str, float]:
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, *encoder.entry.input_size, 3), dtype=np.uint8)
-    texts = TEXTS[:batch]
-    out = {}
-    for name, call in (("images_per_s", lambda: encoder.encode_pixels(pixels)),
-                       ("texts_per_s", lambda: encoder.encode_texts(texts))):
+def _throughputs(encoders: dict[str, Any], batch: int, seconds: float) -> dict[str, dict[str, Any]]:
+    """Images/s and texts/s of each encoder at ``batch``, on the same pixels and texts. The rows take turns:
+    ROUNDS windows of ``seconds / ROUNDS`` each (at least one call), so a drift in the machine's speed while
+    they are timed (tens of percent on a shared host) falls on every row alike and their ratios hold."""
+    size = next(iter(encoders.values())).entry.input_size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8)
+    calls = {(key, name): call for key, encoder in encoders.items()
+             for name, call in (("images_per_s", functools.partial(encoder.encode_pixels, pixels)),
+                                ("texts_per_s", functools.partial(encoder.encode_texts, TEXTS[:batch])))}
+    for call in calls.values():
         call()  # warm-up for this shape
-        times = time_calls(call, seconds)
-        out[name] = round(batch / statistics.median(times), 2)
-    facts = encoder.describe()
-    print(f"  {facts['runtime']:>8} {facts['precision']:<5} {out['images_per_s']:>8.1f} img/s "
-          f"{out['texts_per_s']:>8.1f} texts/s", flush=True)
-    return out
+    times: dict[tuple[str, str], list[float]] = {slot: [] for slot in calls}
+    for _ in range(ROUNDS):
+        for slot, call in calls.items():
+            times[slot] += time_calls(call, seconds / ROUNDS, min_calls=1)
+    rows = {key: {name: round(batch / statistics.median(times[key, name]), 2)
+                  for name in ("images_per_s", "texts_per_s")} for key in encoders}
+    for key, row in rows.items():
+        print(f"  {key:>20} {row['images_per_s']:>8.1f} img/s {row['texts_per_s']:>8.1f} texts/s", flush=True)
+    return rows
 
 
 def demo_accuracy(count: int = 1000) -> dict[str, Any]:
@@ -203,7 +212,8 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
         for precision, suffix in (("fp32", ".onnx"), ("int8", ".int8.onnx")):
             encoder = OnnxEncoder(loaded.entry, folder / f"image{suffix}", folder / f"text{suffix}", threads, precision)
             parity = Parity.between(expected, (encoder.encode_pixels(pixels), encoder.encode_texts(texts)))
-            rows[f"onnxruntime {precision}"] = {**_throughput(encoder, batch, seconds), "parity": parity.to_json()}
+            key = f"onnxruntime {precision}"
+            rows[key] = {**_throughputs({key: encoder}, batch, seconds)[key], "parity": parity.to_json()}
             del encoder
             gc.collect()
     return rows
