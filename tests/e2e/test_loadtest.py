@@ -64,7 +64,10 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, c
     assert all(rss["idle_mb"][part] > 0 and rss["load_peak_mb"][part] > 0 for part in ("supervisor", "workers"))
     assert rss["peak_tree_mb"] >= rss["load_peak_mb"]["tree"] >= rss["idle_mb"]["tree"] * 0.5
     assert "supervisor" in run.stdout and "tree peak" in run.stdout
-    assert any(int(size) > 1 for size in report["ours"]["levels"][-1]["batch_sizes"])  # batching happened
+    # Each answer's batch size is recorded (X-Batch-Size). Whether 16 clients share batches is not claimed here:
+    # the tiny model encodes faster than JPEGs decode, so batches meet only by chance (tests/unit/test_batcher.py
+    # and tests/e2e/test_overload.py show requests sharing batches).
+    assert all(sum(lv["batch_sizes"].values()) == lv["ok"] for lv in report["ours"]["levels"]), report["ours"]
     assert report["ratios"]["ours_vs_baseline"]["concurrency"] == 16
     assert report["ratios"]["overhead_at_c1"]["overhead_ms"] is not None
     assert {Path(p).name for p in report["plots"]} == {"throughput.png", "latency.png", "batch_sizes.png"}

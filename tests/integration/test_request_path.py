@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -73,3 +75,26 @@ def test_texts_are_tokenized_once_before_the_batcher(client, service_module, mon
     assert client.post("/similarity", files={"image": ("a.jpg", make_jpeg(3))},
                        data={"texts": texts}).status_code == 200
     assert tokenized == [texts]
+
+
+def test_requests_that_wait_together_share_one_batch(client, service_module, monkeypatch) -> None:
+    """Batching over HTTP: while the model runs one image, the three sent meanwhile queue and run as one batch."""
+    api = service_module.app.state.api
+    encode, running, release = api.batcher._encode["image"], threading.Event(), threading.Event()
+    monkeypatch.setitem(api.batcher._encode, "image",
+                        lambda pixels: (running.set(), release.wait(60), encode(pixels))[-1])
+
+    def post(seed: int) -> httpx.Response:
+        return client.post("/encode_image", files={"image": ("a.jpg", make_jpeg(seed))})
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, 0)
+        assert running.wait(60)
+        rest = [pool.submit(post, seed) for seed in (1, 2, 3)]
+        deadline = time.monotonic() + 60
+        while api.batcher.queued < 3 and time.monotonic() < deadline:  # the signal: all three wait for the model
+            time.sleep(0.005)
+        release.set()
+        answers = [future.result(timeout=60) for future in (first, *rest)]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert [int(answer.headers["X-Batch-Size"]) for answer in answers] == [1, 3, 3, 3]
