@@ -277,7 +277,7 @@ def _runtimes() -> dict:
     parity = {"image_mean": 0.9995, "image_min": 0.998, "text_mean": 0.9992, "text_min": 0.997}
     exact = {"image_mean": 1.0, "image_min": 0.99999, "text_mean": 1.0, "text_min": 0.99998}
     evaluation = {"zero_shot_top1": 0.98, "mismatch_f1": 0.98}
-    runtimes = {"batch_size": 16, "threads": 2, "rows": {
+    runtimes = {"batch_size": 16, "threads": 2, "rounds": 3, "rows": {
         "torch fp32": {"images_per_s": 20.0, "texts_per_s": 25.0},
         "torch bf16": {"images_per_s": 70.0, "texts_per_s": 16.0},
         "openvino fp32": {"images_per_s": 40.0, "texts_per_s": 60.0, "parity": exact},
@@ -321,6 +321,25 @@ def test_runtime_goals_are_judged_from_the_runtimes_and_compiled_servers() -> No
     assert "| ViT-B-32 | openvino | int8 | 140.0 | 160.0 | 7.00× | 0.99950 / 0.99920 (0.99700) |" in block
     assert "| ViT-B-16-SigLIP | openvino | int8 | 30.0 | 40.0 | 3.00× | 0.99500 / 0.98500 (0.98000) |" in block
     assert block.index("| ViT-B-32 | openvino | int8") < block.index("| ViT-B-16-SigLIP | torch") and "97.50%" in block
+    assert "the same pixels and texts for every row, the rows taking turns (3 windows each)." in block
+
+
+def test_the_runtime_rows_take_turns_so_drift_falls_on_all_alike() -> None:
+    from bench.runtimes import ROUNDS, _throughputs
+
+    calls: list[str] = []
+
+    class Timed:  # an encoder whose calls are recorded, in the order the timing makes them
+        entry = dataclasses.make_dataclass("Entry", [("input_size", tuple)])((8, 8))
+
+        def __init__(self, name: str) -> None:
+            self.encode_pixels = lambda pixels: calls.append(f"{name} images")
+            self.encode_texts = lambda texts: calls.append(f"{name} texts")
+
+    rows = _throughputs({"a": Timed("a"), "b": Timed("b")}, batch=4, seconds=0.0)
+    assert set(rows) == {"a", "b"} and all(rate > 0 for row in rows.values() for rate in row.values())
+    turn = ["a images", "a texts", "b images", "b texts"]
+    assert calls == turn * (1 + ROUNDS)  # a warm-up, then one window each per round, in turn
 
 
 def test_a_subset_of_series_is_reported_without_the_others() -> None:
