@@ -18,6 +18,7 @@ import gc
 import importlib.util
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +150,15 @@ def ratios(runtimes: dict[str, Any]) -> dict[str, float | None]:
 class OnnxEncoder:
     """Both towers in ONNX Runtime sessions, with the encoder interface the rows are timed through."""
 
-    def __init__(self, entry: Any, image: Path, text: Path, threads: int, precision: str) -> None:
+    def __init__(self, entry: Any, image: Path, text: Path, threads: int,
+                 tokenize: Callable[[list[str]], np.ndarray]) -> None:
         import onnxruntime as ort
-
-        from clip_runner.preprocessing.clip_tokenizer import ClipTokenizer
-        from clip_runner.store.entries import TOKENIZER_FILE
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self.entry, self.precision = entry, precision
+        self.entry, self.tokenize = entry, tokenize
         self._image, self._text = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                                    for path in (image, text))
-        self.tokenizer = ClipTokenizer(image.parent / TOKENIZER_FILE, int(entry.metadata.get("context_length", 77)))
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         from clip_runner.runtimes.encoder import unit_rows
@@ -170,10 +168,7 @@ class OnnxEncoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         from clip_runner.runtimes.encoder import unit_rows
 
-        return unit_rows(self._text.run(None, {"tokens": self.tokenizer(texts)})[0])
-
-    def describe(self) -> dict[str, str]:
-        return {"runtime": "onnxruntime", "precision": self.precision}
+        return unit_rows(self._text.run(None, {"tokens": self.tokenize(texts)})[0])
 
 
 def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict[str, Any]:
@@ -183,9 +178,10 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
 
     from clip_runner.compile.openvino_compiler import parity_set
     from clip_runner.compile.torch_export import ImageTower, TextTower, write_tokenizer
+    from clip_runner.preprocessing.clip_tokenizer import ClipTokenizer
     from clip_runner.preprocessing.images import PixelPipeline
     from clip_runner.runtimes.torch_encoder import TorchEncoder
-    from clip_runner.store.entries import Parity
+    from clip_runner.store.entries import TOKENIZER_FILE, Parity
     from clip_runner.store.weights import load_entry
 
     loaded = load_entry(tag, torch.device("cpu"))
@@ -196,7 +192,9 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clip-onnx-") as tmp:
         folder = Path(tmp)
-        write_tokenizer(loaded.tokenizer, folder)
+        # The fast CLIP BPE that compiled entries use; another tokenizer (SigLIP's) as torch calls it.
+        tokenize = (ClipTokenizer(folder / TOKENIZER_FILE, int(loaded.entry.metadata.get("context_length", 77)))
+                    if write_tokenizer(loaded.tokenizer, folder) else reference.tokenize)
         h, w = pipeline.size
         tokens = loaded.tokenizer(["a photo of a cat"])
         torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX export
@@ -210,7 +208,7 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
         for name in ("image", "text"):
             quantize_dynamic(folder / f"{name}.onnx", folder / f"{name}.int8.onnx", weight_type=QuantType.QInt8)
         for precision, suffix in (("fp32", ".onnx"), ("int8", ".int8.onnx")):
-            encoder = OnnxEncoder(loaded.entry, folder / f"image{suffix}", folder / f"text{suffix}", threads, precision)
+            encoder = OnnxEncoder(loaded.entry, folder / f"image{suffix}", folder / f"text{suffix}", threads, tokenize)
             parity = Parity.between(expected, (encoder.encode_pixels(pixels), encoder.encode_texts(texts)))
             key = f"onnxruntime {precision}"
             rows[key] = {**_throughputs({key: encoder}, batch, seconds)[key], "parity": parity.to_json()}

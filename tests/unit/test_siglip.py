@@ -150,9 +150,9 @@ def test_the_compiled_int8_entry_serves_without_torch(compiled_siglip: dict[str,
     assert done.stdout.split()[-4:] == ["200", "200", "openvino", "int8"]
 
 
-def test_the_benchmark_times_a_sigmoid_model_in_torch_and_each_compiled_precision(
+def test_the_benchmark_times_a_sigmoid_model_in_torch_each_compiled_precision_and_onnxruntime(
         compiled_siglip: dict[str, str], tiny_siglip_tag: str) -> None:
-    from bench.runtimes import model_rows
+    from bench.runtimes import model_rows, onnxruntime_rows
 
     rows = model_rows(tiny_siglip_tag, batch=4, seconds=0.01, threads=1, precisions=("fp32", "int8"))
     assert {"torch fp32", "openvino fp32", "openvino int8"} <= set(rows)
@@ -160,6 +160,11 @@ def test_the_benchmark_times_a_sigmoid_model_in_torch_and_each_compiled_precisio
     assert rows["openvino int8"]["tag"] == compiled_siglip["int8"]  # the stored compiles, not new ones
     fp32 = rows["openvino fp32"]["parity"]  # as recorded at compile time, for both towers
     assert min(fp32["image_min"], fp32["text_min"]) >= 0.9999
+    # ONNX Runtime, measured beside it: the towers exported again, the text tower fed by the model's own tokenizer.
+    onnx = onnxruntime_rows(tiny_siglip_tag, batch=4, seconds=0.01, threads=1)
+    assert set(onnx) == {"onnxruntime fp32", "onnxruntime int8"} and onnx["onnxruntime fp32"]["texts_per_s"] > 0
+    assert min(onnx["onnxruntime fp32"]["parity"]["image_min"], onnx["onnxruntime fp32"]["parity"]["text_min"]) \
+        >= 0.9999
 
 
 def test_fine_tuning_uses_the_sigmoid_loss_and_keeps_the_tokenizer(tiny_siglip_tag: str, tmp_path: Path) -> None:
