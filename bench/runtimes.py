@@ -18,6 +18,7 @@ import gc
 import importlib.util
 import statistics
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
         h, w = pipeline.size
         tokens = loaded.tokenizer(["a photo of a cat"])
         torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX export
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # attention's shape checks: constant here
             torch.onnx.export(ImageTower(loaded.model, pipeline.mean, pipeline.std).eval(),
                               (torch.zeros(1, h, w, 3, dtype=torch.uint8),), str(folder / "image.onnx"),
                               input_names=["pixels"], dynamic_axes={"pixels": {0: "batch"}}, dynamo=False)
