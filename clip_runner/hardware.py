@@ -58,19 +58,19 @@ def detect_hardware(device: str = "auto") -> HardwareFacts:
     return HardwareFacts(True, name, round(free / GIB, 2), round(total / GIB, 2))
 
 
-def _cpuinfo(*keys: str) -> str | None:
-    """The value of the first ``/proc/cpuinfo`` line whose key is one of ``keys`` (None: none, or no file)."""
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """Each ``/proc/cpuinfo`` key's first value (the first CPU's), read once; empty where there is no such file."""
     try:
         pairs = [line.partition(":")[::2] for line in CPUINFO.read_text().splitlines()]
     except OSError:
-        return None
-    return next((value.strip() for key, value in pairs if key.strip() in keys), None)
+        return {}
+    return {key.strip(): value.strip() for key, value in reversed(pairs)}  # reversed: the first value wins
 
 
-@functools.cache
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where the system does not say."""
-    return frozenset((_cpuinfo("flags", "Features") or "").split())
+    return frozenset((_cpuinfo().get("flags") or _cpuinfo().get("Features") or "").split())
 
 
 def cpu_has_native_bf16() -> bool:
@@ -78,11 +78,11 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-@functools.cache
 def cpu_name() -> str:
     """The CPU as its kernels' speed depends on it: model name, family and model (a hypervisor may show one
     generic name for several generations) and vector extensions, e.g. ``AMD EPYC (family 23 model 49; avx2)``."""
+    info = _cpuinfo()
     ids = " ".join(f"{label} {value}" for label, key in (("family", "cpu family"), ("model", "model"),
-                                                         ("part", "CPU part")) if (value := _cpuinfo(key)))
+                                                         ("part", "CPU part")) if (value := info.get(key)))
     facts = "; ".join(filter(None, (ids, "+".join(flag for flag in VECTOR_FLAGS if flag in cpu_flags()))))
-    return (_cpuinfo("model name") or platform.processor() or platform.machine()) + (f" ({facts})" if facts else "")
+    return (info.get("model name") or platform.processor() or platform.machine()) + (f" ({facts})" if facts else "")

@@ -60,10 +60,8 @@ def test_cpu_name_tells_apart_generations_a_hypervisor_names_alike(monkeypatch, 
 
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "cpuinfo")
-    hardware.cpu_flags.cache_clear()
-    hardware.cpu_name.cache_clear()
+    hardware._cpuinfo.cache_clear()  # read once per process: read the file given here
     try:
         assert hardware.cpu_name().endswith(name) and hardware.cpu_has_native_bf16() is native_bf16
     finally:
-        hardware.cpu_flags.cache_clear()
-        hardware.cpu_name.cache_clear()
+        hardware._cpuinfo.cache_clear()
