@@ -77,11 +77,12 @@ def model_rows(tag: str, batch: int, seconds: float, threads: int,
     for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
         loaded = load_entry(tag, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32)
         encoders[f"torch {precision}"] = TorchEncoder(loaded, precision)
-    for precision, compiled_tag in compiled.items():
-        encoders[f"openvino {precision}"] = OpenVINOEncoder(open_entry(compiled_tag), threads)
+    entries = {precision: open_entry(compiled_tag) for precision, compiled_tag in compiled.items()}
+    for precision, entry in entries.items():
+        encoders[f"openvino {precision}"] = OpenVINOEncoder(entry, threads)
     rows = _throughputs(encoders, batch, seconds)
-    for precision, compiled_tag in compiled.items():
-        rows[f"openvino {precision}"].update(parity=open_entry(compiled_tag).metadata.get("parity"), tag=compiled_tag)
+    for precision, entry in entries.items():
+        rows[f"openvino {precision}"].update(parity=entry.metadata.get("parity"), tag=entry.tag)
     del encoders
     gc.collect()
     return rows
