@@ -16,20 +16,21 @@ def _layers_section() -> str:
     return readme[readme.index("### Layers"):readme.index("### One `POST /encode_image`")]
 
 
-def _library_modules() -> set[str]:
+def _library_files() -> list[Path]:
+    """The tracked modules of the library packages (not their ``__init__.py``)."""
     tracked = subprocess.run(["git", "ls-files", *(f"{package}/*.py" for package in LIBRARY)], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()
-    return {Path(path).name for path in tracked if not path.endswith("__init__.py")}
+    return [ROOT / path for path in tracked if not path.endswith("__init__.py")]
 
 
 def test_every_module_is_named_in_the_layers_table_and_every_name_is_a_module() -> None:
     named = set(re.findall(r"`(?:[\w/]+/)?(\w+\.py)`", _layers_section())) - {"service.py"}
-    assert named == _library_modules()
+    assert named == {path.name for path in _library_files()}
 
 
 def test_the_function_level_imports_are_the_ones_the_readme_counts_each_with_its_reason() -> None:
     crossings: set[tuple[str, int, str]] = set()  # a set: a nested function's imports are walked twice
-    for path in sorted(p for package in LIBRARY for p in (ROOT / package).rglob("*.py")) + [ROOT / "service.py"]:
+    for path in [*_library_files(), ROOT / "service.py"]:
         source = path.read_text()
         lines = source.splitlines()
         for function in ast.walk(ast.parse(source)):
