@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.run import SERIES, dig, runtime_models
+from bench.run import SERIES, dig, fp32_ceiling, runtime_models
 from bench.server import ROOT
 from clip_runner.store.entries import Parity
 
@@ -162,10 +162,12 @@ def runtimes_block(report: dict[str, Any]) -> str:
     runtimes = report.get("runtimes")
     if not runtimes:
         return "Not measured in this run (series (a) on a CPU with OpenVINO installed)."
-    rows = []
-    for model, model_rows in runtime_models(report):
-        base = dig(model_rows, "torch fp32", "images_per_s")
-        for name, row in model_rows.items():
+    rows, ceilings = [], []
+    for model, section in runtime_models(report):
+        base = dig(section, "rows", "torch fp32", "images_per_s")
+        if ceiling := fp32_ceiling(section):
+            ceilings.append(f" {model}: {ceiling}.")
+        for name, row in section["rows"].items():
             parity = row.get("parity")
             cosine = (f"{parity['image_mean']:.5f} / {parity['text_mean']:.5f} "
                       f"({Parity(**parity).worst_min:.5f})" if parity
@@ -180,7 +182,7 @@ def runtimes_block(report: dict[str, Any]) -> str:
     return (f"{table}\n\nIn process at batch {runtimes['batch_size']}, {runtimes['threads']} threads, the same pixels "
             f"and texts for every row{turns}. The demo model on {demo['images']} generated images: zero-shot top-1 "
             f"{int8['zero_shot_top1']:.2%} at int8 against {fp32['zero_shot_top1']:.2%} at torch fp32, mismatch F1 "
-            f"{int8['mismatch_f1']:.4f} against {fp32['mismatch_f1']:.4f}.")
+            f"{int8['mismatch_f1']:.4f} against {fp32['mismatch_f1']:.4f}." + "".join(ceilings))
 
 
 def goals_block(report: dict[str, Any]) -> str:

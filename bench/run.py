@@ -321,10 +321,25 @@ def _parity(report: dict[str, Any], row: str, figure: str, *model: str) -> float
 
 
 def runtime_models(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(model, its runtimes rows) for each model the runtimes were measured with: the bench's, then SigLIP."""
+    """(model, its runtimes section: ``rows`` and, when timed, ``fp32_ceiling``) for each model the runtimes were
+    measured with: the bench's, then SigLIP."""
     runtimes = report.get("runtimes") or {}
-    models = [(report.get("environment", {}).get("arch") or "model", runtimes.get("rows") or {})]
-    return models + ([(runtimes["siglip"]["arch"], runtimes["siglip"]["rows"])] if runtimes.get("siglip") else [])
+    models = [(report.get("environment", {}).get("arch") or "model", {"rows": {}, **runtimes})]
+    return models + ([(runtimes["siglip"]["arch"], runtimes["siglip"])] if runtimes.get("siglip") else [])
+
+
+def fp32_ceiling(section: dict[str, Any]) -> str | None:
+    """A runtimes section's fp32 ceiling in a sentence: the CPU's fp32 matmul peak, how much of it torch and
+    OpenVINO fp32 use, and so the most compiling can gain at fp32 here; None where it was not timed."""
+    ceiling, rows = section.get("fp32_ceiling"), section["rows"]
+    if not ceiling or "torch fp32" not in rows:
+        return None
+    peak, gflop = ceiling["gflop_per_s"], ceiling["image_gflop"]
+    used = " and ".join(f"{name} {rows[name]['images_per_s'] * gflop / peak:.0%}"
+                        for name in ("torch fp32", "openvino fp32") if name in rows)
+    return (f"fp32 ceiling: {gflop:.2f} GFLOP an image; this CPU's fp32 matrix product peaks at {peak:.0f} GFLOP/s, "
+            f"of which {used} use; so compiling can make fp32 at most "
+            f"{peak / (rows['torch fp32']['images_per_s'] * gflop):.2f}× torch fp32 here")
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -704,13 +719,15 @@ def render(report: dict[str, Any]) -> str:
     lines = [HEADER, "-" * len(HEADER), *_limit_rows(report.get("limit"))]
     if runtimes := report.get("runtimes"):
         lines += ["", f"(a) runtimes in process at batch {runtimes['batch_size']} ({runtimes['threads']} threads):"]
-        for model, rows in runtime_models(report):
-            for name, row in rows.items():
+        for model, section in runtime_models(report):
+            for name, row in section["rows"].items():
                 parity = row.get("parity") or {}
                 cosine = (f"cosine to torch fp32: images {parity['image_mean']:.5f}, texts {parity['text_mean']:.5f} "
                           f"(worst row {min(parity['image_min'], parity['text_min']):.5f})" if parity else "")
                 lines.append(f"  {model:<18}{name:<16}{row['images_per_s']:>9.1f} img/s{row['texts_per_s']:>9.1f} "
                              f"texts/s  {cosine}")
+            if ceiling := fp32_ceiling(section):
+                lines.append(f"  {model}: {ceiling}")
         int8, fp32 = runtimes["demo"]["openvino_int8"], runtimes["demo"]["torch_fp32"]
         lines.append(f"  demo model, int8 vs torch fp32: zero-shot top-1 {int8['zero_shot_top1']:.2%} vs "
                      f"{fp32['zero_shot_top1']:.2%}, mismatch F1 {int8['mismatch_f1']:.4f} vs "

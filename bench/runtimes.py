@@ -2,7 +2,8 @@
 
 Part of ``make bench`` series (a). For each runtime and precision: images/s and texts/s at the
 service's batch size, on the same pixels and texts, the rows taking turns in one process (so the
-ratios compare like with like, drift and all); the compiled entries' recorded parity; and the demo model's
+ratios compare like with like, drift and all); the compiled entries' recorded parity; the CPU's fp32 matrix
+product peak, timed in turn with the rows, which bounds what compiling can gain at fp32; and the demo model's
 zero-shot top-1 and mismatch F1 at int8 against torch fp32. The full run measures a random-init
 ViT-B-16-SigLIP (a sigmoid model, with a stand-in tokenizer) the same way, next to the bench's model.
 
@@ -30,6 +31,9 @@ from bench.tokenizer_files import write_siglip_tokenizer
 
 SIGLIP_ARCH = "ViT-B-16-SigLIP"  # the sigmoid model the full run measures next to the bench's model
 ROUNDS = 3  # timing windows per row, the rows taking turns (see _throughputs)
+PEAK = "fp32 matmul peak"  # the slot timed beside the rows (see matmul_peak)
+PEAK_N = 2048  # its matrices' side: 17 GFLOP a call, large enough for the CPU's fastest kernels
+Slot = tuple[str, str]  # (row, measure): what _throughputs times
 TEXTS = [f"a photo of a {thing} on a table" for thing in ("cat", "dog", "red car", "blue mug")] * 16
 
 
@@ -47,22 +51,22 @@ def measure(tag: str, batch: int, seconds: float, threads: int, demo_images: int
             siglip: bool = False) -> dict[str, Any]:
     """Throughput of every runtime × precision at ``batch``, parity, and the demo accuracy at int8; with
     ``siglip``, the rows of a random-init ViT-B-16-SigLIP too (torch and compiled)."""
-    rows = model_rows(tag, batch, seconds, threads)
+    out = {"batch_size": batch, "threads": threads, "rounds": ROUNDS, **model_rows(tag, batch, seconds, threads)}
     if importlib.util.find_spec("onnxruntime") is not None:
-        rows.update(onnxruntime_rows(tag, batch, seconds, threads))
-    out = {"batch_size": batch, "threads": threads, "rounds": ROUNDS, "rows": rows, "demo": demo_accuracy(demo_images)}
+        out["rows"].update(onnxruntime_rows(tag, batch, seconds, threads))
+    out["demo"] = demo_accuracy(demo_images)
     if siglip:
         siglip_tag = random_init_tag(SIGLIP_ARCH, write_siglip_tokenizer)
         print(f"  {SIGLIP_ARCH} (random init, stand-in tokenizer)", flush=True)
-        out["siglip"] = {"arch": SIGLIP_ARCH, "tag": siglip_tag,
-                         "rows": model_rows(siglip_tag, batch, seconds, threads)}
+        out["siglip"] = {"arch": SIGLIP_ARCH, "tag": siglip_tag, **model_rows(siglip_tag, batch, seconds, threads)}
     return out
 
 
 def model_rows(tag: str, batch: int, seconds: float, threads: int,
                precisions: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Torch (fp32, bf16 where native) and each compiled precision of ``tag``: throughput, and the compiled
-    entries' parity to torch fp32 as recorded when compiled (both towers, on the fixed parity set)."""
+    """Torch (fp32, bf16 where native) and each compiled precision of ``tag``: ``rows`` of throughput, with the
+    compiled entries' parity to torch fp32 as recorded when compiled (both towers, on the fixed parity set), and
+    the ``fp32_ceiling`` they are timed against (see :func:`matmul_peak`)."""
     import torch
 
     from clip_runner.hardware import cpu_has_native_bf16
@@ -80,33 +84,70 @@ def model_rows(tag: str, batch: int, seconds: float, threads: int,
     entries = {precision: open_entry(compiled_tag) for precision, compiled_tag in compiled.items()}
     for precision, entry in entries.items():
         encoders[f"openvino {precision}"] = OpenVINOEncoder(entry, threads)
-    rows = _throughputs(encoders, batch, seconds)
+    peak = {(PEAK, "gflop_per_s"): matmul_peak(threads)}
+    rows = _throughputs({**_encoder_slots(encoders, batch), **peak}, seconds)
+    ceiling = {"image_gflop": round(image_gflop(loaded.model, loaded.entry.input_size), 3), **rows.pop(PEAK)}
     for precision, entry in entries.items():
         rows[f"openvino {precision}"].update(parity=entry.metadata.get("parity"), tag=entry.tag)
     del encoders
     gc.collect()
-    return rows
+    return {"rows": rows, "fp32_ceiling": ceiling}
 
 
-def _throughputs(encoders: dict[str, Any], batch: int, seconds: float) -> dict[str, dict[str, Any]]:
-    """Images/s and texts/s of each encoder at ``batch``, on the same pixels and texts. The rows take turns:
-    ROUNDS windows of ``seconds / ROUNDS`` each (at least one call), so a drift in the machine's speed while
-    they are timed (tens of percent on a shared host) falls on every row alike and their ratios hold."""
+def matmul_peak(threads: int) -> tuple[Callable[[], Any], float]:
+    """A call of one PEAK_N² fp32 matrix product compiled by OpenVINO on ``threads`` threads, and its GFLOP.
+    Timed beside the rows, it is the fastest fp32 arithmetic this CPU gives OpenVINO: no fp32 model runs its
+    FLOPs faster, so it bounds what compiling can gain over torch fp32 here."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    left = ops.parameter([PEAK_N, PEAK_N], ov.Type.f32)
+    product = ops.matmul(left, ops.constant(rng.random((PEAK_N, PEAK_N), dtype=np.float32)), False, False)
+    config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
+    request = ov.Core().compile_model(ov.Model([product], [left]), "CPU", config).create_infer_request()
+    return functools.partial(request.infer, [rng.random((PEAK_N, PEAK_N), dtype=np.float32)]), 2 * PEAK_N**3 / 1e9
+
+
+def image_gflop(model: Any, size: tuple[int, int]) -> float:
+    """GFLOP of one image through ``model``'s image tower, as torch's counter adds up its matrix products."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op is invisible to the counter
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.encode_image(torch.zeros(1, 3, *size, dtype=next(model.parameters()).dtype))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops() / 1e9
+
+
+def _encoder_slots(encoders: dict[str, Any], batch: int) -> dict[Slot, tuple[Callable[[], Any], float]]:
+    """Each encoder's images/s and texts/s slot: a call on ``batch`` items (the same pixels and texts for all)."""
     size = next(iter(encoders.values())).entry.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8)
-    calls = {(key, name): call for key, encoder in encoders.items()
-             for name, call in (("images_per_s", functools.partial(encoder.encode_pixels, pixels)),
-                                ("texts_per_s", functools.partial(encoder.encode_texts, TEXTS[:batch])))}
-    for call in calls.values():
+    return {(key, name): (call, batch) for key, encoder in encoders.items()
+            for name, call in (("images_per_s", functools.partial(encoder.encode_pixels, pixels)),
+                               ("texts_per_s", functools.partial(encoder.encode_texts, TEXTS[:batch])))}
+
+
+def _throughputs(slots: dict[Slot, tuple[Callable[[], Any], float]], seconds: float) -> dict[str, dict[str, float]]:
+    """The rate of each (row, measure) slot: its call's work (items, GFLOP) over the median time of a call. The
+    slots take turns: ROUNDS windows of ``seconds / ROUNDS`` each (at least one call), so a drift in the machine's
+    speed while they are timed (tens of percent on a shared host) falls on every row alike and their ratios hold."""
+    for call, _ in slots.values():
         call()  # warm-up for this shape
-    times: dict[tuple[str, str], list[float]] = {slot: [] for slot in calls}
+    times: dict[Slot, list[float]] = {slot: [] for slot in slots}
     for _ in range(ROUNDS):
-        for slot, call in calls.items():
+        for slot, (call, _) in slots.items():
             times[slot] += time_calls(call, seconds / ROUNDS, min_calls=1)
-    rows = {key: {name: round(batch / statistics.median(times[key, name]), 2)
-                  for name in ("images_per_s", "texts_per_s")} for key in encoders}
+    rows: dict[str, dict[str, float]] = {}
+    for (key, name), (_, work) in slots.items():
+        rows.setdefault(key, {})[name] = round(work / statistics.median(times[key, name]), 2)
     for key, row in rows.items():
-        print(f"  {key:>20} {row['images_per_s']:>8.1f} img/s {row['texts_per_s']:>8.1f} texts/s", flush=True)
+        print(f"  {key:>20} " + " ".join(f"{rate:>8.1f} {name}" for name, rate in row.items()), flush=True)
     return rows
 
 
@@ -132,8 +173,9 @@ def demo_accuracy(count: int = 1000) -> dict[str, Any]:
 
 
 def ratios(runtimes: dict[str, Any]) -> dict[str, float | None]:
-    """In-process speed-ups, images/s: compiled fp32, the best compiled and int8 against torch."""
-    rows = runtimes["rows"]
+    """In-process speed-ups, images/s: compiled fp32, the best compiled and int8 against torch; and the most that
+    compiling could gain at fp32 on this CPU: its fp32 matmul peak over torch fp32's image FLOP/s."""
+    rows, ceiling = runtimes["rows"], runtimes.get("fp32_ceiling") or {}
 
     def rate(key: str) -> float | None:
         return rows[key]["images_per_s"] if key in rows else None
@@ -146,7 +188,9 @@ def ratios(runtimes: dict[str, Any]) -> dict[str, float | None]:
 
     return {"openvino_fp32_vs_torch_fp32": ratio(rate("openvino fp32"), rate("torch fp32")),
             "best_compiled_vs_torch_best": ratio(compiled_best, torch_best),
-            "int8_vs_torch_fp32": ratio(rate("openvino int8"), rate("torch fp32"))}
+            "int8_vs_torch_fp32": ratio(rate("openvino int8"), rate("torch fp32")),
+            "fp32_ceiling_vs_torch_fp32": ratio(ceiling.get("gflop_per_s"),
+                                                (rate("torch fp32") or 0) * ceiling.get("image_gflop", 0))}
 
 
 class OnnxEncoder:
@@ -214,7 +258,8 @@ def onnxruntime_rows(tag: str, batch: int, seconds: float, threads: int) -> dict
             encoder = OnnxEncoder(loaded.entry, folder / f"image{suffix}", folder / f"text{suffix}", threads, tokenize)
             parity = Parity.between(expected, (encoder.encode_pixels(pixels), encoder.encode_texts(texts)))
             key = f"onnxruntime {precision}"
-            rows[key] = {**_throughputs({key: encoder}, batch, seconds)[key], "parity": parity.to_json()}
+            rows[key] = {**_throughputs(_encoder_slots({key: encoder}, batch), seconds)[key],
+                         "parity": parity.to_json()}
             del encoder
             gc.collect()
     return rows

@@ -89,6 +89,7 @@ def test_bench_quick_measures_every_section_and_draws_the_plots(tiny_tag: str, c
     assert {"torch fp32", "openvino fp32", "openvino int8"} <= set(report["runtimes"]["rows"])
     assert report["ours"]["runtime"] == "openvino" and report["runtimes"]["demo"]["images"] > 0
     assert "siglip" not in report["runtimes"]  # a full run's part: --quick stays quick
+    assert report["runtimes"]["ratios"]["fp32_ceiling_vs_torch_fp32"] > 0 and "fp32 ceiling:" in run.stdout
     # What ran is recorded: every series (e only where torch's default is not fp32, h only with
     # native bf16), the commit and the CPU.
     env = report["environment"]

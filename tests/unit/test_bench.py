@@ -277,7 +277,8 @@ def _runtimes() -> dict:
     parity = {"image_mean": 0.9995, "image_min": 0.998, "text_mean": 0.9992, "text_min": 0.997}
     exact = {"image_mean": 1.0, "image_min": 0.99999, "text_mean": 1.0, "text_min": 0.99998}
     evaluation = {"zero_shot_top1": 0.98, "mismatch_f1": 0.98}
-    runtimes = {"batch_size": 16, "threads": 2, "rounds": 3, "rows": {
+    runtimes = {"batch_size": 16, "threads": 2, "rounds": 3, "fp32_ceiling": {"image_gflop": 8.0, "gflop_per_s": 400.0},
+                "rows": {
         "torch fp32": {"images_per_s": 20.0, "texts_per_s": 25.0},
         "torch bf16": {"images_per_s": 70.0, "texts_per_s": 16.0},
         "openvino fp32": {"images_per_s": 40.0, "texts_per_s": 60.0, "parity": exact},
@@ -322,10 +323,16 @@ def test_runtime_goals_are_judged_from_the_runtimes_and_compiled_servers() -> No
     assert "| ViT-B-16-SigLIP | openvino | int8 | 30.0 | 40.0 | 3.00× | 0.99500 / 0.98500 (0.98000) |" in block
     assert block.index("| ViT-B-32 | openvino | int8") < block.index("| ViT-B-16-SigLIP | torch") and "97.50%" in block
     assert "the same pixels and texts for every row, the rows taking turns (3 windows each)." in block
+    # The fp32 ceiling: torch fp32 uses 20 × 8 of 400 GFLOP/s, so compiling could gain 2.5× at most.
+    assert report["runtimes"]["ratios"]["fp32_ceiling_vs_torch_fp32"] == 2.5
+    ceiling = ("ViT-B-32: fp32 ceiling: 8.00 GFLOP an image; this CPU's fp32 matrix product peaks at 400 GFLOP/s, "
+               "of which torch fp32 40% and openvino fp32 80% use; so compiling can make fp32 at most 2.50× torch "
+               "fp32 here")
+    assert block.endswith(f" {ceiling}.") and f"  {ceiling}\n" in text  # the docs and the console
 
 
 def test_the_runtime_rows_take_turns_so_drift_falls_on_all_alike() -> None:
-    from bench.runtimes import ROUNDS, _throughputs
+    from bench.runtimes import ROUNDS, _encoder_slots, _throughputs
 
     calls: list[str] = []
 
@@ -336,10 +343,35 @@ def test_the_runtime_rows_take_turns_so_drift_falls_on_all_alike() -> None:
             self.encode_pixels = lambda pixels: calls.append(f"{name} images")
             self.encode_texts = lambda texts: calls.append(f"{name} texts")
 
-    rows = _throughputs({"a": Timed("a"), "b": Timed("b")}, batch=4, seconds=0.0)
-    assert set(rows) == {"a", "b"} and all(rate > 0 for row in rows.values() for rate in row.values())
-    turn = ["a images", "a texts", "b images", "b texts"]
+    def peak() -> None:  # a slot that is not an encoder: a call worth 17 GFLOP
+        calls.append("peak")
+        time.sleep(0.01)
+
+    slots = {**_encoder_slots({"a": Timed("a"), "b": Timed("b")}, batch=4), ("peak", "gflop_per_s"): (peak, 17.0)}
+    rows = _throughputs(slots, seconds=0.0)
+    assert set(rows) == {"a", "b", "peak"} and all(rate > 0 for row in rows.values() for rate in row.values())
+    assert set(rows["a"]) == {"images_per_s", "texts_per_s"} and 0 < rows["peak"]["gflop_per_s"] < 17.0 / 0.01
+    turn = ["a images", "a texts", "b images", "b texts", "peak"]
     assert calls == turn * (1 + ROUNDS)  # a warm-up, then one window each per round, in turn
+
+
+def test_the_fp32_ceiling_counts_the_image_towers_flops_and_times_an_openvino_matmul(tiny_tag: str) -> None:
+    import numpy as np
+    import torch
+
+    from bench.runtimes import PEAK_N, image_gflop, matmul_peak
+    from clip_runner.store.weights import load_entry
+
+    # The tiny ViT from its config: 16 patches + 1 class token, width 64, MLP 256, 2 layers, 32-d projection.
+    vision = json.loads(TINY_CONFIG.read_text())["vision_cfg"]
+    tokens, width = (vision["image_size"] // vision["patch_size"]) ** 2 + 1, vision["width"]
+    dense = 2 * tokens * (4 * width * width + 2 * width * 4 * width) * vision["layers"]
+    patches = 2 * (tokens - 1) * 3 * vision["patch_size"] ** 2 * width
+    loaded = load_entry(tiny_tag, torch.device("cpu"))
+    assert image_gflop(loaded.model, loaded.entry.input_size) * 1e9 == dense + patches + 2 * width * 32
+    assert torch.backends.mha.get_fastpath_enabled()  # the fused attention is back on for serving
+    call, gflop = matmul_peak(threads=1)
+    assert gflop == 2 * PEAK_N**3 / 1e9 and np.asarray(call()[0]).shape == (PEAK_N, PEAK_N)
 
 
 def test_a_subset_of_series_is_reported_without_the_others() -> None:

@@ -154,7 +154,9 @@ def test_the_benchmark_times_a_sigmoid_model_in_torch_each_compiled_precision_an
         compiled_siglip: dict[str, str], tiny_siglip_tag: str) -> None:
     from bench.runtimes import model_rows, onnxruntime_rows
 
-    rows = model_rows(tiny_siglip_tag, batch=4, seconds=0.01, threads=1, precisions=("fp32", "int8"))
+    measured = model_rows(tiny_siglip_tag, batch=4, seconds=0.01, threads=1, precisions=("fp32", "int8"))
+    rows, ceiling = measured["rows"], measured["fp32_ceiling"]
+    assert ceiling["image_gflop"] > 0 and ceiling["gflop_per_s"] > 0  # the matmul peak, timed beside the rows
     assert {"torch fp32", "openvino fp32", "openvino int8"} <= set(rows)
     assert all(row["images_per_s"] > 0 and row["texts_per_s"] > 0 for row in rows.values())
     assert rows["openvino int8"]["tag"] == compiled_siglip["int8"]  # the stored compiles, not new ones
