@@ -500,6 +500,16 @@ def test_the_docs_figures_are_what_the_committed_report_gives() -> None:
     assert commit and all(commit in doc.read_text() for doc in DOCS)
 
 
+def test_the_avx2_figures_are_what_its_committed_run_gives() -> None:
+    report = json.loads((ROOT / "docs" / "bench" / "bench-avx2.json").read_text())
+    rows, ratio = report["runtimes"]["rows"], report["runtimes"]["ratios"]
+    text = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    assert (f"| {rows['torch fp32']['images_per_s']:.1f} | {rows['openvino fp32']['images_per_s']:.1f} "
+            f"({ratio['openvino_fp32_vs_torch_fp32']:.2f}×) | {rows['openvino int8']['images_per_s']:.1f} "
+            f"({ratio['int8_vs_torch_fp32']:.2f}×) | fp32 | [`docs/bench/bench-avx2.json`]") in text
+    assert f"no fp32 compile could run more than {ratio['fp32_ceiling_vs_torch_fp32']:.2f}× torch fp32" in text
+
+
 def test_the_deployment_figures_are_what_the_committed_container_report_gives() -> None:
     from bench.report import CONTAINER_BLOCKS, CONTAINER_DOCS, CONTAINER_REPORT, rendered_docs
 
