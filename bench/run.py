@@ -324,22 +324,33 @@ def runtime_models(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(model, its runtimes section: ``rows`` and, when timed, ``fp32_ceiling``) for each model the runtimes were
     measured with: the bench's, then SigLIP."""
     runtimes = report.get("runtimes") or {}
-    models = [(report.get("environment", {}).get("arch") or "model", {"rows": {}, **runtimes})]
-    return models + ([(runtimes["siglip"]["arch"], runtimes["siglip"])] if runtimes.get("siglip") else [])
+    models = [(report.get("environment", {}).get("arch") or "model", runtimes)]
+    if runtimes.get("siglip"):
+        models.append((runtimes["siglip"]["arch"], runtimes["siglip"]))
+    return [(name, {"rows": section.get("rows") or {}, "fp32_ceiling": section.get("fp32_ceiling")})
+            for name, section in models]
+
+
+def fp32_gain_ceiling(section: dict[str, Any]) -> float | None:
+    """The most compiling could make fp32 run against torch fp32 on this CPU: its fp32 matmul peak over the image
+    FLOP/s torch fp32 reaches (a runtimes section's ``fp32_ceiling``); None where it was not timed."""
+    ceiling, torch_fp32 = section.get("fp32_ceiling"), dig(section, "rows", "torch fp32", "images_per_s")
+    return round(ceiling["gflop_per_s"] / (torch_fp32 * ceiling["image_gflop"]), 3) if ceiling and torch_fp32 else None
 
 
 def fp32_ceiling(section: dict[str, Any]) -> str | None:
     """A runtimes section's fp32 ceiling in a sentence: the CPU's fp32 matmul peak, how much of it torch and
     OpenVINO fp32 use, and so the most compiling can gain at fp32 here; None where it was not timed."""
-    ceiling, rows = section.get("fp32_ceiling"), section["rows"]
-    if not ceiling or "torch fp32" not in rows:
+    gain = fp32_gain_ceiling(section)
+    if gain is None:
         return None
-    peak, gflop = ceiling["gflop_per_s"], ceiling["image_gflop"]
+    rows, gflop, peak = section["rows"], section["fp32_ceiling"]["image_gflop"], section["fp32_ceiling"]["gflop_per_s"]
     used = " and ".join(f"{name} {rows[name]['images_per_s'] * gflop / peak:.0%}"
                         for name in ("torch fp32", "openvino fp32") if name in rows)
+    verdict = (f"so compiling can make fp32 at most {gain:.2f}× torch fp32 here" if gain >= 1 else
+               "so the peak was not reached: it says nothing of what compiling can gain here")
     return (f"fp32 ceiling: {gflop:.2f} GFLOP an image; this CPU's fp32 matrix product peaks at {peak:.0f} GFLOP/s, "
-            f"of which {used} use; so compiling can make fp32 at most "
-            f"{peak / (rows['torch fp32']['images_per_s'] * gflop):.2f}× torch fp32 here")
+            f"of which {used} use; {verdict}")
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
