@@ -323,12 +323,9 @@ def _parity(report: dict[str, Any], row: str, figure: str, *model: str) -> float
 def runtime_models(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(model, its runtimes section: ``rows`` and, when timed, ``fp32_ceiling``) for each model the runtimes were
     measured with: the bench's, then SigLIP."""
-    runtimes = report.get("runtimes") or {}
+    runtimes = report.get("runtimes") or {"rows": {}}
     models = [(report.get("environment", {}).get("arch") or "model", runtimes)]
-    if runtimes.get("siglip"):
-        models.append((runtimes["siglip"]["arch"], runtimes["siglip"]))
-    return [(name, {"rows": section.get("rows") or {}, "fp32_ceiling": section.get("fp32_ceiling")})
-            for name, section in models]
+    return models + ([(runtimes["siglip"]["arch"], runtimes["siglip"])] if runtimes.get("siglip") else [])
 
 
 def fp32_gain_ceiling(section: dict[str, Any]) -> float | None:
@@ -344,7 +341,8 @@ def fp32_ceiling(section: dict[str, Any]) -> str | None:
     gain = fp32_gain_ceiling(section)
     if gain is None:
         return None
-    rows, gflop, peak = section["rows"], section["fp32_ceiling"]["image_gflop"], section["fp32_ceiling"]["gflop_per_s"]
+    rows, ceiling = section["rows"], section["fp32_ceiling"]
+    gflop, peak = ceiling["image_gflop"], ceiling["gflop_per_s"]
     used = " and ".join(f"{name} {rows[name]['images_per_s'] * gflop / peak:.0%}"
                         for name in ("torch fp32", "openvino fp32") if name in rows)
     verdict = (f"so compiling can make fp32 at most {gain:.2f}× torch fp32 here" if gain >= 1 else

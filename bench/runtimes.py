@@ -103,11 +103,12 @@ def matmul_peak(threads: int) -> tuple[Callable[[], Any], float]:
     import openvino as ov
     import openvino.opset13 as ops
 
+    from clip_runner.runtimes.openvino_encoder import ONE_STREAM
+
     rng = np.random.default_rng(0)
     left = ops.parameter([PEAK_N, PEAK_N], ov.Type.f32)
     product = ops.matmul(left, ops.constant(rng.random((PEAK_N, PEAK_N), dtype=np.float32)), False, False)
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-              "INFERENCE_NUM_THREADS": threads}
+    config = {**ONE_STREAM, "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
     request = ov.Core().compile_model(ov.Model([product], [left]), "CPU", config).create_infer_request()
     request.set_input_tensor(ov.Tensor(rng.random((PEAK_N, PEAK_N), dtype=np.float32)))  # set once, not per call
     return request.infer, 2 * PEAK_N**3 / 1e9

@@ -84,5 +84,5 @@ def cpu_name() -> str:
     info = _cpuinfo()
     ids = " ".join(f"{label} {value}" for label, key in (("family", "cpu family"), ("model", "model"),
                                                          ("part", "CPU part")) if (value := info.get(key)))
-    facts = "; ".join(filter(None, (ids, "+".join(flag for flag in VECTOR_FLAGS if flag in cpu_flags()))))
+    facts = "; ".join(filter(None, (ids, "+".join(filter(cpu_flags().__contains__, VECTOR_FLAGS)))))
     return (info.get("model name") or platform.processor() or platform.machine()) + (f" ({facts})" if facts else "")

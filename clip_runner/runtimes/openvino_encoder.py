@@ -22,6 +22,7 @@ from ..store.entries import OPENVINO, TOKENIZER_FILE, StoreEntry, verify_files
 from .encoder import Encoder, check_pixels
 
 logger = logging.getLogger(__name__)
+ONE_STREAM = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}  # one batch at a time, every thread on it
 
 
 class OpenVINOEncoder(Encoder):
@@ -34,8 +35,8 @@ class OpenVINOEncoder(Encoder):
             verify_files(entry)
         self.entry = entry
         self.precision = entry.labels.get("precision", "fp32")
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
+        config = {**ONE_STREAM, "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": threads}
         core = ov.Core()
         try:
             image, text = (core.compile_model(str(entry.path / f"{tower}.xml"), "CPU", config)
